@@ -1,0 +1,67 @@
+"""The one rich console: plain output off a terminal or with NO_COLOR, printing on the main
+process only (so `accelerate launch` with N processes prints once)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from rich.console import Console
+
+_quiet = False
+
+
+def is_main_process() -> bool:
+    """True on global rank 0 (read from the launcher's environment; no torch import)."""
+    return os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) in ("0", "-1")
+
+
+def _make_console(stderr: bool = False) -> Console:
+    plain = not (sys.stderr if stderr else sys.stdout).isatty() or "NO_COLOR" in os.environ
+    return Console(
+        stderr=stderr,
+        no_color=plain,
+        highlight=not plain,
+        emoji=False,
+        soft_wrap=plain,
+        width=120 if plain else None,
+    )
+
+
+console = _make_console()
+err_console = _make_console(stderr=True)
+
+
+def set_quiet(quiet: bool) -> None:
+    """`--quiet`: only warnings, errors and final results are printed."""
+    global _quiet
+    _quiet = quiet
+
+
+def is_quiet() -> bool:
+    return _quiet
+
+
+def info(*objects: Any, **kwargs: Any) -> None:
+    """Progress and status lines (main process only; silenced by --quiet)."""
+    if is_main_process() and not _quiet:
+        console.print(*objects, **kwargs)
+
+
+def result(*objects: Any, **kwargs: Any) -> None:
+    """Results the user asked for (main process only; printed even with --quiet)."""
+    if is_main_process():
+        console.print(*objects, **kwargs)
+
+
+def warn(message: str) -> None:
+    """A warning on stderr (main process only), prefixed so CI logs can grep for it."""
+    if is_main_process():
+        err_console.print(f"warning: {message}", markup=False, highlight=False)
+
+
+def error(message: str) -> None:
+    """An error line on stderr (main process only)."""
+    if is_main_process():
+        err_console.print(f"error: {message}", markup=False, highlight=False)

@@ -1,0 +1,72 @@
+"""Domain errors. Code below the CLI raises these; only `cpo_cli.cli` turns them into messages
+and exit codes, so library users get exceptions and terminal users get one clear line each."""
+
+from __future__ import annotations
+
+#: Exit codes, documented in the README. Typer/click uses 2 for usage errors itself.
+EXIT_OK = 0
+EXIT_USER_ERROR = 1
+EXIT_USAGE = 2
+EXIT_GATE_FAILED = 3
+EXIT_INTERRUPTED = 130
+
+
+class CpoError(Exception):
+    """Base of every error a user can cause and fix; the message says what and how."""
+
+    exit_code: int = EXIT_USER_ERROR
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def lines(self) -> list[str]:
+        """The lines the CLI prints for this error (no traceback)."""
+        out = [self.message]
+        if self.hint:
+            out.append(f"hint: {self.hint}")
+        return out
+
+
+class RecipeError(CpoError):
+    """A recipe that cannot be used. Carries every problem found, one line each."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        n = len(problems)
+        super().__init__(f"{source}: {n} problem{'s' if n != 1 else ''} in the recipe")
+        self.source = source
+        self.problems = list(problems)
+
+    def lines(self) -> list[str]:
+        return [self.message, *(f"  - {p}" for p in self.problems)]
+
+
+class DataError(CpoError):
+    """A dataset that cannot be loaded or prepared (file, column, row or format problems)."""
+
+
+class ModelLoadError(CpoError):
+    """A model or tokenizer that cannot be loaded or does not fit the recipe."""
+
+
+class CheckpointError(CpoError):
+    """A checkpoint that cannot be written, found or resumed from."""
+
+
+class HubError(CpoError):
+    """A Hugging Face Hub operation that failed (token, network, permission, conflict)."""
+
+
+class DependencyMissingError(CpoError):
+    """An optional package the recipe asks for is not installed."""
+
+
+class NotAvailableError(CpoError):
+    """A command or feature that this version of cpo does not provide yet."""
+
+
+class GateFailedError(CpoError):
+    """`cpo eval --fail-under/--fail-over`: the model missed a quality gate."""
+
+    exit_code = EXIT_GATE_FAILED
