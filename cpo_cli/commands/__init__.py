@@ -1,0 +1,1 @@
+"""One module per CLI command (the CLI layer). Each imports heavy packages inside its function."""

@@ -1,0 +1,10 @@
+"""`cpo prepare` (not available yet: filled in by its issue)."""
+
+from __future__ import annotations
+
+from cpo_cli.errors import NotAvailableError
+
+
+def prepare() -> None:
+    """Not available yet in this version of cpo."""
+    raise NotAvailableError("`cpo prepare` is not available yet in this version of cpo")

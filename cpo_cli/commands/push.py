@@ -1,0 +1,10 @@
+"""`cpo push` (not available yet: filled in by its issue)."""
+
+from __future__ import annotations
+
+from cpo_cli.errors import NotAvailableError
+
+
+def push() -> None:
+    """Not available yet in this version of cpo."""
+    raise NotAvailableError("`cpo push` is not available yet in this version of cpo")
