@@ -1,0 +1,334 @@
+"""Publishing a trained output folder to the Hugging Face Hub (`cpo push`).
+
+Two halves: `plan_push` decides, without any network call, what would be uploaded (every file and
+its size, the generated model card, the recipe re-redacted); `upload` sends a plan through
+`huggingface_hub` (create_repo → create_branch → one create_commit) and turns every failure into
+a one-line `HubError` with the token scrubbed out. The local folder is only ever read."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cpo_cli.errors import HubError
+from cpo_cli.modelcard import (
+    collect_card_inputs,
+    find_recipe_file,
+    read_recipe_dict,
+    render_model_card,
+)
+
+#: Never uploaded: VCS/caches/locks, and anything hidden (`.env`, `.cache`, ...).
+_ALWAYS_SKIP = ("*.lock", "__pycache__", "*.pyc", ".*")
+_CHECKPOINT_DIR = re.compile(r"^checkpoint-\d+$")
+#: Recipe keys whose values are secrets (matched on the last dotted part, case-insensitive).
+_SECRET_KEY = re.compile(r"(token|secret|password|api_key|apikey)$", re.IGNORECASE)
+REDACTED = "<redacted>"
+
+
+@dataclass(frozen=True)
+class UploadFile:
+    """One file of the upload: a local file, or bytes we generated (card, redacted recipe)."""
+
+    path_in_repo: str
+    size: int
+    source: Path | None = None
+    content: bytes | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class PushSettings:
+    """Where and how to push; the token's value is never shown, only where it came from."""
+
+    repo_id: str
+    private: bool | None
+    revision: str | None
+    token: str | None
+    token_source: str
+    hub_strategy: str
+
+
+@dataclass(frozen=True)
+class PushPlan:
+    settings: PushSettings
+    files: list[UploadFile]
+    card: str
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+def resolve_settings(
+    output_dir: Path,
+    *,
+    repo_id: str | None = None,
+    token: str | None = None,
+    private: bool | None = None,
+    revision: str | None = None,
+) -> PushSettings:
+    """Command-line values win over the recipe saved in the output folder (`hub_model_id`,
+    `hub_token`, `hub_private_repo`, `hub_revision`, `hub_strategy`); the token falls back to
+    `HF_TOKEN` and then to a token saved by `hf auth login`."""
+    recipe = read_recipe_dict(find_recipe_file(output_dir))
+    training = recipe.get("training") or {}
+    if not isinstance(training, Mapping):
+        training = {}
+    repo = repo_id or training.get("hub_model_id")
+    if not repo:
+        raise HubError(
+            "no repository to push to: pass --repo-id USER/NAME "
+            "or set training.hub_model_id in the recipe"
+        )
+    repo = str(repo)
+    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", repo):
+        where = "--repo-id" if repo_id else "training.hub_model_id"
+        raise HubError(f"{where} {repo!r} is not of the form USER/NAME (or ORG/NAME)")
+    recipe_token = training.get("hub_token")
+    if recipe_token == REDACTED or recipe_token == "***":
+        recipe_token = None  # the saved recipe is redacted by design
+    resolved_token, source = _resolve_token(token, recipe_token)
+    return PushSettings(
+        repo_id=repo,
+        private=private if private is not None else _opt_bool(training.get("hub_private_repo")),
+        revision=revision or training.get("hub_revision") or None,
+        token=resolved_token,
+        token_source=source,
+        hub_strategy=str(training.get("hub_strategy") or "every_save"),
+    )
+
+
+def _opt_bool(value: Any) -> bool | None:
+    return None if value is None else bool(value)
+
+
+def _resolve_token(cli_token: str | None, recipe_token: Any) -> tuple[str | None, str]:
+    if cli_token:
+        return cli_token, "--token"
+    if isinstance(recipe_token, str) and recipe_token:
+        return recipe_token, "recipe (training.hub_token)"
+    if os.environ.get("HF_TOKEN"):
+        return os.environ["HF_TOKEN"], "HF_TOKEN"
+    try:
+        from huggingface_hub.utils import get_token
+
+        saved = get_token()
+    except Exception:  # an unreadable token file is the same as none
+        saved = None
+    if saved:
+        return saved, "saved login (hf auth login)"
+    return None, "none"
+
+
+def plan_push(output_dir: Path, settings: PushSettings, *, cpo_version: str) -> PushPlan:
+    """Every file that would be uploaded, with its size; no network call."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        raise HubError(f"{output_dir}: no such output folder")
+    if not any((output_dir / n).is_file() for n in ("config.json", "adapter_config.json")):
+        raise HubError(
+            f"{output_dir}: no config.json or adapter_config.json — not a trained model folder",
+            hint="point `cpo push` at the output_dir of a finished `cpo train` run",
+        )
+    card = render_model_card(
+        collect_card_inputs(output_dir, settings.repo_id), cpo_version=cpo_version
+    )
+    recipe_path = find_recipe_file(output_dir)
+    files: list[UploadFile] = []
+    for path in sorted(_walk(output_dir, settings.hub_strategy)):
+        rel = path.relative_to(output_dir).as_posix()
+        if rel == "README.md":
+            continue  # replaced by the generated card
+        if recipe_path is not None and path == recipe_path:
+            content = redact_recipe_text(path.read_text(encoding="utf-8")).encode()
+            files.append(
+                UploadFile(rel, len(content), content=content, note="recipe, secrets redacted")
+            )
+            continue
+        files.append(UploadFile(rel, path.stat().st_size, source=path))
+    card_bytes = card.encode()
+    files.append(
+        UploadFile("README.md", len(card_bytes), content=card_bytes, note="generated model card")
+    )
+    return PushPlan(settings=settings, files=files, card=card)
+
+
+def _walk(output_dir: Path, hub_strategy: str) -> list[Path]:
+    """Files of the output folder. Checkpoints go up only as `hub_strategy` asks:
+    `all_checkpoints` → every `checkpoint-N/`, `checkpoint` → the latest one, else none."""
+    checkpoints = sorted(
+        (p for p in output_dir.iterdir() if p.is_dir() and _CHECKPOINT_DIR.match(p.name)),
+        key=lambda p: int(p.name.split("-")[1]),
+    )
+    keep = set()
+    if hub_strategy == "all_checkpoints":
+        keep = {p.name for p in checkpoints}
+    elif hub_strategy == "checkpoint" and checkpoints:
+        keep = {checkpoints[-1].name}
+    out: list[Path] = []
+    for root, dirs, names in os.walk(output_dir):
+        rel_root = Path(root).relative_to(output_dir)
+        dirs[:] = [
+            d
+            for d in dirs
+            if not _skipped(d)
+            and not (rel_root == Path(".") and _CHECKPOINT_DIR.match(d) and d not in keep)
+        ]
+        out += [Path(root) / n for n in names if not _skipped(n)]
+    return out
+
+
+def _skipped(name: str) -> bool:
+    return any(fnmatch.fnmatch(name, pattern) for pattern in _ALWAYS_SKIP)
+
+
+def redact_recipe_text(text: str) -> str:
+    """The recipe YAML with every secret-looking value replaced (defence in depth: the engine
+    saves it redacted already). Unparseable text is refused rather than uploaded blind."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise HubError(f"the saved recipe is not valid YAML ({exc.__class__.__name__})") from None
+    cleaned, changed = _redact(data)
+    return yaml.safe_dump(cleaned, sort_keys=False) if changed else text
+
+
+def _redact(obj: Any) -> tuple[Any, bool]:
+    if isinstance(obj, Mapping):
+        changed = False
+        out: dict[Any, Any] = {}
+        for key, value in obj.items():
+            if _SECRET_KEY.search(str(key)) and value not in (None, "", REDACTED):
+                out[key], changed = REDACTED, True
+            else:
+                out[key], sub_changed = _redact(value)
+                changed = changed or sub_changed
+        return out, changed
+    if isinstance(obj, list):
+        items = [_redact(v) for v in obj]
+        return [v for v, _ in items], any(c for _, c in items)
+    return obj, False
+
+
+def upload(
+    plan: PushPlan, *, endpoint: str | None = None, commit_message: str | None = None
+) -> str:
+    """Create the repo (and branch), then upload the plan as one commit; returns the commit URL.
+
+    `endpoint` defaults to `HF_ENDPOINT` read now (huggingface_hub reads it once at import)."""
+    settings = plan.settings
+    token = settings.token
+    if not token:
+        raise HubError(
+            "no Hugging Face token: cannot push",
+            hint="pass --token, set HF_TOKEN, set training.hub_token, or run `hf auth login`",
+        )
+    from huggingface_hub import CommitOperationAdd, HfApi, constants
+
+    if constants.is_offline_mode():
+        raise HubError(
+            "offline mode is on (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE): cannot push",
+            hint="unset HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE for this command",
+        )
+    endpoint = endpoint or os.environ.get("HF_ENDPOINT") or None
+    api = HfApi(endpoint=endpoint, token=token)
+    shown_endpoint = api.endpoint
+    operations = [
+        CommitOperationAdd(
+            path_in_repo=f.path_in_repo,
+            path_or_fileobj=f.content if f.content is not None else str(f.source),
+        )
+        for f in plan.files
+    ]
+    step = "create the repository"
+    try:
+        api.create_repo(settings.repo_id, private=settings.private, exist_ok=True)
+        if settings.revision:
+            step = f"create the branch {settings.revision!r}"
+            api.create_branch(settings.repo_id, branch=settings.revision, exist_ok=True)
+        step = "upload the files"
+        info = api.create_commit(
+            settings.repo_id,
+            operations,
+            commit_message=commit_message or "Upload model trained with cpo",
+            revision=settings.revision,
+        )
+    except Exception as exc:  # every failure becomes one redacted line
+        raise _as_hub_error(
+            exc,
+            step=step,
+            repo_id=settings.repo_id,
+            endpoint=shown_endpoint,
+            revision=settings.revision,
+            token=token,
+        ) from None
+    return str(info.commit_url)
+
+
+def _as_hub_error(
+    exc: Exception, *, step: str, repo_id: str, endpoint: str, revision: str | None, token: str
+) -> HubError:
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    status = None
+    if isinstance(exc, HfHubHTTPError) and exc.response is not None:
+        status = exc.response.status_code
+    detail = _first_line(getattr(exc, "server_message", None) or str(exc))
+    hint = None
+    if isinstance(exc, OfflineModeIsEnabled):
+        message = "offline mode is on: cannot push"
+        hint = "unset HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE for this command"
+    elif isinstance(exc, RevisionNotFoundError):
+        message = f"revision {revision!r} not found in {repo_id}"
+        hint = "set hub_revision to an existing branch, or let cpo create it"
+    elif status == 401:
+        message = f"the Hub at {endpoint} rejected the token (401) while trying to {step}"
+        hint = "check the token (--token, HF_TOKEN or training.hub_token); it needs write access"
+    elif status == 403:
+        message = f"no write permission on {repo_id} (403) while trying to {step}"
+        hint = "use a token with write access to this user or organisation"
+    elif status == 409:
+        message = f"conflict on {repo_id} (409) while trying to {step}: {detail}"
+        hint = "another upload may be in progress, or the name is taken by another repo type"
+    elif isinstance(exc, RepositoryNotFoundError) or status == 404:
+        message = f"{repo_id} not found or not accessible (404) while trying to {step}"
+    elif status is not None:
+        message = f"the Hub at {endpoint} answered {status} while trying to {step}: {detail}"
+    elif _is_network_error(exc):
+        message = f"cannot reach the Hub at {endpoint} ({exc.__class__.__name__}): {detail}"
+        hint = "check the network connection and HF_ENDPOINT"
+    else:
+        message = f"push failed while trying to {step}: {exc.__class__.__name__}: {detail}"
+    return HubError(_scrub(message, token), hint=_scrub(hint, token) if hint else None)
+
+
+def _is_network_error(exc: Exception) -> bool:
+    import importlib
+
+    try:  # huggingface_hub 1.x uses httpx, 2.x its fork httpx2
+        client = importlib.import_module("httpx2")
+    except ImportError:  # pragma: no cover
+        client = importlib.import_module("httpx")
+    return isinstance(exc, (client.TransportError, ConnectionError, TimeoutError))
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return lines[0][:300] if lines else ""
+
+
+def _scrub(text: str, token: str) -> str:
+    return text.replace(token, REDACTED) if token else text

@@ -1,0 +1,349 @@
+"""`cpo push` against the real huggingface_hub client and a small Hub stand-in on loopback
+(127.0.0.1, HF_ENDPOINT): the request sequence of a successful upload, and every error path
+(no token, unreachable, 401, 403, 409, missing revision) as one line with the local folder
+left byte-for-byte untouched."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+#: A route answers (method, path, body) with (status, json body, extra headers), or None to fall
+#: through to the default behaviour.
+Override = Callable[[str, str, bytes], "tuple[int, Any, dict[str, str]] | None"]
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    body: bytes
+    headers: dict[str, str]
+
+
+@dataclass
+class FakeHub:
+    max_requests: int = 40
+    lifetime_s: float = 60.0
+    override: Override | None = None
+    requests: list[Recorded] = field(default_factory=list)
+    _server: ThreadingHTTPServer | None = None
+
+    @property
+    def endpoint(self) -> str:
+        assert self._server is not None
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def calls(self) -> list[str]:
+        """`METHOD /path` of every request, in order (query strings dropped)."""
+        return [f"{r.method} {r.path.split('?')[0]}" for r in self.requests]
+
+    def start(self) -> FakeHub:
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:  # keep pytest output clean
+                pass
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                hub.requests.append(Recorded(self.command, self.path, body, dict(self.headers)))
+                if len(hub.requests) > hub.max_requests:
+                    status, payload, extra = 503, {"error": "request budget exhausted"}, {}
+                else:
+                    status, payload, extra = hub.answer(self.command, self.path, body)
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for key, value in extra.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_DELETE = _handle
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        # stops by itself even if a test forgets to (or hangs)
+        deadline = threading.Timer(self.lifetime_s, self.stop)
+        deadline.daemon = True
+        deadline.start()
+        self._started = time.monotonic()
+        return self
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+
+    def answer(self, method: str, path: str, body: bytes) -> tuple[int, Any, dict[str, str]]:
+        if self.override is not None:
+            answered = self.override(method, path, body)
+            if answered is not None:
+                return answered
+        route = path.split("?")[0]
+        if method == "POST" and route == "/api/repos/create":
+            payload = json.loads(body or b"{}")
+            name = f"{payload.get('organization')}/{payload.get('name')}"
+            return 200, {"url": f"{self.endpoint}/{name}"}, {}
+        if method == "POST" and route == "/api/validate-yaml":
+            return 200, {"errors": [], "warnings": []}, {}
+        if method == "POST" and "/branch/" in route:
+            return 200, {}, {}
+        if method == "POST" and "/preupload/" in route:
+            files = json.loads(body)["files"]
+            return (
+                200,
+                {
+                    "files": [
+                        {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+                        for f in files
+                    ]
+                },
+                {},
+            )
+        if method == "POST" and "/commit/" in route:
+            repo = route.split("/api/models/")[1].split("/commit/")[0]
+            return (
+                200,
+                {"commitUrl": f"{self.endpoint}/{repo}/commit/{'a' * 40}", "commitOid": "a" * 40},
+                {},
+            )
+        return 404, {"error": f"no route {method} {route}"}, {}
+
+    def commit_lines(self) -> list[dict[str, Any]]:
+        """The ndjson lines of the (last) commit request."""
+        commits = [r for r in self.requests if "/commit/" in r.path]
+        assert commits, f"no commit request in {self.calls()}"
+        return [json.loads(line) for line in commits[-1].body.splitlines() if line.strip()]
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+TOKEN = "hf_testsecretTOKEN1234567890"
+
+
+@pytest.fixture
+def online(monkeypatch: pytest.MonkeyPatch) -> None:
+    """conftest switches the Hub client offline at import; these tests talk to loopback only."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+
+
+@pytest.fixture
+def fake_hub(online: None, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    hub = FakeHub().start()
+    monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+    yield hub
+    hub.stop()
+
+
+@pytest.fixture
+def output_dir(tmp_path: Path) -> Path:
+    """A trained output folder as the engine leaves it (small fake weights)."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text('{"model_type": "llama"}')
+    (out / "model.safetensors").write_bytes(bytes(range(256)) * 8)
+    (out / "tokenizer.json").write_text('{"version": "1.0"}')
+    (out / "tokenizer_config.json").write_text("{}")
+    (out / "recipe.yaml").write_text(
+        "model:\n  name_or_path: HuggingFaceTB/SmolLM2-135M-Instruct\n"
+        "data:\n  train:\n    path: demo_train.jsonl\n"
+        "training:\n  loss_type: simpo\n  beta: 2.0\n  cpo_alpha: 0.5\n"
+        f"  hub_token: {TOKEN}\n  hub_model_id: alice/from-recipe\n"
+    )
+    (out / "final_metrics.json").write_text(
+        json.dumps({"train_loss": 0.61, "eval_loss": 0.55, "eval_rewards/accuracies": 0.8})
+    )
+    ckpt = out / "checkpoint-2"
+    ckpt.mkdir()
+    (ckpt / "optimizer.pt").write_bytes(b"x" * 100)
+    return out
+
+
+def folder_digest(folder: Path) -> dict[str, str]:
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def run_push(output_dir: Path, **kwargs: Any) -> str:
+    from cpo_cli.hub import plan_push, resolve_settings, upload
+
+    settings = resolve_settings(output_dir, **kwargs)
+    return upload(plan_push(output_dir, settings, cpo_version="test"))
+
+
+# ----------------------------------------------------------------------------- success
+
+
+def test_upload_request_sequence_and_payload(fake_hub: FakeHub, output_dir: Path) -> None:
+    before = folder_digest(output_dir)
+    url = run_push(output_dir, repo_id="alice/tiny-cpo", token=TOKEN, private=True)
+
+    assert url.endswith("/alice/tiny-cpo/commit/" + "a" * 40)
+    assert fake_hub.calls() == [
+        "POST /api/repos/create",
+        "POST /api/validate-yaml",
+        "POST /api/models/alice/tiny-cpo/preupload/main",
+        "POST /api/models/alice/tiny-cpo/commit/main",
+    ]
+    create = json.loads(fake_hub.requests[0].body)
+    assert create["name"] == "tiny-cpo" and create["organization"] == "alice"
+    assert create.get("visibility") == "private" or create.get("private") is True
+    assert all(r.headers.get("authorization") == f"Bearer {TOKEN}" for r in fake_hub.requests)
+
+    lines = fake_hub.commit_lines()
+    assert lines[0]["key"] == "header"
+    files = {ln["value"]["path"]: ln["value"] for ln in lines[1:] if ln["key"] == "file"}
+    assert set(files) == {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "recipe.yaml",
+        "final_metrics.json",
+        "README.md",
+    }  # checkpoints stay local with the default hub_strategy
+    recipe = base64.b64decode(files["recipe.yaml"]["content"]).decode()
+    assert TOKEN not in recipe and "<redacted>" in recipe
+    card = base64.b64decode(files["README.md"]["content"]).decode()
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card
+    assert "- simpo" in card and "- cpo" in card
+    weights = base64.b64decode(files["model.safetensors"]["content"])
+    assert weights == (output_dir / "model.safetensors").read_bytes()
+    assert folder_digest(output_dir) == before
+
+
+def test_revision_creates_branch_then_commits_to_it(fake_hub: FakeHub, output_dir: Path) -> None:
+    run_push(output_dir, repo_id="alice/tiny-cpo", token=TOKEN, revision="exp-1")
+    assert fake_hub.calls() == [
+        "POST /api/repos/create",
+        "POST /api/models/alice/tiny-cpo/branch/exp-1",
+        "POST /api/validate-yaml",
+        "POST /api/models/alice/tiny-cpo/preupload/exp-1",
+        "POST /api/models/alice/tiny-cpo/commit/exp-1",
+    ]
+
+
+def test_repo_and_token_come_from_the_saved_recipe(fake_hub: FakeHub, output_dir: Path) -> None:
+    run_push(output_dir)
+    assert fake_hub.calls()[-1] == "POST /api/models/alice/from-recipe/commit/main"
+    assert fake_hub.requests[0].headers.get("authorization") == f"Bearer {TOKEN}"
+
+
+def test_all_checkpoints_strategy_uploads_checkpoints(fake_hub: FakeHub, output_dir: Path) -> None:
+    recipe = output_dir / "recipe.yaml"
+    recipe.write_text(recipe.read_text() + "  hub_strategy: all_checkpoints\n")
+    run_push(output_dir, repo_id="alice/tiny-cpo", token=TOKEN)
+    paths = {ln["value"]["path"] for ln in fake_hub.commit_lines() if ln["key"] == "file"}
+    assert "checkpoint-2/optimizer.pt" in paths
+
+
+# ----------------------------------------------------------------------------- failures
+
+
+def _fail(status: int, route_part: str, error_code: str | None = None) -> Override:
+    def override(method: str, path: str, body: bytes) -> tuple[int, Any, dict[str, str]] | None:
+        if route_part in path:
+            headers = {"X-Error-Code": error_code} if error_code else {}
+            headers["X-Error-Message"] = f"refused ({status}) token {TOKEN}"
+            return status, {"error": f"refused ({status}) for token {TOKEN}"}, headers
+        return None
+
+    return override
+
+
+@pytest.mark.parametrize(
+    ("status", "route", "error_code", "expected"),
+    [
+        (401, "/api/repos/create", None, "rejected the token (401)"),
+        (403, "/api/", None, "no write permission on alice/tiny-cpo (403)"),
+        (409, "/commit/", None, "conflict on alice/tiny-cpo (409)"),
+        (404, "/commit/", "RevisionNotFound", "revision 'exp-9' not found in alice/tiny-cpo"),
+    ],
+)
+def test_http_errors_are_one_redacted_line(
+    fake_hub: FakeHub,
+    output_dir: Path,
+    status: int,
+    route: str,
+    error_code: str | None,
+    expected: str,
+) -> None:
+    from cpo_cli.errors import HubError
+
+    fake_hub.override = _fail(status, route, error_code)
+    before = folder_digest(output_dir)
+    revision = "exp-9" if error_code == "RevisionNotFound" else None
+    with pytest.raises(HubError) as info:
+        run_push(output_dir, repo_id="alice/tiny-cpo", token=TOKEN, revision=revision)
+    text = "\n".join(info.value.lines())
+    assert expected in info.value.message
+    assert "\n" not in info.value.message
+    assert TOKEN not in text
+    assert folder_digest(output_dir) == before
+    assert len(fake_hub.requests) <= 6  # no retry storm
+
+
+def test_no_token_fails_before_any_request(
+    fake_hub: FakeHub, output_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from huggingface_hub import constants
+
+    from cpo_cli.errors import HubError
+
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "no-tokens"))
+    recipe = output_dir / "recipe.yaml"
+    recipe.write_text(recipe.read_text().replace(TOKEN, "null"))
+    with pytest.raises(HubError, match="no Hugging Face token"):
+        run_push(output_dir, repo_id="alice/tiny-cpo")
+    assert fake_hub.requests == []
+
+
+def test_unreachable_endpoint(
+    online: None, output_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cpo_cli.errors import HubError
+
+    with socket.socket() as s:  # a port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    before = folder_digest(output_dir)
+    with pytest.raises(HubError, match=f"cannot reach the Hub at http://127.0.0.1:{port}"):
+        run_push(output_dir, repo_id="alice/tiny-cpo", token=TOKEN)
+    assert folder_digest(output_dir) == before
+
+
+def test_offline_mode_is_a_clear_error(output_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
+    from cpo_cli.errors import HubError
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(HubError, match="offline mode is on"):
+        run_push(output_dir, repo_id="alice/tiny-cpo", token=TOKEN)
