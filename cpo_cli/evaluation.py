@@ -1,0 +1,300 @@
+"""`cpo eval`: the training loop's own evaluation (`engine.evaluate.evaluate_model`, the same
+forward pass, loss and metric names) run on any model and preference data, plus what a pipeline
+needs around it: quality gates, a second model side by side, sample generations and reference
+metrics. No second forward pass lives here; the numbers are the engine's."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from cpo_cli.errors import EXIT_USAGE, CpoError, DependencyMissingError, GateFailedError
+
+#: What `cpo eval` reports, in table order: the engine's metric names with the `eval_` prefix.
+EVAL_METRICS: tuple[str, ...] = (
+    "eval_loss",
+    "eval_rewards/chosen",
+    "eval_rewards/rejected",
+    "eval_rewards/accuracies",
+    "eval_rewards/margins",
+    "eval_logps/chosen",
+    "eval_logps/rejected",
+    "eval_logits/chosen",
+    "eval_logits/rejected",
+    "eval_nll_loss",
+)
+#: The number of pairs scored, reported beside the metrics (and gateable, e.g. `=50`).
+NUM_PAIRS = "eval_num_pairs"
+REFERENCE_METRICS = ("eval_bleu", "eval_chrf")
+
+
+class EvalUsageError(CpoError):
+    """A `cpo eval` flag that cannot be used as given (a usage error: exit code 2)."""
+
+    exit_code = EXIT_USAGE
+
+
+# ----------------------------------------------------------------------------- gates
+
+
+@dataclass(frozen=True)
+class Gate:
+    """`--fail-under METRIC=VALUE` (fails when the metric is below) or `--fail-over` (above)."""
+
+    metric: str
+    kind: Literal["under", "over"]
+    threshold: float
+
+    @property
+    def flag(self) -> str:
+        return f"--fail-{self.kind} {self.metric}={self.threshold:g}"
+
+    def passes(self, value: float) -> bool:
+        if math.isnan(value):
+            return False  # a NaN metric never satisfies a gate
+        return value >= self.threshold if self.kind == "under" else value <= self.threshold
+
+
+def gateable_metrics(extra: Sequence[str] = ()) -> list[str]:
+    return [*EVAL_METRICS, NUM_PAIRS, *extra]
+
+
+def normalise_metric_name(name: str, valid: Sequence[str]) -> str:
+    """`rewards/accuracies` and `eval_rewards/accuracies` name the same metric; anything else
+    fails with the list of valid names."""
+    name = name.strip()
+    for candidate in (name, f"eval_{name}"):
+        if candidate in valid:
+            return candidate
+    raise EvalUsageError(
+        f"unknown metric {name!r} in a quality gate; valid metrics: {', '.join(valid)}"
+    )
+
+
+def parse_gates(
+    fail_under: Sequence[str], fail_over: Sequence[str], *, valid: Sequence[str] | None = None
+) -> list[Gate]:
+    """Every `METRIC=VALUE` of `--fail-under` / `--fail-over`, checked before any model loads."""
+    valid = list(valid or gateable_metrics())
+    gates: list[Gate] = []
+    for kind, specs in (("under", fail_under), ("over", fail_over)):
+        for spec in specs:
+            metric, sep, raw = spec.rpartition("=")
+            if not sep or not metric:
+                raise EvalUsageError(
+                    f"--fail-{kind} {spec!r}: expected METRIC=VALUE, "
+                    f"e.g. --fail-{kind} eval_rewards/accuracies=0.6"
+                )
+            try:
+                threshold = float(raw)
+            except ValueError:
+                raise EvalUsageError(f"--fail-{kind} {spec!r}: {raw!r} is not a number") from None
+            gates.append(Gate(normalise_metric_name(metric, valid), kind, threshold))  # type: ignore[arg-type]
+    return gates
+
+
+@dataclass(frozen=True)
+class GateResult:
+    gate: Gate
+    value: float | None
+
+    @property
+    def passed(self) -> bool:
+        return self.value is not None and self.gate.passes(self.value)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "metric": self.gate.metric,
+            "kind": f"fail_{self.gate.kind}",
+            "threshold": self.gate.threshold,
+            "value": _json_number(self.value),
+            "passed": self.passed,
+        }
+
+
+def check_gates(metrics: Mapping[str, float], gates: Sequence[Gate]) -> list[GateResult]:
+    return [GateResult(g, metrics.get(g.metric)) for g in gates]
+
+
+def raise_on_failed_gates(results: Sequence[GateResult]) -> None:
+    """One `GateFailedError` (exit code 3) naming every failed metric, its value and threshold."""
+    failed = [r for r in results if not r.passed]
+    if not failed:
+        return
+    parts = []
+    for r in failed:
+        relation = "below" if r.gate.kind == "under" else "above"
+        value = "missing" if r.value is None else f"{r.value:.6g}"
+        parts.append(f"{r.gate.metric} = {value} is {relation} the threshold {r.gate.threshold:g}")
+    raise GateFailedError("quality gate failed: " + "; ".join(parts))
+
+
+# ----------------------------------------------------------------------------- comparison
+
+
+def difference(a: Mapping[str, float], b: Mapping[str, float]) -> dict[str, float]:
+    """`a - b` for every metric both report (the model minus the compared one)."""
+    return {k: a[k] - b[k] for k in a if k in b}
+
+
+def ordered_metric_names(*metric_sets: Mapping[str, float]) -> list[str]:
+    names = [*EVAL_METRICS, NUM_PAIRS, *REFERENCE_METRICS]
+    present = set().union(*(m.keys() for m in metric_sets))
+    return [n for n in names if n in present] + sorted(present - set(names))
+
+
+# ----------------------------------------------------------------------------- generations
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    num_prompts: int
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    seed: int = 42
+
+    def validate(self) -> None:
+        if self.num_prompts < 1:
+            raise EvalUsageError("--generate must be at least 1")
+        if self.max_new_tokens < 1:
+            raise EvalUsageError("--max-new-tokens must be at least 1")
+        if self.temperature < 0:
+            raise EvalUsageError("--temperature must be 0 (greedy) or positive")
+        if not 0 < self.top_p <= 1:
+            raise EvalUsageError("--top-p must be in (0, 1]")
+
+
+def sample_rows(num_rows: int, n: int, seed: int) -> list[int]:
+    """`n` row indices drawn without replacement, in dataset order (stable for a seed)."""
+    if n >= num_rows:
+        return list(range(num_rows))
+    return sorted(random.Random(seed).sample(range(num_rows), n))
+
+
+def generate(
+    model: Any,
+    tokenizer: Any,
+    pairs: Any,
+    settings: GenerationSettings,
+    *,
+    is_encoder_decoder: bool,
+) -> list[dict[str, str]]:
+    """Answers of `model` to `settings.num_prompts` prompts of the prepared pairs, beside the
+    chosen and rejected answers. Greedy unless a temperature is set."""
+    import torch
+
+    rows = pairs.select(sample_rows(len(pairs), settings.num_prompts, settings.seed))
+    device = next(model.parameters()).device
+    sampling = settings.temperature > 0
+    options: dict[str, Any] = {"max_new_tokens": settings.max_new_tokens, "do_sample": sampling}
+    if sampling:
+        options.update(temperature=settings.temperature, top_p=settings.top_p, top_k=0)
+        torch.manual_seed(settings.seed)
+    else:  # make greedy explicit so a model's generation_config cannot turn sampling on
+        options.update(temperature=None, top_p=None, top_k=None)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    was_training = model.training
+    model.eval()
+    out: list[dict[str, str]] = []
+    try:
+        with torch.no_grad():
+            for row in rows:
+                ids = torch.tensor([row["prompt_input_ids"]], device=device)
+                tokens = model.generate(
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    pad_token_id=pad_id,
+                    **options,
+                )
+                answer = tokens[0] if is_encoder_decoder else tokens[0, ids.shape[1] :]
+                out.append(
+                    {
+                        "prompt": _text(row, "prompt", tokenizer),
+                        "generation": tokenizer.decode(answer, skip_special_tokens=True).strip(),
+                        "chosen": _text(row, "chosen", tokenizer),
+                        "rejected": _text(row, "rejected", tokenizer),
+                    }
+                )
+    finally:
+        if was_training:
+            model.train()
+    return out
+
+
+def _text(row: Mapping[str, Any], column: str, tokenizer: Any) -> str:
+    """The readable text of a prepared column: decoded ids without special tokens (the text
+    column carries chat-template markup that does not belong in a reference)."""
+    ids = row.get(f"{column}_input_ids")
+    if ids is not None:
+        return str(tokenizer.decode(ids, skip_special_tokens=True)).strip()
+    return str(row.get(column, ""))
+
+
+def write_generations(samples: Sequence[Mapping[str, str]], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for sample in samples:
+            f.write(json.dumps(dict(sample), ensure_ascii=False) + "\n")
+
+
+def reference_metrics(samples: Sequence[Mapping[str, str]]) -> dict[str, float]:
+    """Corpus BLEU and chrF of the generations against the chosen answers (as references),
+    from sacrebleu: meaningful where chosen answers are references, e.g. translations."""
+    try:
+        import sacrebleu
+    except ImportError:
+        raise DependencyMissingError(
+            "--reference-metrics needs the sacrebleu package, which is not installed",
+            hint="pip install sacrebleu (or pip install 'cpo-cli[metrics]')",
+        ) from None
+    hypotheses = [s["generation"] for s in samples]
+    references = [[s["chosen"] for s in samples]]
+    return {
+        "eval_bleu": float(sacrebleu.corpus_bleu(hypotheses, references).score),
+        "eval_chrf": float(sacrebleu.corpus_chrf(hypotheses, references).score),
+    }
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def _json_number(value: float | None) -> float | str | None:
+    if value is None:
+        return None
+    return value if math.isfinite(value) else str(value)
+
+
+def report_json(
+    *,
+    model: str,
+    dataset: str,
+    metrics: Mapping[str, float],
+    compare: tuple[str, Mapping[str, float]] | None = None,
+    gates: Sequence[GateResult] = (),
+    generations_path: Path | None = None,
+) -> dict[str, Any]:
+    """The one JSON object of `--json`: metrics under their engine names, plus what was run."""
+    report: dict[str, Any] = {
+        "model": model,
+        "dataset": dataset,
+        "num_pairs": int(metrics.get(NUM_PAIRS, 0)),
+        "metrics": {k: _json_number(v) for k, v in metrics.items()},
+    }
+    if compare is not None:
+        label, other = compare
+        report["compare"] = {
+            "model": label,
+            "metrics": {k: _json_number(v) for k, v in other.items()},
+            "difference": {k: _json_number(v) for k, v in difference(metrics, other).items()},
+        }
+    if gates:
+        report["gates"] = [g.to_json() for g in gates]
+    if generations_path is not None:
+        report["generations"] = str(generations_path)
+    return report
