@@ -1,0 +1,425 @@
+"""The log-prob forward: per-sequence answer log-probabilities without full-vocabulary logits.
+
+TRL computes `[2B, T, V]` float32 logits and log-softmaxes all of them, although only the
+answer tokens are scored. Here the model body runs once (the model's own forward, asked for
+its last hidden state and for logits at a single position), the hidden states at the
+answer-predicting positions are gathered, and the LM head + float32 log-softmax run on those
+positions only, `chunk_size` at a time. When there are several chunks and gradients are needed,
+each chunk is recomputed in the backward pass instead of keeping its `[chunk, V]` softmax
+alive. Token log-probs are summed per sequence with `index_add`.
+
+Prefix sharing (`packed` batches, see `cpo_cli.data.collate`) runs each pair as one row
+`prompt | chosen | rejected` under a 4D additive mask (rejected never sees chosen) with
+position ids that restart rejected at the end of the prompt. Whether a model honours such a
+mask is checked once per model with a small probe (packed vs plain rows must agree), never
+assumed; models that fail it, MoE models (their router loss is defined on plain rows) and
+encoder-decoders use `pair_rows`, with one warning saying why.
+
+`logits/chosen` / `logits/rejected`: TRL 1.16 averages the raw logits over every position of
+the padded chosen (rejected) rows — prompt and padding included — and the whole vocabulary,
+so its value depends on how the batch was padded. We define it as the mean raw logit over the
+answer-predicting positions and the whole vocabulary (after any final logit soft-capping):
+the positions whose logits the loss uses, independent of padding and layout.
+"""
+
+from __future__ import annotations
+
+import inspect
+import weakref
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from cpo_cli import console
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+Layout = Literal["packed", "pair_rows"]
+
+_PROBE_TOL = {"float32": 1e-4, "float64": 1e-6}  # other dtypes (bf16, fp16): 2e-2
+_SUPPORT: weakref.WeakKeyDictionary[Any, _Support] = weakref.WeakKeyDictionary()
+
+
+@dataclass(frozen=True)
+class _Support:
+    head_ok: bool  # our LM-head path reproduces the model's logits
+    packed_ok: bool  # a packed batch gives the same hidden states as plain rows
+    reason: str  # why packed is not used (empty when it is)
+
+
+@dataclass
+class SequenceLogps:
+    """Per-sequence results of one forward; index i < B is chosen pair i, B + i rejected pair i."""
+
+    #: [2B] float32 summed log-probs of the answer tokens (differentiable)
+    logps: torch.Tensor
+    #: [2B] number of scored answer tokens
+    token_counts: torch.Tensor
+    #: [2B] float32 sum of raw logits over answer-predicting positions × vocabulary (detached)
+    logit_sums: torch.Tensor
+    vocab_size: int
+    #: MoE router load-balancing loss (None for dense models)
+    aux_loss: torch.Tensor | None = None
+
+    @property
+    def num_pairs(self) -> int:
+        return int(self.logps.shape[0]) // 2
+
+    def averaged(self) -> torch.Tensor:
+        """[2B] per-token mean log-probs (ipo, simpo)."""
+        return self.logps / self.token_counts.clamp(min=1)
+
+    def chosen_nll(self) -> torch.Tensor:
+        """Token-mean NLL over all chosen answer tokens of the batch (the CPO BC term)."""
+        from cpo_cli.losses.total import chosen_nll
+
+        b = self.num_pairs
+        return chosen_nll(self.logps[:b].sum(), self.token_counts[:b].sum())
+
+    def mean_logits(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(chosen, rejected) mean raw logit over answer-predicting positions and the vocabulary."""
+        b = self.num_pairs
+        counts = self.token_counts.to(self.logit_sums.dtype) * self.vocab_size
+        return (
+            self.logit_sums[:b].sum() / counts[:b].sum().clamp(min=1),
+            self.logit_sums[b:].sum() / counts[b:].sum().clamp(min=1),
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# public entry points
+# ---------------------------------------------------------------------------------------------
+
+
+def choose_layout(model: nn.Module, *, prefix_sharing: bool = True) -> Layout:
+    """`packed` when prefix sharing is on and this model provably honours the packed mask,
+    else `pair_rows` (with one warning saying why, when prefix sharing was asked for)."""
+    if not prefix_sharing:
+        return "pair_rows"
+    support = model_support(model)
+    if support.packed_ok:
+        return "packed"
+    console.warn(f"prefix sharing is off for this model: {support.reason}; using plain rows")
+    return "pair_rows"
+
+
+def model_support(model: nn.Module) -> _Support:
+    """What this model supports, probed once per model object and cached."""
+    core = _core_model(model)
+    cached = _SUPPORT.get(core)
+    if cached is None:
+        cached = _probe(model, core)
+        _SUPPORT[core] = cached
+    return cached
+
+
+def sequence_logps(
+    model: nn.Module, batch: dict[str, torch.Tensor], *, chunk_size: int = 1024
+) -> SequenceLogps:
+    """Summed answer log-probs per sequence for a `collate_pairs` batch (either layout)."""
+    core = _core_model(model)
+    support = model_support(model)
+    return _sequence_logps(model, core, batch, chunk_size, use_head=support.head_ok)
+
+
+def packed_attention_mask(
+    segment_ids: torch.Tensor,
+    dtype: torch.dtype,
+    *,
+    position_ids: torch.Tensor | None = None,
+    sliding_window: int | None = None,
+) -> torch.Tensor:
+    """[B, 1, T, T] additive mask for `prompt | chosen | rejected` rows.
+
+    A query sees an earlier (or the same) column whose segment is the prompt (0) or its own;
+    padding (-1) sees only itself, so no softmax row is empty. With a sliding window, keys
+    further back than the window in *position* (not column) are hidden too.
+    """
+    import torch
+
+    t = segment_ids.shape[1]
+    col = torch.arange(t, device=segment_ids.device)
+    seg_q, seg_k = segment_ids[:, :, None], segment_ids[:, None, :]
+    allowed = (col[:, None] >= col[None, :]) & ((seg_k == 0) | (seg_k == seg_q))
+    allowed &= (seg_q >= 0) & (seg_k >= 0)
+    if sliding_window is not None and position_ids is not None:
+        allowed &= (position_ids[:, :, None] - position_ids[:, None, :]) < sliding_window
+    allowed |= torch.eye(t, dtype=torch.bool, device=segment_ids.device)
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=segment_ids.device)
+    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
+
+
+# ---------------------------------------------------------------------------------------------
+# the forward
+# ---------------------------------------------------------------------------------------------
+
+
+def _sequence_logps(
+    model: nn.Module,
+    core: Any,
+    batch: dict[str, torch.Tensor],
+    chunk_size: int,
+    *,
+    use_head: bool,
+) -> SequenceLogps:
+    import torch
+
+    packed = "segment_ids" in batch
+    n_seqs = batch["input_ids"].shape[0] * (2 if packed else 1)
+    rows, cols = batch["target_rows"], batch["target_cols"]
+    outputs = _run_model(model, core, batch, want_hidden=use_head)
+    if use_head:
+        head, source = core.get_output_embeddings(), outputs.hidden_states[-1]
+    else:
+        head, source = None, outputs.logits
+    token_logps, logit_sums = _chunked_token_stats(
+        source[rows, cols], batch["target_ids"], head, _softcap(core), chunk_size
+    )
+    seqs = batch["target_seqs"]
+    zeros = torch.zeros(n_seqs, dtype=torch.float32, device=token_logps.device)
+    aux = getattr(outputs, "aux_loss", None) if _router_loss_enabled(core) else None
+    return SequenceLogps(
+        logps=zeros.index_add(0, seqs, token_logps),
+        token_counts=torch.bincount(seqs, minlength=n_seqs),
+        logit_sums=zeros.index_add(0, seqs, logit_sums),
+        vocab_size=int(_vocab_size(core)),
+        aux_loss=aux,
+    )
+
+
+def _run_model(
+    model: nn.Module, core: Any, batch: dict[str, torch.Tensor], *, want_hidden: bool
+) -> Any:
+    """The model's own forward (so DDP/FSDP wrappers and PEFT hooks run as usual)."""
+    kwargs: dict[str, Any] = {
+        "input_ids": batch["input_ids"],
+        "attention_mask": batch["attention_mask"],
+        "use_cache": False,
+    }
+    if "segment_ids" in batch:
+        kwargs["attention_mask"] = packed_attention_mask(
+            batch["segment_ids"],
+            _compute_dtype(core),
+            position_ids=batch["position_ids"],
+            sliding_window=_sliding_window(core),
+        )
+        kwargs["position_ids"] = batch["position_ids"]
+    if "decoder_input_ids" in batch:
+        kwargs["decoder_input_ids"] = batch["decoder_input_ids"]
+        kwargs["decoder_attention_mask"] = batch["decoder_attention_mask"]
+    if want_hidden:
+        kwargs["output_hidden_states"] = True
+        if _accepts(core, "logits_to_keep"):
+            kwargs["logits_to_keep"] = 1  # the model's own head runs at one position only
+    if _router_loss_enabled(core):
+        kwargs["output_router_logits"] = True
+    return model(**kwargs)
+
+
+def _chunked_token_stats(
+    source: torch.Tensor,
+    targets: torch.Tensor,
+    head: nn.Module | None,
+    softcap: float | None,
+    chunk_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per target: log p(target) and the sum of its raw logits, `chunk_size` positions at a time.
+
+    `source` is hidden states (`head` given) or already-computed logits (`head` None).
+    """
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    n = source.shape[0]
+    if n == 0:
+        empty = source.new_zeros(0, dtype=torch.float32)
+        return empty, empty
+    # With several chunks, recompute each in backward rather than keep n × V floats alive.
+    recompute = n > chunk_size and torch.is_grad_enabled() and source.requires_grad
+    logps, sums = [], []
+    for start in range(0, n, chunk_size):
+        args = (source[start : start + chunk_size], targets[start : start + chunk_size])
+        if recompute:
+            lp, s = checkpoint(_token_stats, *args, head, softcap, use_reentrant=False)
+        else:
+            lp, s = _token_stats(*args, head, softcap)
+        logps.append(lp)
+        sums.append(s)
+    return torch.cat(logps), torch.cat(sums)
+
+
+def _token_stats(
+    source: torch.Tensor, targets: torch.Tensor, head: nn.Module | None, softcap: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
+    logits = (head(source) if head is not None else source).float()
+    if softcap is not None and head is not None:
+        logits = torch.tanh(logits / softcap) * softcap
+    logp = logits.log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)
+    return logp, logits.detach().sum(-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# what a model supports
+# ---------------------------------------------------------------------------------------------
+
+
+def _probe(model: nn.Module, core: Any) -> _Support:
+    """Run a 2-pair batch both ways and compare, so support is observed rather than assumed."""
+    import torch
+
+    from cpo_cli.data.collate import collate_pairs
+
+    if _is_encoder_decoder(core):
+        return _Support(False, False, "encoder-decoder models run prompt and answer separately")
+    vocab = _vocab_size(core)
+    g = torch.Generator().manual_seed(0)
+    ids = (torch.randint(1, max(2, vocab), (12,), generator=g)).tolist()
+    prompt, rejected = ids[:4], ids[4:7]
+    rows = [
+        {"prompt_input_ids": prompt, "chosen_input_ids": ids[7:9], "rejected_input_ids": rejected},
+        {"prompt_input_ids": prompt, "chosen_input_ids": ids[9:12], "rejected_input_ids": rejected},
+    ]
+    device = _device(core)
+    plain = _to(collate_pairs(rows, pad_token_id=0, layout="pair_rows"), device)
+    tol = _PROBE_TOL.get(str(_compute_dtype(core)).removeprefix("torch."), 2e-2)
+    was_training = core.training
+    core.eval()
+    try:
+        with torch.no_grad():
+            reference = _sequence_logps(model, core, plain, 64, use_head=False).logps
+            ours = _sequence_logps(model, core, plain, 64, use_head=True).logps
+            head_ok = _close(ours, reference, tol)
+            reason = _static_packed_problem(core) or _packed_mismatch(model, core, rows, plain, tol)
+    finally:
+        core.train(was_training)
+    return _Support(head_ok, not reason, reason)
+
+
+def _packed_mismatch(
+    model: nn.Module,
+    core: Any,
+    rows: list[dict[str, list[int]]],
+    plain: dict[str, torch.Tensor],
+    tol: float,
+) -> str:
+    """Why the packed batch disagrees with plain rows (empty string: it agrees)."""
+    from cpo_cli.data.collate import collate_pairs
+
+    packed = _to(collate_pairs(rows, pad_token_id=0, layout="packed"), _device(core))
+    try:
+        h_plain = _answer_hidden(model, core, plain)
+        h_packed = _answer_hidden(model, core, packed)
+    except Exception as exc:  # a model that rejects the 4D mask or the position ids
+        return f"its forward failed on a packed batch ({type(exc).__name__}: {exc})"
+    if not _close(h_packed, h_plain, tol):
+        return "it does not honour a custom 4D attention mask and position ids"
+    return ""
+
+
+def _answer_hidden(model: nn.Module, core: Any, batch: dict[str, torch.Tensor]) -> Any:
+    """Last hidden states at the answer-predicting positions, ordered by (sequence, token)."""
+    import torch
+
+    out = _run_model(model, core, batch, want_hidden=True)
+    h = out.hidden_states[-1][batch["target_rows"], batch["target_cols"]]
+    order = torch.sort(batch["target_seqs"], stable=True).indices
+    return h[order].float()
+
+
+def _static_packed_problem(core: Any) -> str:
+    """Reasons known without running the model (empty string: none)."""
+    config = core.config
+    impl = getattr(config, "_attn_implementation", None) or "eager"
+    if impl not in ("sdpa", "eager"):
+        return f"attn_implementation {impl!r} takes no custom 4D attention mask"
+    if _router_loss_enabled(core):
+        return "the MoE router loss is defined on plain rows"
+    if not _accepts(core, "position_ids"):
+        return "its forward takes no position_ids"
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    layer_types = set(getattr(text, "layer_types", None) or [])
+    if len(layer_types) > 1:
+        return f"it mixes attention types {sorted(layer_types)} under one mask"
+    return ""
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, tol: float) -> bool:
+    import torch
+
+    if a.shape != b.shape or not torch.isfinite(a).all():
+        return False
+    scale = float(b.abs().max()) if b.numel() else 1.0
+    return bool(torch.allclose(a.float(), b.float(), rtol=tol, atol=tol * max(scale, 1.0)))
+
+
+# ---------------------------------------------------------------------------------------------
+# small model queries
+# ---------------------------------------------------------------------------------------------
+
+
+def _core_model(model: nn.Module) -> Any:
+    """The transformers model under DDP/FSDP (`.module`) and PEFT (`get_base_model`) wrappers."""
+    core: Any = model
+    while hasattr(core, "module") and not hasattr(core, "config"):
+        core = core.module
+    if hasattr(core, "get_base_model"):
+        core = core.get_base_model()
+    return core
+
+
+def _text_config(core: Any) -> Any:
+    config = core.config
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def _vocab_size(core: Any) -> int:
+    head = core.get_output_embeddings()
+    if head is not None and hasattr(head, "weight"):
+        return int(head.weight.shape[0])
+    return int(_text_config(core).vocab_size)
+
+
+def _softcap(core: Any) -> float | None:
+    cap = getattr(_text_config(core), "final_logit_softcapping", None)
+    return float(cap) if cap else None
+
+
+def _sliding_window(core: Any) -> int | None:
+    text = _text_config(core)
+    window = getattr(text, "sliding_window", None)
+    if not window or getattr(text, "use_sliding_window", True) is False:
+        return None
+    layer_types = getattr(text, "layer_types", None)
+    if layer_types and "sliding_attention" not in layer_types:
+        return None
+    return int(window)
+
+
+def _router_loss_enabled(core: Any) -> bool:
+    return bool(getattr(_text_config(core), "output_router_logits", False))
+
+
+def _is_encoder_decoder(core: Any) -> bool:
+    return bool(getattr(core.config, "is_encoder_decoder", False))
+
+
+def _accepts(core: Any, name: str) -> bool:
+    try:
+        return name in inspect.signature(core.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _compute_dtype(core: Any) -> torch.dtype:
+    return core.get_input_embeddings().weight.dtype
+
+
+def _device(core: Any) -> torch.device:
+    return core.get_input_embeddings().weight.device
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
