@@ -188,7 +188,7 @@ def run_once(engine: str, model: Path, data: Path, steps: int, a: argparse.Names
         str(model),
         "--data",
         str(data),
-        "--steps",
+        "--worker-steps",
         str(steps),
         "--out",
         out,
@@ -239,6 +239,7 @@ def main() -> None:
     p.add_argument("--out")
     p.add_argument("--models", nargs="+", default=["tiny"], choices=["tiny", "smollm2"])
     p.add_argument("--shapes", nargs="+", default=["prompt-heavy", "balanced"])
+    p.add_argument("--worker-steps", type=int, default=0)
     p.add_argument("--steps", nargs=2, type=int, default=[2, 6], metavar=("SHORT", "LONG"))
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-length", type=int, default=1024)
@@ -251,7 +252,7 @@ def main() -> None:
     a = p.parse_args()
 
     if a.worker:
-        a.steps = a.steps if isinstance(a.steps, int) else a.steps[0]
+        a.steps = a.worker_steps
         fn = worker_trl if a.worker == "trl" else worker_cpo
         print(json.dumps(fn(a)))
         return
