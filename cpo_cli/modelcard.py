@@ -18,12 +18,13 @@ import yaml
 
 #: Where the engine may leave the resolved recipe, in the order we look.
 RECIPE_FILE_NAMES = ("recipe.yaml", "resolved_recipe.yaml", "cpo_recipe.yaml", "recipe.yml")
-#: Final metrics summaries, in the order we look (the engine's name first, then HF Trainer's).
+#: Final metrics summaries, in the order we look: the engine's `train_results.json`
+#: ({"global_step", ..., "metrics": {...}}), then other common names.
 METRICS_FILE_NAMES = (
-    "final_metrics.json",
-    "metrics.json",
-    "all_results.json",
     "train_results.json",
+    "final_metrics.json",
+    "all_results.json",
+    "metrics.json",
     "eval_results.json",
 )
 #: The per-log-step stream the engine always writes; the last records are a fallback.
@@ -145,8 +146,8 @@ def read_final_metrics(output_dir: Path) -> tuple[dict[str, float], str | None]:
 
 
 def _numeric_items(data: Any) -> dict[str, float]:
-    """Numeric leaves of a metrics JSON; a nested {"train": {...}, "eval": {...}} is flattened
-    with `eval_` kept on evaluation keys."""
+    """Numeric leaves of a metrics JSON; nested `metrics` / `train` / `eval` objects are
+    flattened, with `eval_` kept on evaluation keys."""
     out: dict[str, float] = {}
     if not isinstance(data, Mapping):
         return out
@@ -155,7 +156,7 @@ def _numeric_items(data: Any) -> dict[str, float]:
             continue
         if isinstance(value, (int, float)):
             out[str(key)] = float(value)
-        elif isinstance(value, Mapping) and key in ("train", "eval", "final"):
+        elif isinstance(value, Mapping) and key in ("metrics", "train", "eval", "final"):
             for sub_key, sub_value in _numeric_items(value).items():
                 name = sub_key
                 if key == "eval" and not sub_key.startswith("eval_"):

@@ -89,6 +89,21 @@ def test_metrics_fall_back_to_the_stream_and_missing_is_said(tmp_path: Path) -> 
     assert metrics["loss"] == 0.4 and metrics["eval_loss"] == 0.7
 
 
+def test_engine_summary_is_read(tmp_path: Path) -> None:
+    (tmp_path / "train_results.json").write_text(
+        json.dumps(
+            {
+                "global_step": 8,
+                "best_checkpoint": None,
+                "metrics": {"loss": 0.4, "rewards/accuracies": 0.7, "eval_loss": 0.6},
+            }
+        )
+    )
+    metrics, source = read_final_metrics(tmp_path)
+    assert source == "train_results.json"
+    assert metrics["eval_loss"] == 0.6 and metrics["rewards/accuracies"] == 0.7
+
+
 def test_nested_summary_is_flattened(tmp_path: Path) -> None:
     (tmp_path / "final_metrics.json").write_text(
         json.dumps({"train": {"loss": 0.3}, "eval": {"rewards/margins": 1.5}, "done": True})
