@@ -117,9 +117,12 @@ def _token_lists(
                 )
             ids = row[key]
             dest.append(ids.tolist() if hasattr(ids, "tolist") else list(ids))
-        for key in _KEYS[1:]:
-            if not row[key]:
-                raise DataError(f"row {i} of the batch has an empty `{key}`")
+        for key, dest in zip(_KEYS[1:], out[1:], strict=True):
+            if not dest[-1]:
+                raise DataError(
+                    f"row {i} of the batch has an empty `{key}`",
+                    hint="every answer needs at least one token (its EOS); re-run `cpo prepare`",
+                )
     return out
 
 

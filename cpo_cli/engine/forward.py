@@ -123,6 +123,11 @@ def sequence_logps(
     return _sequence_logps(model, core, batch, chunk_size, use_head=support.head_ok)
 
 
+def model_config(model: nn.Module) -> Any:
+    """The (text) config of the transformers model under any DDP/FSDP/PEFT wrapper."""
+    return _text_config(_core_model(model))
+
+
 def packed_attention_mask(
     segment_ids: torch.Tensor,
     dtype: torch.dtype,

@@ -1,0 +1,88 @@
+"""Loss and metrics of one batch: the log-prob forward, the registry's loss, the CPO extras.
+
+Semantics follow TRL 1.16's CPOTrainer (`get_batch_loss_metrics`): summed log-probs for
+sigmoid/hinge, per-token averages for ipo/simpo/alphapo; the AlphaPO reward shape whenever
+`alpha != 0` (any loss type); `alphapo` is `simpo` with the NLL term off; total =
+mean pair loss + cpo_alpha · NLL(chosen) + router_aux_loss_coef · router loss.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+#: metric names exactly as TRL logs them (the engine adds the `eval_` prefix in evaluation)
+METRIC_NAMES: tuple[str, ...] = (
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/accuracies",
+    "rewards/margins",
+    "logps/chosen",
+    "logps/rejected",
+    "logits/chosen",
+    "logits/rejected",
+    "nll_loss",
+)
+
+
+def effective_cpo_alpha(training: Any) -> float:
+    """`cpo_alpha`, except 0 for `alphapo` (TRL's CPOConfig rewrites alphapo that way)."""
+    return 0.0 if training.loss_type == "alphapo" else float(training.cpo_alpha)
+
+
+def batch_loss_and_metrics(
+    model: nn.Module, batch: dict[str, torch.Tensor], training: Any
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(loss to differentiate, detached scalar metrics) for one `collate_pairs` batch.
+
+    `training` is the recipe's `TrainingConfig` (any object with its attributes will do).
+    Metrics are means over this batch's pairs; `nll_loss` is 0 when the NLL term is off, as
+    in TRL. `logits/*` are defined in `cpo_cli.engine.forward` (answer-predicting positions).
+    """
+    import torch
+
+    from cpo_cli.engine.forward import model_config, sequence_logps
+    from cpo_cli.losses.alphapo import alphapo_reward
+    from cpo_cli.losses.registry import LOSSES, get_loss_fn
+    from cpo_cli.losses.total import total_loss
+
+    spec = LOSSES[training.loss_type]
+    out = sequence_logps(model, batch, chunk_size=int(training.logprob_chunk_size))
+    logps = out.averaged() if spec.averages_logps else out.logps
+    b = out.num_pairs
+    chosen_logps, rejected_logps = logps[:b], logps[b:]
+
+    alpha = float(getattr(training, "alpha", 0.0))
+    chosen_rewards = alphapo_reward(chosen_logps, alpha)
+    rejected_rewards = alphapo_reward(rejected_logps, alpha)
+    knobs = {k: getattr(training, k) for k in spec.knobs if k != "alpha"}
+    pair_losses = get_loss_fn(spec.name)(
+        chosen_rewards, rejected_rewards, beta=training.beta, **knobs
+    )
+
+    cpo_alpha = effective_cpo_alpha(training)
+    nll = out.chosen_nll() if cpo_alpha != 0 else torch.zeros((), device=logps.device)
+    aux_coef = float(getattr(model_config(model), "router_aux_loss_coef", 0.0) or 0.0)
+    loss = total_loss(
+        pair_losses, nll=nll, cpo_alpha=cpo_alpha, aux_loss=out.aux_loss, aux_loss_coef=aux_coef
+    )
+
+    with torch.no_grad():
+        beta = training.beta
+        r_chosen, r_rejected = beta * chosen_rewards.detach(), beta * rejected_rewards.detach()
+        logits_chosen, logits_rejected = out.mean_logits()
+        metrics = {
+            "rewards/chosen": r_chosen.mean(),
+            "rewards/rejected": r_rejected.mean(),
+            "rewards/accuracies": (r_chosen > r_rejected).float().mean(),
+            "rewards/margins": (r_chosen - r_rejected).mean(),
+            "logps/chosen": chosen_logps.detach().mean(),
+            "logps/rejected": rejected_logps.detach().mean(),
+            "logits/chosen": logits_chosen,
+            "logits/rejected": logits_rejected,
+            "nll_loss": nll.detach(),
+        }
+    return loss, metrics
