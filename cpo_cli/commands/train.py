@@ -1,10 +1,53 @@
-"""`cpo train` (not available yet: filled in by its issue)."""
+"""`cpo train RECIPE [key=value ...]` — train the recipe's model with CPO (or a variant)."""
 
 from __future__ import annotations
 
-from cpo_cli.errors import NotAvailableError
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cpo_cli import console
 
 
-def train() -> None:
-    """Not available yet in this version of cpo."""
-    raise NotAvailableError("`cpo train` is not available yet in this version of cpo")
+def train(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.", show_default=False)],
+    overrides: Annotated[
+        list[str] | None,
+        typer.Argument(help="Overrides as key=value, e.g. training.beta=0.2 "
+                       "training.max_steps=10.", show_default=False),
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Only warnings, errors and the final summary.")
+    ] = False,
+) -> None:
+    """Train a model with CPO from a recipe: checkpoints, metrics.jsonl and the final model go to
+    training.output_dir. Works under `accelerate launch -m cpo_cli train RECIPE`."""
+    from cpo_cli.recipe.loader import load_recipe
+
+    if quiet:
+        console.set_quiet(True)
+    loaded = load_recipe(recipe, overrides or [])
+    for warning in loaded.warnings:
+        console.warn(warning)
+    from cpo_cli.engine.loop import train as run_training  # imports torch: only now
+
+    result = run_training(loaded)
+    console.result(summary_table(result))
+    console.result(f"model saved to {result.output_dir}")
+
+
+def summary_table(result: object) -> object:
+    """The final metrics as a two-column rich table."""
+    from rich.table import Table
+
+    table = Table(title=f"cpo train: {getattr(result, 'global_step', 0)} optimizer steps in "
+                  f"{getattr(result, 'wall_time', 0.0):.0f}s")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in getattr(result, "metrics", {}).items():
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    best = getattr(result, "best_checkpoint", None)
+    if best:
+        table.add_row("best checkpoint", str(best))
+    return table

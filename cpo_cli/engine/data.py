@@ -1,0 +1,155 @@
+"""Dataloaders over prepared pairs: a seeded, resumable order (`data_seed`, `group_by_length`)
+and dynamic padding (each batch padded to its own longest row by `collate_pairs`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from functools import partial
+from typing import Any
+
+#: rows per "megabatch" sorted by length under group_by_length, in batches (as the HF Trainer)
+MEGABATCH_FACTOR = 50
+
+
+def pair_lengths(dataset: Any) -> list[int]:
+    """Tokens a pair costs in a batch: prompt + the longer answer."""
+    prompts = dataset["prompt_input_ids"]
+    chosen = dataset["chosen_input_ids"]
+    rejected = dataset["rejected_input_ids"]
+    return [len(p) + max(len(c), len(r)) for p, c, r in zip(prompts, chosen, rejected, strict=True)]
+
+
+class EpochSampler:
+    """Row order for one epoch as a pure function of (seed, epoch): a resumed run rebuilds the
+    exact same order and skips the batches already done. With `lengths`, rows of similar length
+    are grouped (random megabatches, each sorted longest first) to cut padding."""
+
+    def __init__(self, num_rows: int, *, seed: int, shuffle: bool = True,
+                 lengths: Sequence[int] | None = None, batch_size: int = 1) -> None:
+        self.num_rows = num_rows
+        self.seed = seed
+        self.shuffle = shuffle
+        self.lengths = lengths
+        self.batch_size = batch_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def order(self) -> list[int]:
+        import torch
+
+        if not self.shuffle:
+            return list(range(self.num_rows))
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        perm = torch.randperm(self.num_rows, generator=generator).tolist()
+        if self.lengths is None:
+            return perm
+        size = self.batch_size * MEGABATCH_FACTOR
+        lengths = self.lengths
+        out: list[int] = []
+        for start in range(0, len(perm), size):
+            out.extend(sorted(perm[start:start + size], key=lambda i: -lengths[i]))
+        return out
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order())
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+
+def _collate(rows: list[dict[str, Any]], *, pad_token_id: int, layout: str,
+              is_encoder_decoder: bool,
+              decoder_start_token_id: int | None) -> tuple[dict[str, Any], dict[str, int]]:
+    """The padded batch plus its size (pairs, real tokens), counted here where it is cheap:
+    the loop needs them for weighted averages and tokens/s."""
+    from cpo_cli.data.collate import collate_pairs
+
+    batch = collate_pairs(rows, pad_token_id=pad_token_id, layout=layout,  # type: ignore[arg-type]
+                          is_encoder_decoder=is_encoder_decoder,
+                          decoder_start_token_id=decoder_start_token_id)
+    tokens = sum(len(r["prompt_input_ids"]) + len(r["chosen_input_ids"])
+                 + len(r["rejected_input_ids"]) for r in rows)
+    return batch, {"pairs": len(rows), "tokens": tokens}
+
+
+def _loader(dataset: Any, *, batch_size: int, sampler: Any, training: Any, collate: Any,
+            drop_last: bool) -> Any:
+    from torch.utils.data import DataLoader
+
+    workers = int(training.dataloader_num_workers or 0)
+    kwargs: dict[str, Any] = {}
+    if workers > 0:
+        kwargs["persistent_workers"] = bool(training.dataloader_persistent_workers)
+        if training.dataloader_prefetch_factor is not None:
+            kwargs["prefetch_factor"] = training.dataloader_prefetch_factor
+    keep = ["prompt_input_ids", "chosen_input_ids", "rejected_input_ids"]
+    token_view = dataset.select_columns([c for c in keep if c in dataset.column_names])
+    return DataLoader(
+        token_view,
+        batch_size=batch_size,
+        sampler=sampler,
+        collate_fn=collate,
+        num_workers=workers,
+        pin_memory=bool(training.dataloader_pin_memory) and _has_cuda(),
+        drop_last=drop_last,
+        **kwargs,
+    )
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def build_train_dataloader(dataset: Any, training: Any, *, pad_token_id: int,
+                           is_encoder_decoder: bool, layout: str,
+                           decoder_start_token_id: int | None = None,
+                           ) -> tuple[Any, EpochSampler]:
+    """The training loader and its sampler (the loop sets the epoch on it)."""
+    seed = training.data_seed if training.data_seed is not None else training.seed
+    lengths = pair_lengths(dataset) if training.group_by_length else None
+    sampler = EpochSampler(len(dataset), seed=seed, lengths=lengths,
+                           batch_size=training.per_device_train_batch_size)
+    collate = partial(_collate, pad_token_id=pad_token_id,
+                      layout="pair_rows" if is_encoder_decoder else layout,
+                      is_encoder_decoder=is_encoder_decoder,
+                      decoder_start_token_id=decoder_start_token_id)
+    loader = _loader(dataset, batch_size=training.per_device_train_batch_size, sampler=sampler,
+                     training=training, collate=collate,
+                     drop_last=bool(training.dataloader_drop_last))
+    return loader, sampler
+
+
+def build_eval_dataloader(dataset: Any, training: Any, *, pad_token_id: int,
+                          is_encoder_decoder: bool, layout: str,
+                          decoder_start_token_id: int | None = None) -> Any:
+    """In dataset order, never dropping rows: every held-out pair is scored once."""
+    sampler = EpochSampler(len(dataset), seed=0, shuffle=False)
+    collate = partial(_collate, pad_token_id=pad_token_id,
+                      layout="pair_rows" if is_encoder_decoder else layout,
+                      is_encoder_decoder=is_encoder_decoder,
+                      decoder_start_token_id=decoder_start_token_id)
+    return _loader(dataset, batch_size=training.per_device_eval_batch_size, sampler=sampler,
+                   training=training, collate=collate, drop_last=False)
+
+
+def load_datasets(recipe: Any, tokenizer: Any, is_encoder_decoder: bool) -> tuple[Any, Any]:
+    """Prepared train and eval datasets (a `cpo prepare` folder is checked against this
+    tokenizer and these lengths; a raw source is prepared in-process, cached)."""
+    from cpo_cli.data.prepare import prepare_dataset
+    from cpo_cli.errors import RecipeError
+
+    if recipe.data.train is None:
+        raise RecipeError("recipe", ["data.train: cpo train needs a training dataset "
+                                     "(data.train.path)"])
+    train = prepare_dataset(recipe.data.train, tokenizer, recipe.training,
+                            is_encoder_decoder=is_encoder_decoder)
+    evaluation = None
+    if recipe.data.eval is not None:
+        evaluation = prepare_dataset(recipe.data.eval, tokenizer, recipe.training,
+                                     is_encoder_decoder=is_encoder_decoder)
+    return train, evaluation

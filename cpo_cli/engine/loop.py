@@ -1,0 +1,405 @@
+"""`cpo train`: setup in small `build_*` functions, then one training function that reads top to
+bottom. Micro-batches (forward + backward) and optimizer steps are separate, named counters.
+
+Built on `accelerate.Accelerator` (device placement, mixed precision, gradient accumulation,
+process groups), so `accelerate launch -m cpo_cli train RECIPE` runs it on several processes:
+printing, logging and writing happen on the main process only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cpo_cli import console
+from cpo_cli.engine.checkpoint import (
+    TrainerState,
+    load_checkpoint,
+    load_model_weights,
+    register_state_hooks,
+    resolve_resume,
+    rotate_checkpoints,
+    save_checkpoint,
+    save_model,
+)
+from cpo_cli.engine.evaluate import MetricMeans
+from cpo_cli.engine.schedule import Plan, Schedule, build_plan
+from cpo_cli.errors import EXIT_INTERRUPTED, CpoError
+
+DEFAULT_OUTPUT_DIR = "trainer_output"
+SUMMARY_FILE = "train_results.json"
+#: order of the columns in log lines and the final table
+METRIC_ORDER = (
+    "loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
+    "logps/chosen", "logps/rejected", "logits/chosen", "logits/rejected", "nll_loss",
+    "learning_rate", "grad_norm", "epoch", "tokens/s",
+)
+
+
+class TrainingInterrupted(CpoError):
+    """Ctrl-C during training: nothing half-written is kept; the message names the last
+    complete checkpoint."""
+
+    exit_code = EXIT_INTERRUPTED
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    global_step: int
+    #: the last logged training metrics and the last evaluation, merged
+    metrics: dict[str, float] = field(default_factory=dict)
+    best_checkpoint: str | None = None
+    wall_time: float = 0.0
+
+
+@dataclass
+class Run:
+    """Everything the loop needs, built once by `build_run`."""
+
+    accelerator: Any
+    model: Any
+    tokenizer: Any
+    optimizer: Any
+    scheduler: Any
+    train_loader: Any
+    sampler: Any
+    eval_loader: Any
+    eval_dataset: Any
+    training: Any
+    plan: Plan
+    output_dir: Path
+    recipe_yaml: str
+    is_encoder_decoder: bool
+    peft: Any = None
+    config_for_trackers: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def build_accelerator(training: Any) -> Any:
+    """Mixed precision from bf16/fp16 (fp32 on a CPU unless asked), accumulation, seeds."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    if training.bf16:
+        precision = "bf16"
+    elif training.fp16:
+        precision = "fp16"
+    else:
+        precision = "no"
+    accelerator = Accelerator(
+        mixed_precision=precision,
+        gradient_accumulation_steps=training.gradient_accumulation_steps,
+        cpu=bool(training.use_cpu),
+    )
+    set_seed(training.seed, deterministic=bool(training.full_determinism))
+    return accelerator
+
+
+def output_dir_of(training: Any) -> Path:
+    return Path(training.output_dir or DEFAULT_OUTPUT_DIR).expanduser()
+
+
+def build_run(loaded: Any) -> Run:
+    """Load tokenizer, data and model; build loaders, optimizer and schedule; prepare them all."""
+    from cpo_cli.engine.data import build_eval_dataloader, build_train_dataloader, load_datasets
+    from cpo_cli.engine.forward import choose_layout
+    from cpo_cli.engine.model import build_model, build_tokenizer, is_encoder_decoder_model
+    from cpo_cli.engine.optim import build_optimizer, build_scheduler
+    from cpo_cli.recipe.dump import to_yaml
+
+    recipe = loaded.recipe
+    training = recipe.training
+    accelerator = build_accelerator(training)
+    tokenizer = build_tokenizer(recipe.model)
+    encoder_decoder = is_encoder_decoder_model(recipe.model, training)
+    with accelerator.main_process_first():  # the main process prepares (and caches) the data
+        train_dataset, eval_dataset = load_datasets(recipe, tokenizer, encoder_decoder)
+    model = build_model(recipe.model, training, recipe.peft)
+    start_id = getattr(getattr(model, "config", None), "decoder_start_token_id", None)
+    layout = ("pair_rows" if encoder_decoder
+              else choose_layout(model, prefix_sharing=training.prefix_sharing))
+    loader_kwargs = {"pad_token_id": tokenizer.pad_token_id, "layout": layout,
+                     "is_encoder_decoder": encoder_decoder, "decoder_start_token_id": start_id}
+    train_loader, sampler = build_train_dataloader(train_dataset, training, **loader_kwargs)
+    eval_loader = (build_eval_dataloader(eval_dataset, training, **loader_kwargs)
+                   if eval_dataset is not None else None)
+
+    model, train_loader = accelerator.prepare(model, train_loader)
+    plan = build_plan(len(train_loader), training)
+    optimizer = accelerator.prepare(build_optimizer(model, training))
+    # the schedule counts optimizer steps; it is stepped by hand, once per optimizer step
+    scheduler = build_scheduler(optimizer, training, plan.total_steps)
+    accelerator.register_for_checkpointing(scheduler)
+    if eval_loader is not None:
+        eval_loader = accelerator.prepare(eval_loader)
+    register_state_hooks(accelerator)
+    return Run(
+        accelerator=accelerator, model=model, tokenizer=tokenizer, optimizer=optimizer,
+        scheduler=scheduler, train_loader=train_loader, sampler=sampler,
+        eval_loader=eval_loader, eval_dataset=eval_dataset, training=training, plan=plan,
+        output_dir=output_dir_of(training), recipe_yaml=to_yaml(recipe, redact=True),
+        is_encoder_decoder=encoder_decoder, peft=recipe.peft,
+        config_for_trackers=_redacted_dict(recipe),
+    )
+
+
+def _redacted_dict(recipe: Any) -> dict[str, Any]:
+    from cpo_cli.recipe.dump import redact
+
+    return redact(recipe)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def train(loaded: Any, *, show_progress: bool = True) -> TrainResult:
+    """Train the recipe's model; return where the result is and its final metrics."""
+    from cpo_cli.engine.progress import build_progress
+    from cpo_cli.engine.tracking import build_tracker, check_backends
+
+    training = loaded.recipe.training
+    check_backends(training.report_to)  # a missing tracker package fails before the model loads
+    started = time.perf_counter()
+    run = build_run(loaded)
+    accelerator = run.accelerator
+    state = TrainerState()
+    resume_from = resolve_resume(training.resume_from_checkpoint, run.output_dir)
+    if resume_from is not None:
+        state = load_checkpoint(accelerator, run.model, resume_from)
+        console.info(f"resumed from {resume_from} (step {state.global_step})")
+    if accelerator.is_main_process:
+        run.output_dir.mkdir(parents=True, exist_ok=True)
+    tracker = build_tracker(training, run.output_dir, is_main_process=accelerator.is_main_process,
+                            config=run.config_for_trackers)
+    progress = build_progress(run.plan.total_steps, state.global_step,
+                              enabled=show_progress and accelerator.is_main_process,
+                              disable_tqdm=training.disable_tqdm)
+    try:
+        with progress:
+            last_metrics = _train_loop(run, state, tracker, progress)
+        final = _finish(run, state, last_metrics)
+    except KeyboardInterrupt:
+        raise _interrupted(run, state) from None
+    finally:
+        tracker.close()
+    final_result = TrainResult(output_dir=run.output_dir, global_step=state.global_step,
+                               metrics=final, best_checkpoint=state.best_checkpoint,
+                               wall_time=time.perf_counter() - started)
+    _write_summary(run, final_result)
+    return final_result
+
+
+def _train_loop(run: Run, state: TrainerState, tracker: Any, progress: Any) -> dict[str, float]:
+    """The optimisation itself. Returns the last logged training metrics and evaluation."""
+    from cpo_cli.engine.step import batch_loss_and_metrics
+
+    accelerator, model, training, plan = run.accelerator, run.model, run.training, run.plan
+    schedule = Schedule(plan, training, has_eval=run.eval_loader is not None)
+    window_means = MetricMeans()  # metrics since the last log
+    last: dict[str, float] = {}
+    window_tokens, window_start = 0, time.perf_counter()
+
+    if schedule.eval_on_start and state.global_step == 0:
+        last.update(_evaluate(run, state, tracker, progress))
+
+    model.train()
+    while state.global_step < plan.total_steps and state.epoch < plan.num_epochs:
+        run.sampler.set_epoch(state.epoch)
+        loader = run.train_loader
+        if state.batches_done_in_epoch:
+            loader = accelerator.skip_first_batches(loader, state.batches_done_in_epoch)
+        batches_left = plan.batches_per_epoch - state.batches_done_in_epoch
+        window_size = min(plan.accumulation, batches_left)
+        in_window = 0
+
+        for batch, sizes in loader:
+            # ---- one micro-batch: forward + backward, gradients accumulate ------------------
+            with accelerator.accumulate(model):
+                loss, metrics = batch_loss_and_metrics(model, batch, training)
+                # accelerate divides by `accumulation`; a short last window divides by its size
+                accelerator.backward(loss * (plan.accumulation / window_size))
+            in_window += 1
+            state.micro_step += 1
+            state.batches_done_in_epoch += 1
+            state.tokens_seen += sizes["tokens"]
+            window_tokens += sizes["tokens"]
+            window_means.add({"loss": loss.detach(), **metrics}, weight=float(sizes["pairs"]))
+            if in_window < window_size:
+                continue
+            if not accelerator.sync_gradients:
+                raise RuntimeError("internal error: gradient accumulation out of step with "
+                                   "accelerate (please report)")
+
+            # ---- one optimizer step -------------------------------------------------------
+            max_norm = training.max_grad_norm if training.max_grad_norm > 0 else math.inf
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
+            learning_rate = run.scheduler.get_last_lr()[0]
+            run.optimizer.step()
+            run.scheduler.step()
+            run.optimizer.zero_grad(set_to_none=True)
+            state.global_step += 1
+            epoch_float = state.epoch + state.batches_done_in_epoch / plan.batches_per_epoch
+            batches_left = plan.batches_per_epoch - state.batches_done_in_epoch
+            window_size, in_window = min(plan.accumulation, batches_left), 0
+            end_of_epoch = batches_left == 0
+            progress.advance(state.global_step)
+
+            # ---- log, evaluate, save: each on its own schedule ------------------------------
+            if schedule.should_log(state.global_step, end_of_epoch):
+                elapsed = max(time.perf_counter() - window_start, 1e-9)
+                logged = {**window_means.means(accelerator),
+                          "learning_rate": float(learning_rate),
+                          "grad_norm": float(grad_norm),
+                          "epoch": round(epoch_float, 4),
+                          "tokens/s": _tokens_per_second(accelerator, window_tokens, elapsed)}
+                _log(run, state, tracker, progress, logged)
+                last.update(logged)
+                window_means.reset()
+                window_tokens, window_start = 0, time.perf_counter()
+            if schedule.should_evaluate(state.global_step, end_of_epoch, epoch_float):
+                last.update(_evaluate(run, state, tracker, progress))
+            if schedule.should_save(state.global_step, end_of_epoch, state):
+                _save(run, state)
+            if state.global_step >= plan.total_steps:
+                break
+        else:
+            # the epoch's data ran out: the next one starts from its first batch
+            state.epoch += 1
+            state.batches_done_in_epoch = 0
+            continue
+        break
+    if schedule.evaluate_at_end(state):
+        last.update(_evaluate(run, state, tracker, progress))
+    return last
+
+
+def _tokens_per_second(accelerator: Any, tokens: int, seconds: float) -> float:
+    """Tokens of every process per second of wall time."""
+    means = MetricMeans()
+    means.add({"tokens": float(tokens)}, weight=1.0)
+    total = means.means(accelerator)["tokens"] * accelerator.num_processes
+    return round(total / seconds, 1)
+
+
+def _log(run: Run, state: TrainerState, tracker: Any, progress: Any,
+         metrics: dict[str, float]) -> None:
+    ordered = {k: metrics[k] for k in METRIC_ORDER if k in metrics}
+    ordered.update({k: v for k, v in metrics.items() if k not in ordered})
+    tracker.log(ordered, state.global_step)
+    state.log_history.append({"step": state.global_step, **ordered})
+    progress.show_metrics(state.global_step, ordered)
+
+
+def _evaluate(run: Run, state: TrainerState, tracker: Any, progress: Any) -> dict[str, float]:
+    from cpo_cli.engine.evaluate import evaluate_model
+
+    metrics = evaluate_model(run.model, run.eval_loader, run.training, run.accelerator)
+    tracker.log(metrics, state.global_step)
+    state.log_history.append({"step": state.global_step, **metrics})
+    progress.show_metrics(state.global_step, metrics)
+    _track_best(run, state, metrics)
+    state.last_eval_step = state.global_step
+    if run.training.generate_during_eval and run.accelerator.is_main_process:
+        _generate(run, state, progress)
+    return metrics
+
+
+def _generate(run: Run, state: TrainerState, progress: Any) -> None:
+    from cpo_cli.engine.generate import generate_samples, samples_table, write_samples
+
+    model = run.accelerator.unwrap_model(run.model)
+    samples = generate_samples(model, run.tokenizer, run.eval_dataset, run.training,
+                               is_encoder_decoder=run.is_encoder_decoder)
+    write_samples(samples, run.output_dir / "eval_samples.jsonl", state.global_step)
+    progress.print(samples_table(samples, state.global_step))
+
+
+def best_metric_name(training: Any) -> str:
+    name = training.metric_for_best_model or "loss"
+    return name if name.startswith("eval_") else f"eval_{name}"
+
+
+def _greater_is_better(training: Any) -> bool:
+    if training.greater_is_better is not None:
+        return bool(training.greater_is_better)
+    return not best_metric_name(training).endswith("loss")
+
+
+def _track_best(run: Run, state: TrainerState, metrics: dict[str, float]) -> None:
+    """Remember the best evaluation; the checkpoint saved at this step becomes the best one."""
+    name = best_metric_name(run.training)
+    if name not in metrics:
+        if run.training.load_best_model_at_end or run.training.metric_for_best_model:
+            raise CpoError(f"training.metric_for_best_model: evaluation has no {name!r}; "
+                           f"it has {', '.join(sorted(metrics))}")
+        return
+    value = metrics[name]
+    better = (state.best_metric is None or
+              (value > state.best_metric if _greater_is_better(run.training)
+               else value < state.best_metric))
+    if better:
+        state.best_metric = value
+        state.best_step = state.global_step
+
+
+def _save(run: Run, state: TrainerState) -> None:
+    from cpo_cli.engine.checkpoint import PREFIX
+
+    if state.best_step == state.global_step:
+        state.best_checkpoint = str(run.output_dir / f"{PREFIX}{state.global_step}")
+    path = save_checkpoint(run.accelerator, run.model, run.tokenizer, state, run.output_dir,
+                           recipe_yaml=run.recipe_yaml,
+                           save_only_model=run.training.save_only_model)
+    if run.accelerator.is_main_process:
+        rotate_checkpoints(run.output_dir, run.training.save_total_limit,
+                           keep=state.best_checkpoint)
+    console.info(f"saved {path}")
+
+
+# --------------------------------------------------------------------------- the end
+
+
+def _finish(run: Run, state: TrainerState, last: dict[str, float]) -> dict[str, float]:
+    """Best weights back if asked, then the final model, tokenizer and recipe in output_dir."""
+    accelerator = run.accelerator
+    accelerator.wait_for_everyone()
+    if run.training.load_best_model_at_end and state.best_checkpoint:
+        load_model_weights(accelerator.unwrap_model(run.model), Path(state.best_checkpoint))
+        console.info(f"loaded the best model ({best_metric_name(run.training)}="
+                     f"{state.best_metric:.4g}) from {state.best_checkpoint}")
+    model = run.model
+    if run.peft is not None and run.peft.merge_at_end:
+        model = accelerator.unwrap_model(run.model).merge_and_unload()
+    save_model(accelerator, model, run.tokenizer, run.output_dir)
+    if accelerator.is_main_process:
+        (run.output_dir / "recipe.yaml").write_text(run.recipe_yaml, encoding="utf-8")
+    return dict(last)
+
+
+def _write_summary(run: Run, result: TrainResult) -> None:
+    if not run.accelerator.is_main_process:
+        return
+    summary = {"global_step": result.global_step, "wall_time_s": round(result.wall_time, 2),
+               "best_checkpoint": result.best_checkpoint, "metrics": result.metrics}
+    (run.output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2), encoding="utf-8")
+
+
+def _interrupted(run: Run, state: TrainerState) -> TrainingInterrupted:
+    import shutil
+
+    from cpo_cli.engine.checkpoint import latest_checkpoint
+
+    if run.accelerator.is_main_process and run.output_dir.is_dir():
+        for partial in run.output_dir.glob(".tmp-*"):
+            shutil.rmtree(partial, ignore_errors=True)
+    last = latest_checkpoint(run.output_dir)
+    where = (f"last complete checkpoint: {last} (resume with "
+             f"training.resume_from_checkpoint=last)" if last else "no checkpoint was saved")
+    return TrainingInterrupted(f"training interrupted at step {state.global_step}; {where}")

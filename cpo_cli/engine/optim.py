@@ -1,0 +1,155 @@
+"""Optimizer and learning-rate schedule from the recipe's `optim` / `lr_scheduler_type` names.
+
+Names follow transformers' `OptimizerNames` so a recipe written for the HF Trainer keeps working;
+the ones we cannot build here fail with a message that lists the ones we can.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from typing import TYPE_CHECKING, Any
+
+from cpo_cli.errors import DependencyMissingError, RecipeError
+
+if TYPE_CHECKING:
+    import torch
+
+#: optimizer names (HF spelling) that need bitsandbytes, mapped to its class name
+_BNB_OPTIMIZERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "adamw_bnb_8bit": ("AdamW8bit", {}),
+    "adamw_8bit": ("AdamW8bit", {}),
+    "paged_adamw_8bit": ("PagedAdamW8bit", {}),
+    "paged_adamw_32bit": ("PagedAdamW32bit", {}),
+    "lion_8bit": ("Lion8bit", {}),
+    "lion_32bit": ("Lion32bit", {}),
+    "paged_lion_8bit": ("PagedLion8bit", {}),
+    "paged_lion_32bit": ("PagedLion32bit", {}),
+    "rmsprop_bnb": ("RMSprop", {}),
+    "rmsprop_bnb_8bit": ("RMSprop8bit", {}),
+    "rmsprop_bnb_32bit": ("RMSprop32bit", {}),
+}
+_TORCH_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_hf", "adafactor", "sgd",
+                     "adagrad", "rmsprop")
+SUPPORTED_OPTIMIZERS: tuple[str, ...] = _TORCH_OPTIMIZERS + tuple(_BNB_OPTIMIZERS)
+
+
+def parse_optim_args(optim_args: str | None) -> dict[str, Any]:
+    """`optim_args: "momentum=0.9,nesterov=True"` → keyword arguments (numbers, bools typed)."""
+    if not optim_args:
+        return {}
+    out: dict[str, Any] = {}
+    for item in optim_args.split(","):
+        if not item.strip():
+            continue
+        if "=" not in item:
+            raise RecipeError("recipe", [f"training.optim_args: {item!r} is not key=value "
+                                         "(write e.g. 'momentum=0.9,nesterov=True')"])
+        key, raw = (s.strip() for s in item.split("=", 1))
+        out[key] = _typed(raw)
+    return out
+
+
+def _typed(raw: str) -> Any:
+    if raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    for cast in (int, float):
+        try:
+            return cast(raw)
+        except ValueError:
+            pass
+    return raw
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two groups: matrices decay; biases and norm weights (every parameter with fewer than two
+    dimensions) do not — decaying a norm's gain towards zero only hurts. Frozen parameters are
+    left out, so LoRA trains only its adapters."""
+    decay: list[Any] = []
+    no_decay: list[Any] = []
+    for _, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (decay if param.ndim >= 2 else no_decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(model: torch.nn.Module, training: Any) -> torch.optim.Optimizer:
+    """The optimizer named by `training.optim` (or Adafactor when `training.adafactor`)."""
+    import torch
+
+    name = "adafactor" if getattr(training, "adafactor", False) else str(training.optim)
+    groups = parameter_groups(model, training.weight_decay)
+    if not groups:
+        raise RecipeError("recipe", ["the model has no trainable parameters (check peft and "
+                                     "model settings)"])
+    extra = parse_optim_args(getattr(training, "optim_args", None))
+    lr = training.learning_rate
+    adam = {"lr": lr, "betas": (training.adam_beta1, training.adam_beta2),
+            "eps": training.adam_epsilon}
+    if name in ("adamw_torch", "adamw_hf"):
+        return torch.optim.AdamW(groups, **{**adam, **extra})
+    if name == "adamw_torch_fused":
+        return torch.optim.AdamW(groups, **{**adam, "fused": True, **extra})
+    if name == "sgd":
+        return torch.optim.SGD(groups, **{"lr": lr, **extra})
+    if name == "adagrad":
+        return torch.optim.Adagrad(groups, **{"lr": lr, **extra})
+    if name == "rmsprop":
+        return torch.optim.RMSprop(groups, **{"lr": lr, **extra})
+    if name == "adafactor":
+        # torch's own Adafactor (torch >= 2.5); HF-style relative-step tricks are not applied:
+        # the recipe's learning rate and schedule drive it like any other optimizer.
+        return torch.optim.Adafactor(groups, **{"lr": lr, **extra})
+    if name in _BNB_OPTIMIZERS:
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise DependencyMissingError(
+                f"training.optim={name!r} needs the bitsandbytes package, which is not installed",
+                hint="pip install bitsandbytes (CUDA only), or use optim: adamw_torch",
+            )
+        import bitsandbytes as bnb  # type: ignore[import-not-found]
+
+        cls_name, defaults = _BNB_OPTIMIZERS[name]
+        cls = getattr(bnb.optim, cls_name)
+        kwargs: dict[str, Any] = {"lr": lr, **defaults}
+        if "adam" in name:
+            kwargs.update(betas=adam["betas"], eps=adam["eps"])
+        return cls(groups, **{**kwargs, **extra})  # type: ignore[no-any-return]
+    raise RecipeError("recipe", [f"training.optim: {name!r} is not supported by cpo; "
+                                 f"choose one of {', '.join(SUPPORTED_OPTIMIZERS)}"])
+
+
+def warmup_steps(training: Any, total_steps: int) -> int:
+    """`warmup_steps` wins when set; otherwise `warmup_ratio` of the optimizer steps (rounded up,
+    as the HF Trainer does)."""
+    if training.warmup_steps and training.warmup_steps > 0:
+        return int(training.warmup_steps)
+    ratio = float(training.warmup_ratio or 0.0)
+    # newer transformers let warmup_steps be a float < 1 meaning a ratio; honour both spellings
+    return math.ceil(total_steps * ratio)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, training: Any, total_steps: int) -> Any:
+    """The learning-rate schedule by its transformers name, stepped once per optimizer step."""
+    from transformers import get_scheduler
+
+    kwargs = training.lr_scheduler_kwargs or {}
+    if isinstance(kwargs, str):
+        import json
+
+        kwargs = json.loads(kwargs) if kwargs.strip() else {}
+    try:
+        return get_scheduler(
+            str(training.lr_scheduler_type),
+            optimizer,
+            num_warmup_steps=warmup_steps(training, total_steps),
+            num_training_steps=total_steps,
+            scheduler_specific_kwargs=dict(kwargs),
+        )
+    except (TypeError, ValueError) as exc:
+        raise RecipeError("recipe", [
+            f"training.lr_scheduler_type={training.lr_scheduler_type!r} with "
+            f"lr_scheduler_kwargs={dict(kwargs)!r}: {exc}"
+        ]) from exc

@@ -1,0 +1,155 @@
+"""Metric sinks. `metrics.jsonl` is always written; tensorboard and wandb when `report_to` asks for
+them. The loop talks to one `Tracker` and never asks which backends are on (no `if wandb:`)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Protocol
+
+from cpo_cli.errors import DependencyMissingError, RecipeError
+
+#: report_to names we can honour, with the package each needs
+BACKENDS = {"tensorboard": "tensorboard", "wandb": "wandb"}
+
+
+class Sink(Protocol):
+    def log(self, metrics: dict[str, float], step: int) -> None: ...
+    def close(self) -> None: ...
+
+
+class NullSink:
+    """Does nothing: what non-main processes and `report_to: none` get."""
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class JsonlSink:
+    """One JSON object per log event, appended and flushed, so a crash keeps every line so far."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._file = path.open("a", encoding="utf-8")
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        record = {"step": step, **{k: _json_number(v) for k, v in metrics.items()}}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _json_number(value: float) -> float | str | None:
+    """NaN and infinities are not JSON; write them as strings a reader can still parse."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+class TensorBoardSink:
+    def __init__(self, log_dir: Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._writer = SummaryWriter(log_dir=str(log_dir))
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        for key, value in metrics.items():
+            # TensorBoard groups by the first path component; "train/" and "eval/" read better
+            name = key[5:] if key.startswith("eval_") else key
+            self._writer.add_scalar(f"{'eval' if key.startswith('eval_') else 'train'}/{name}",
+                                    value, step)
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class WandbSink:
+    def __init__(self, run_name: str | None, config: dict[str, Any], output_dir: Path) -> None:
+        import wandb  # type: ignore[import-not-found]
+
+        self._run = wandb.init(name=run_name, config=config, dir=str(output_dir),
+                               reinit=True)
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        self._run.log(metrics, step=step)
+
+    def close(self) -> None:
+        self._run.finish()
+
+
+class Tracker:
+    """Fans one `log` call out to every sink."""
+
+    def __init__(self, sinks: list[Any]) -> None:
+        self.sinks = sinks
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        for sink in self.sinks:
+            sink.log(metrics, step)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
+
+
+def requested_backends(report_to: Any) -> list[str]:
+    """`report_to` as a list of backend names; None/"none" → none, "all" → the installed ones."""
+    if report_to is None:
+        return []
+    names = [report_to] if isinstance(report_to, str) else list(report_to)
+    names = [str(n).lower() for n in names]
+    if "none" in names:
+        return []
+    if "all" in names:
+        return [b for b, pkg in BACKENDS.items() if importlib.util.find_spec(pkg) is not None]
+    unknown = [n for n in names if n not in BACKENDS]
+    if unknown:
+        raise RecipeError("recipe", [f"training.report_to: {', '.join(map(repr, unknown))} "
+                                     f"is not supported by cpo; choose from "
+                                     f"{', '.join(BACKENDS)}, all or none"])
+    return names
+
+
+def check_backends(report_to: Any) -> list[str]:
+    """Fail before training starts when a requested backend's package is missing."""
+    names = requested_backends(report_to)
+    for name in names:
+        if importlib.util.find_spec(BACKENDS[name]) is None:
+            raise DependencyMissingError(
+                f"training.report_to asks for {name!r} but the {BACKENDS[name]} package is "
+                "not installed",
+                hint=f"pip install {BACKENDS[name]} (or pip install 'cpo-cli[{name}]'), "
+                "or remove it from training.report_to",
+            )
+    return names
+
+
+def build_tracker(
+    training: Any,
+    output_dir: Path,
+    *,
+    is_main_process: bool,
+    config: dict[str, Any] | None = None,
+) -> Tracker:
+    """The sinks for this run; only the main process writes anything."""
+    names = check_backends(training.report_to)
+    if not is_main_process:
+        return Tracker([NullSink()])
+    sinks: list[Any] = [JsonlSink(output_dir / "metrics.jsonl")]
+    if "tensorboard" in names:
+        log_dir = Path(training.logging_dir) if training.logging_dir else output_dir / "runs"
+        sinks.append(TensorBoardSink(log_dir))
+    if "wandb" in names:
+        os.environ.setdefault("WANDB_SILENT", "true")
+        sinks.append(WandbSink(training.run_name, config or {}, output_dir))
+    return Tracker(sinks)
