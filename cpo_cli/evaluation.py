@@ -298,3 +298,139 @@ def report_json(
     if generations_path is not None:
         report["generations"] = str(generations_path)
     return report
+
+
+# ----------------------------------------------------------------------------- models and data
+
+
+@dataclass
+class EvalModel:
+    """A model ready to score pairs: what `--model` / `--compare` named, loaded as training
+    loads it (`engine.model.build_model`), LoRA adapters applied when the folder holds some."""
+
+    label: str
+    model: Any
+    tokenizer: Any
+    is_encoder_decoder: bool
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    return (folder / "tokenizer_config.json").is_file() or (folder / "tokenizer.json").is_file()
+
+
+def load_eval_model(recipe: Any, model_ref: str | None) -> EvalModel:
+    """The recipe's model (`model_ref` None), a trained output folder (full weights or LoRA
+    adapters on the recipe's base model), or any other `model.name_or_path` value."""
+    from cpo_cli.engine.model import build_model, build_tokenizer, is_encoder_decoder_model
+
+    training = recipe.training
+    if model_ref is None:
+        section = recipe.model
+        encoder_decoder = is_encoder_decoder_model(section, training)
+        model = build_model(section, training, None)
+        return EvalModel(section.name_or_path, model, build_tokenizer(section), encoder_decoder)
+
+    folder = Path(model_ref).expanduser()
+    if (folder / "adapter_config.json").is_file():
+        return _load_adapter_model(recipe, folder)
+    plain = {"name_or_path": model_ref, "gguf_file": None, "revision": None}
+    if folder.is_dir():
+        plain["name_or_path"] = str(folder)
+        if not (folder / "config.json").is_file():
+            raise EvalUsageError(
+                f"{model_ref}: neither config.json nor adapter_config.json found — not a model "
+                "folder (give the output_dir of a finished `cpo train` run)"
+            )
+    section = recipe.model.model_copy(update={**plain, "tokenizer_name_or_path": None})
+    if folder.is_dir() and not _has_tokenizer(folder):
+        tokenizer = build_tokenizer(recipe.model)  # weights-only folder: the recipe's tokenizer
+    else:
+        tokenizer = build_tokenizer(section)
+    encoder_decoder = is_encoder_decoder_model(section, training)
+    return EvalModel(model_ref, build_model(section, training, None), tokenizer, encoder_decoder)
+
+
+def _load_adapter_model(recipe: Any, folder: Path) -> EvalModel:
+    from cpo_cli.engine.model import build_model, build_tokenizer, is_encoder_decoder_model
+
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise DependencyMissingError(
+            f"{folder} holds LoRA adapters but the peft package is not installed",
+            hint="pip install peft (or pip install 'cpo-cli[peft]')",
+        ) from None
+    training = recipe.training
+    encoder_decoder = is_encoder_decoder_model(recipe.model, training)
+    base = build_model(recipe.model, training, None)
+    try:
+        model = PeftModel.from_pretrained(base, str(folder))
+    except Exception as exc:  # wrong base shapes, unreadable files...
+        raise EvalUsageError(
+            f"cannot apply the LoRA adapters of {folder} to {recipe.model.name_or_path!r}: "
+            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}",
+            hint="evaluate adapters with the recipe that trained them (its model section)",
+        ) from exc
+    if _has_tokenizer(folder):
+        section = recipe.model.model_copy(
+            update={
+                "name_or_path": str(folder),
+                "gguf_file": None,
+                "revision": None,
+                "tokenizer_name_or_path": None,
+            }
+        )
+        tokenizer = build_tokenizer(section)
+    else:
+        tokenizer = build_tokenizer(recipe.model)
+    return EvalModel(str(folder), model, tokenizer, encoder_decoder)
+
+
+def check_same_tokenizer(a: EvalModel, b: EvalModel) -> None:
+    """`--compare` scores the same token ids with both models: their vocabularies must agree."""
+    if a.tokenizer.get_vocab() != b.tokenizer.get_vocab():
+        raise EvalUsageError(
+            f"--compare {b.label}: its tokenizer differs from that of {a.label}, so the same "
+            "prepared pairs would mean different text to it",
+            hint="compare models that share a tokenizer (e.g. a trained model and its base)",
+        )
+
+
+def prepare_pairs(source: Any, tokenizer: Any, training: Any, *, is_encoder_decoder: bool) -> Any:
+    """The eval pairs as training prepares them (`data.prepare.prepare_dataset`: same template,
+    tokenisation, truncation and checks; a `cpo prepare` folder is checked and reused)."""
+    from cpo_cli.data.prepare import prepare_dataset
+
+    return prepare_dataset(source, tokenizer, training, is_encoder_decoder=is_encoder_decoder)
+
+
+def score_pairs(subject: EvalModel, pairs: Any, training: Any) -> dict[str, float]:
+    """The engine's evaluation over every pair, set up as the training loop sets it up (same
+    accelerator, batch layout, loader and `evaluate_model`), plus the number of pairs."""
+    from cpo_cli.engine.data import build_eval_dataloader
+    from cpo_cli.engine.evaluate import evaluate_model
+    from cpo_cli.engine.forward import choose_layout
+    from cpo_cli.engine.loop import build_accelerator
+
+    if len(pairs) == 0:
+        raise EvalUsageError("no pairs left to evaluate after preparation (every row dropped)")
+    accelerator = build_accelerator(training)
+    model = subject.model
+    start_id = getattr(getattr(model, "config", None), "decoder_start_token_id", None)
+    layout = (
+        "pair_rows"
+        if subject.is_encoder_decoder
+        else choose_layout(model, prefix_sharing=training.prefix_sharing)
+    )
+    loader = build_eval_dataloader(
+        pairs,
+        training,
+        pad_token_id=subject.tokenizer.pad_token_id,
+        is_encoder_decoder=subject.is_encoder_decoder,
+        layout=layout,
+        decoder_start_token_id=start_id,
+    )
+    prepared = accelerator.prepare_model(model, evaluation_mode=True)
+    metrics = evaluate_model(prepared, accelerator.prepare(loader), training, accelerator)
+    subject.model = accelerator.unwrap_model(prepared)
+    return {**metrics, NUM_PAIRS: float(len(pairs))}

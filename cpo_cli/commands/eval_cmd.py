@@ -1,10 +1,309 @@
-"""`cpo eval` (not available yet: filled in by its issue)."""
+"""`cpo eval`: preference metrics of a model on held-out pairs, for people and for CI gates."""
 
 from __future__ import annotations
 
-from cpo_cli.errors import NotAvailableError
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from cpo_cli import console
+
+if TYPE_CHECKING:
+    from cpo_cli.evaluation import GateResult
 
 
-def eval_cmd() -> None:
-    """Not available yet in this version of cpo."""
-    raise NotAvailableError("`cpo eval` is not available yet in this version of cpo")
+def eval_cmd(
+    recipe: Annotated[
+        Path, typer.Argument(help="Recipe YAML (model, data.eval, training).", show_default=False)
+    ],
+    overrides: Annotated[
+        list[str] | None,
+        typer.Argument(help="key=value overrides, e.g. training.beta=0.2.", show_default=False),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            help="Model to evaluate: a `cpo train` output folder (LoRA adapters included) or "
+            "any model.name_or_path value. Default: the recipe's model.",
+        ),
+    ] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            "--dataset",
+            help="Pairs to score (any source `cpo prepare` accepts). "
+            "Default: the recipe's data.eval.",
+        ),
+    ] = None,
+    split: Annotated[str | None, typer.Option("--split", help="Split of --dataset.")] = None,
+    columns: Annotated[
+        str | None,
+        typer.Option("--columns", help="Column mapping of --dataset, e.g. prompt=question,..."),
+    ] = None,
+    data_format: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="Format of --dataset (auto, standard, conversational, "
+            "implicit, scored, prepared).",
+        ),
+    ] = None,
+    max_rows: Annotated[
+        int | None, typer.Option("--max-rows", help="Score only the first N rows.", min=1)
+    ] = None,
+    json_path: Annotated[
+        str | None,
+        typer.Option("--json", help="Write the results as one JSON object to PATH ('-': stdout)."),
+    ] = None,
+    fail_under: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--fail-under", help="METRIC=VALUE: exit 3 if the metric is below VALUE (repeatable)."
+        ),
+    ] = None,
+    fail_over: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--fail-over",
+            help="METRIC=VALUE: exit 3 if the metric is above VALUE (repeatable; for losses).",
+        ),
+    ] = None,
+    compare: Annotated[
+        str | None,
+        typer.Option(
+            "--compare",
+            help="A second model (folder or name) scored on the same "
+            "pairs, shown side by side with the difference.",
+        ),
+    ] = None,
+    generate: Annotated[
+        int, typer.Option("--generate", help="Generate answers to N sampled prompts.", min=0)
+    ] = 0,
+    max_new_tokens: Annotated[
+        int, typer.Option("--max-new-tokens", help="Generation length limit.", min=1)
+    ] = 64,
+    temperature: Annotated[
+        float, typer.Option("--temperature", help="0 = greedy (default); > 0 samples.", min=0)
+    ] = 0.0,
+    top_p: Annotated[
+        float, typer.Option("--top-p", help="Nucleus sampling (with a temperature).")
+    ] = 1.0,
+    generations_out: Annotated[
+        Path,
+        typer.Option("--generations-out", help="JSONL file for --generate."),
+    ] = Path("cpo_eval_generations.jsonl"),
+    reference_metrics: Annotated[
+        bool,
+        typer.Option(
+            "--reference-metrics",
+            help="BLEU and chrF of the generations against the "
+            "chosen answers (sacrebleu; e.g. translation data).",
+        ),
+    ] = False,
+) -> None:
+    """Evaluate a model on preference pairs: the eval_ metrics of training, gates, generations."""
+    from cpo_cli import evaluation as ev
+
+    to_stdout = json_path == "-"
+    if to_stdout:
+        console.set_quiet(True)  # stdout carries only the JSON object
+    valid = ev.gateable_metrics(ev.REFERENCE_METRICS if reference_metrics else ())
+    gates = ev.parse_gates(fail_under or [], fail_over or [], valid=valid)
+    settings = None
+    if generate:
+        settings = ev.GenerationSettings(generate, max_new_tokens, temperature, top_p)
+        settings.validate()
+    elif reference_metrics:
+        raise ev.EvalUsageError("--reference-metrics needs --generate N")
+    if reference_metrics:
+        ev.reference_metrics([])  # fails now, before any model loads, when sacrebleu is missing
+
+    loaded = _load_recipe(recipe, overrides or [])
+    for warning in loaded.warnings:
+        console.warn(warning)
+    rec = loaded.recipe
+    training = rec.training
+    source = _eval_source(rec, dataset, split, columns, data_format, max_rows)
+    if settings is not None:
+        settings = ev.GenerationSettings(
+            generate, max_new_tokens, temperature, top_p, training.seed
+        )
+
+    console.info(f"loading {model or rec.model.name_or_path}")
+    subject = ev.load_eval_model(rec, model)
+    console.info(f"preparing pairs from {source.path}")
+    pairs = ev.prepare_pairs(
+        source, subject.tokenizer, training, is_encoder_decoder=subject.is_encoder_decoder
+    )
+    console.info(f"scoring {len(pairs)} pairs")
+    metrics = ev.score_pairs(subject, pairs, training)
+
+    other = None
+    other_metrics: dict[str, float] | None = None
+    if compare:
+        console.info(f"loading {compare} to compare")
+        other = ev.load_eval_model(rec, compare)
+        ev.check_same_tokenizer(subject, other)
+        other_metrics = ev.score_pairs(other, pairs, training)
+
+    samples: list[dict[str, str]] = []
+    if settings is not None:
+        console.info(f"generating answers to {min(generate, len(pairs))} prompts")
+        samples = ev.generate(
+            subject.model,
+            subject.tokenizer,
+            pairs,
+            settings,
+            is_encoder_decoder=subject.is_encoder_decoder,
+        )
+        if other is not None:
+            theirs = ev.generate(
+                other.model,
+                other.tokenizer,
+                pairs,
+                settings,
+                is_encoder_decoder=other.is_encoder_decoder,
+            )
+            for mine, their in zip(samples, theirs, strict=True):
+                mine["compare_generation"] = their["generation"]
+        if reference_metrics:
+            metrics.update(ev.reference_metrics(samples))
+            if other_metrics is not None:
+                other_metrics.update(
+                    ev.reference_metrics(
+                        [{**s, "generation": s["compare_generation"]} for s in samples]
+                    )
+                )
+        ev.write_generations(samples, generations_out)
+
+    results = ev.check_gates(metrics, gates)
+    label = model or rec.model.name_or_path
+    if json_path is not None:
+        report = ev.report_json(
+            model=label,
+            dataset=str(source.path),
+            metrics=metrics,
+            compare=(compare, other_metrics) if compare and other_metrics is not None else None,
+            gates=results,
+            generations_path=generations_out if samples else None,
+        )
+        text = json.dumps(report, indent=2, ensure_ascii=False)
+        if to_stdout:
+            sys.stdout.write(text + "\n")
+            sys.stdout.flush()
+        else:
+            Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+            Path(json_path).write_text(text + "\n", encoding="utf-8")
+    if not to_stdout:
+        _print_metrics(label, metrics, compare, other_metrics)
+        if samples:
+            _print_samples(samples, compare)
+            console.result(f"generations written to {generations_out}", markup=False)
+        if json_path is not None:
+            console.info(f"results written to {json_path}")
+        _print_gates(results)
+    ev.raise_on_failed_gates(results)
+
+
+def _load_recipe(path: Path, overrides: list[str]) -> Any:
+    from cpo_cli.recipe import load_recipe
+
+    return load_recipe(path, overrides)
+
+
+def _eval_source(
+    recipe: Any,
+    dataset: str | None,
+    split: str | None,
+    columns: str | None,
+    data_format: str | None,
+    max_rows: int | None,
+) -> Any:
+    """The recipe's `data.eval`, or a source built from --dataset/--split/--columns/--format
+    (validated by the recipe's own DataSource schema)."""
+    from cpo_cli.evaluation import EvalUsageError
+
+    if dataset is None:
+        if split or columns or data_format:
+            raise EvalUsageError("--split/--columns/--format describe --dataset; add --dataset SRC")
+        if recipe.data.eval is None:
+            raise EvalUsageError(
+                "the recipe has no data.eval to evaluate on",
+                hint="pass --dataset SRC (a file, folder or Hub name), or set data.eval.path",
+            )
+        source = recipe.data.eval
+        return source.model_copy(update={"max_rows": max_rows}) if max_rows else source
+
+    from pydantic import ValidationError
+
+    from cpo_cli.data.formats import parse_columns
+    from cpo_cli.recipe.schema import DataSource
+
+    fields: dict[str, Any] = {"path": dataset, "columns": parse_columns(columns)}
+    if split:
+        fields["split"] = split
+    if data_format:
+        fields["format"] = data_format
+    if max_rows:
+        fields["max_rows"] = max_rows
+    try:
+        return DataSource(**fields)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise EvalUsageError(f"--dataset {dataset}: {problems}") from None
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.6g}"
+
+
+def _print_metrics(
+    label: str, metrics: dict[str, float], compare: str | None, other: dict[str, float] | None
+) -> None:
+    from rich.table import Table
+
+    from cpo_cli.evaluation import difference, ordered_metric_names
+
+    table = Table(title=f"cpo eval: {label}", title_justify="left")
+    table.add_column("metric")
+    table.add_column(label if other is not None else "value", justify="right")
+    if other is not None:
+        table.add_column(str(compare), justify="right")
+        table.add_column("difference", justify="right")
+    diff = difference(metrics, other) if other is not None else {}
+    for name in ordered_metric_names(metrics, *([other] if other is not None else [])):
+        row = [name, _fmt(metrics.get(name))]
+        if other is not None:
+            row += [_fmt(other.get(name)), _fmt(diff.get(name))]
+        table.add_row(*row)
+    console.result(table)
+
+
+def _print_samples(samples: list[dict[str, str]], compare: str | None) -> None:
+    from rich.table import Table
+
+    table = Table(title="generations", show_lines=True)
+    columns = [
+        "prompt",
+        "generation",
+        *(["compare_generation"] if compare else []),
+        "chosen",
+        "rejected",
+    ]
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for sample in samples:
+        table.add_row(*(sample.get(c, "") for c in columns))
+    console.result(table)
+
+
+def _print_gates(results: list[GateResult]) -> None:
+    for r in results:
+        status = "pass" if r.passed else "FAIL"
+        console.result(f"gate {r.gate.flag}: {_fmt(r.value)} {status}", markup=False)
