@@ -1,0 +1,287 @@
+"""The log-prob forward: packed == plain rows == full-logits reference, for values and gradients."""
+
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from cpo_cli.data.collate import collate_pairs  # noqa: E402
+from cpo_cli.engine import forward  # noqa: E402
+from cpo_cli.engine.forward import (  # noqa: E402
+    choose_layout,
+    model_support,
+    packed_attention_mask,
+    sequence_logps,
+)
+from cpo_cli.engine.step import METRIC_NAMES, batch_loss_and_metrics  # noqa: E402
+from cpo_cli.losses.registry import LOSS_NAMES  # noqa: E402
+
+VOCAB = 96
+
+
+def tiny_causal_lm(arch: str = "llama", attn: str = "sdpa", init: float = 0.2, **extra):  # type: ignore[no-untyped-def]
+    """A 2-layer random model; a large init range makes outputs depend on context."""
+    torch.manual_seed(0)
+    cfg_cls, model_cls = {
+        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+        "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+    }[arch]
+    cfg = cfg_cls(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        initializer_range=init,
+        attn_implementation=attn,
+        **extra,
+    )
+    return model_cls(cfg).float()
+
+
+def random_rows(n: int = 3, seed: int = 1) -> list[dict[str, list[int]]]:
+    g = torch.Generator().manual_seed(seed)
+    lens = [(5, 3, 6), (2, 7, 1), (8, 2, 2), (1, 4, 4)][:n]
+
+    def ids(k: int) -> list[int]:
+        return torch.randint(1, VOCAB, (k,), generator=g).tolist()
+
+    return [
+        {"prompt_input_ids": ids(p), "chosen_input_ids": ids(c), "rejected_input_ids": ids(r)}
+        for p, c, r in lens
+    ]
+
+
+def reference_logps(model, rows) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """TRL's way: full [2B, T, V] logits on plain rows, shifted, summed over answer labels."""
+    b = collate_pairs(rows, pad_token_id=0, layout="pair_rows")
+    logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits.float()
+    labels = torch.full_like(b["input_ids"], -100)
+    labels[b["target_rows"], b["target_cols"] + 1] = b["target_ids"]
+    labels, logits = labels[:, 1:], logits[:, :-1]
+    mask = labels != -100
+    per_token = logits.log_softmax(-1).gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1)
+    return (per_token * mask).sum(-1)
+
+
+def training(loss_type: str, **kw: float) -> SimpleNamespace:
+    base = dict(
+        loss_type=loss_type,
+        beta=0.1,
+        label_smoothing=0.0,
+        simpo_gamma=0.5,
+        cpo_alpha=1.0,
+        alpha=0.0,
+        logprob_chunk_size=1024,
+        prefix_sharing=True,
+    )
+    base.update(kw)
+    return SimpleNamespace(**base)
+
+
+def test_packed_attention_mask_by_hand() -> None:
+    # one row: prompt(2) chosen(1) rejected(2) pad(1)
+    seg = torch.tensor([[0, 0, 1, 2, 2, -1]])
+    allowed = (packed_attention_mask(seg, torch.float32)[0, 0] == 0).int().tolist()
+    assert allowed == [
+        [1, 0, 0, 0, 0, 0],  # prompt sees prompt, causally
+        [1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0],  # chosen sees prompt + itself
+        [1, 1, 0, 1, 0, 0],  # rejected sees prompt + rejected, never chosen
+        [1, 1, 0, 1, 1, 0],
+        [0, 0, 0, 0, 0, 1],  # padding sees only itself (no empty softmax row)
+    ]
+    pos = torch.tensor([[0, 1, 2, 2, 3, 0]])
+    windowed = packed_attention_mask(seg, torch.float32, position_ids=pos, sliding_window=2)
+    # rejected at position 3 no longer sees the prompt token at position 1... nor 0
+    assert (windowed[0, 0, 4] == 0).int().tolist() == [0, 0, 0, 1, 1, 0]
+
+
+@pytest.mark.parametrize(
+    ("arch", "attn"), [("llama", "sdpa"), ("qwen2", "sdpa"), ("llama", "eager"), ("qwen2", "eager")]
+)
+def test_both_layouts_equal_full_logits_reference(arch: str, attn: str) -> None:
+    model = tiny_causal_lm(arch, attn)
+    rows = random_rows(4)
+    support = model_support(model)
+    assert support.head_ok and support.packed_ok, support.reason
+    ref = reference_logps(model, rows)
+    for layout in ("packed", "pair_rows"):
+        for chunk in (1024, 5):  # one chunk, and several chunks with recompute
+            out = sequence_logps(
+                model, collate_pairs(rows, pad_token_id=0, layout=layout), chunk_size=chunk
+            )
+            torch.testing.assert_close(out.logps, ref, rtol=1e-5, atol=1e-5)
+
+
+def grads(model) -> dict[str, torch.Tensor]:  # type: ignore[no-untyped-def]
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("loss_type", LOSS_NAMES)
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_packed_and_pair_rows_same_loss_metrics_and_gradients(loss_type: str, arch: str) -> None:
+    model = tiny_causal_lm(arch)
+    rows = random_rows(3)
+    cfg = training(
+        loss_type,
+        label_smoothing=0.1 if loss_type in ("sigmoid", "simpo") else 0.0,
+        alpha=0.3 if loss_type == "alphapo" else 0.0,
+        logprob_chunk_size=4,
+    )
+    results = {}
+    for layout in ("packed", "pair_rows"):
+        model.zero_grad()
+        loss, metrics = batch_loss_and_metrics(
+            model, collate_pairs(rows, pad_token_id=0, layout=layout), cfg
+        )
+        loss.backward()
+        results[layout] = (loss.detach(), metrics, grads(model))
+    (l1, m1, g1), (l2, m2, g2) = results["packed"], results["pair_rows"]
+    torch.testing.assert_close(l1, l2, rtol=1e-5, atol=1e-6)
+    assert set(m1) == set(METRIC_NAMES)
+    for name in METRIC_NAMES:
+        assert m1[name].requires_grad is False
+        torch.testing.assert_close(m1[name], m2[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert g1.keys() == g2.keys() and len(g1) > 0
+    for name in g1:
+        torch.testing.assert_close(g1[name], g2[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_chunked_gradients_equal_full_logits_gradients() -> None:
+    model = tiny_causal_lm("llama")
+    rows = random_rows(3)
+    ref = reference_logps(model, rows)
+    (ref * torch.linspace(0.5, 1.5, ref.numel())).sum().backward()
+    expected = grads(model)
+    model.zero_grad()
+    out = sequence_logps(model, collate_pairs(rows, pad_token_id=0, layout="packed"), chunk_size=3)
+    (out.logps * torch.linspace(0.5, 1.5, ref.numel())).sum().backward()
+    got = grads(model)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_mean_logits_are_over_answer_predicting_positions() -> None:
+    model = tiny_causal_lm("qwen2")
+    rows = random_rows(3)
+    b = collate_pairs(rows, pad_token_id=0, layout="pair_rows")
+    with torch.no_grad():
+        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        at = logits[b["target_rows"], b["target_cols"]]  # [N, V]
+        is_chosen = b["target_seqs"] < len(rows)
+        out = sequence_logps(model, collate_pairs(rows, pad_token_id=0), chunk_size=4)
+    chosen, rejected = out.mean_logits()
+    torch.testing.assert_close(chosen, at[is_chosen].mean(), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(rejected, at[~is_chosen].mean(), rtol=1e-5, atol=1e-7)
+    assert out.token_counts.tolist() == [3, 7, 2, 6, 1, 2]
+
+
+class MaskIgnoringLlama(transformers.LlamaForCausalLM):
+    """An architecture that silently replaces any custom mask by plain causal attention."""
+
+    def forward(self, *args, attention_mask=None, position_ids=None, **kwargs):  # type: ignore[no-untyped-def]
+        if attention_mask is not None and attention_mask.dim() == 4:
+            attention_mask = None
+        return super().forward(
+            *args, attention_mask=attention_mask, position_ids=position_ids, **kwargs
+        )
+
+
+def test_probe_detects_a_model_that_ignores_the_4d_mask(capsys: pytest.CaptureFixture[str]) -> None:
+    good = tiny_causal_lm("llama", init=0.5)
+    bad = MaskIgnoringLlama(good.config)
+    bad.load_state_dict(good.state_dict())
+    support = model_support(bad)
+    assert support.head_ok and not support.packed_ok
+    assert "4D attention mask" in support.reason
+    assert choose_layout(bad, prefix_sharing=True) == "pair_rows"
+    assert "prefix sharing is off" in capsys.readouterr().err
+    assert choose_layout(good, prefix_sharing=True) == "packed"
+    assert choose_layout(good, prefix_sharing=False) == "pair_rows"
+
+
+def test_mixed_attention_types_fall_back() -> None:
+    model = tiny_causal_lm("qwen2", use_sliding_window=True, sliding_window=4, max_window_layers=1)
+    support = model_support(model)
+    assert not support.packed_ok and "mixes attention types" in support.reason
+    rows = random_rows(3)
+    out = sequence_logps(
+        model, collate_pairs(rows, pad_token_id=0, layout="pair_rows"), chunk_size=8
+    )
+    torch.testing.assert_close(out.logps, reference_logps(model, rows), rtol=1e-5, atol=1e-5)
+
+
+def test_softcapped_head_matches_model_logits() -> None:
+    torch.manual_seed(0)
+    cfg = transformers.Gemma2Config(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        final_logit_softcapping=3.0,
+        initializer_range=0.5,
+        attn_implementation="eager",
+    )
+    model = transformers.Gemma2ForCausalLM(cfg).float()
+    assert model_support(model).head_ok
+    rows = random_rows(3)
+    out = sequence_logps(
+        model, collate_pairs(rows, pad_token_id=0, layout="pair_rows"), chunk_size=4
+    )
+    torch.testing.assert_close(out.logps, reference_logps(model, rows), rtol=1e-5, atol=1e-5)
+
+
+def test_encoder_decoder_logps() -> None:
+    torch.manual_seed(0)
+    cfg = transformers.T5Config(
+        vocab_size=VOCAB,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+    )
+    model = transformers.T5ForConditionalGeneration(cfg)
+    model.eval()
+    rows = random_rows(3)
+    b = collate_pairs(
+        rows, pad_token_id=0, layout="pair_rows", is_encoder_decoder=True, decoder_start_token_id=0
+    )
+    assert choose_layout(model) == "pair_rows"
+    out = sequence_logps(model, b, chunk_size=4)
+    # reference: the model's own loss on each row, times its token count
+    for seq in range(6):
+        labels = b["decoder_input_ids"].new_full((1, b["decoder_input_ids"].shape[1]), -100)
+        n = int(out.token_counts[seq])
+        labels[0, :n] = b["target_ids"][b["target_seqs"] == seq]
+        ref = model(
+            input_ids=b["input_ids"][seq : seq + 1],
+            attention_mask=b["attention_mask"][seq : seq + 1],
+            labels=labels,
+        ).loss
+        torch.testing.assert_close(out.logps[seq], -ref * n, rtol=1e-5, atol=1e-5)
+    loss, metrics = batch_loss_and_metrics(model, b, training("sigmoid"))
+    assert torch.isfinite(loss) and set(metrics) == set(METRIC_NAMES)
+
+
+def test_probe_restores_training_mode() -> None:
+    model = tiny_causal_lm("llama")
+    model.train()
+    forward._SUPPORT.pop(model, None)
+    model_support(model)
+    assert model.training
