@@ -1,0 +1,142 @@
+"""The string choices a recipe accepts, as `Literal` types (so validation, the JSON schema and the
+docs list them). They follow transformers' own enums of the CPOConfig era; the loss names come
+from the single loss registry."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal, get_args
+
+from cpo_cli.losses.registry import LOSS_NAMES
+
+# The loss names come from the registry at import time (one list for validation, docs and help);
+# a type checker cannot follow that, so it sees a plain `str`.
+if TYPE_CHECKING:
+    LossType = str
+else:
+    LossType = Literal[LOSS_NAMES]
+
+TruncationMode = Literal["keep_end", "keep_start"]
+
+IntervalStrategy = Literal["no", "steps", "epoch"]
+SaveStrategy = Literal["no", "steps", "epoch", "best"]
+HubStrategy = Literal["end", "every_save", "checkpoint", "all_checkpoints"]
+
+SchedulerType = Literal[
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+    "constant",
+    "constant_with_warmup",
+    "inverse_sqrt",
+    "reduce_lr_on_plateau",
+    "cosine_with_min_lr",
+    "cosine_warmup_with_min_lr",
+    "warmup_stable_decay",
+]
+
+OptimizerName = Literal[
+    "adamw_torch",
+    "adamw_torch_fused",
+    "adamw_torch_xla",
+    "adamw_torch_npu_fused",
+    "adamw_apex_fused",
+    "adafactor",
+    "adamw_anyprecision",
+    "adamw_torch_4bit",
+    "adamw_torch_8bit",
+    "ademamix",
+    "sgd",
+    "adagrad",
+    "adamw_bnb_8bit",
+    "adamw_8bit",
+    "ademamix_8bit",
+    "lion_8bit",
+    "lion_32bit",
+    "paged_adamw_32bit",
+    "paged_adamw_8bit",
+    "paged_ademamix_32bit",
+    "paged_ademamix_8bit",
+    "paged_lion_32bit",
+    "paged_lion_8bit",
+    "rmsprop",
+    "rmsprop_bnb",
+    "rmsprop_bnb_8bit",
+    "rmsprop_bnb_32bit",
+    "galore_adamw",
+    "galore_adamw_8bit",
+    "galore_adafactor",
+    "galore_adamw_layerwise",
+    "galore_adamw_8bit_layerwise",
+    "galore_adafactor_layerwise",
+    "lomo",
+    "adalomo",
+    "grokadamw",
+    "schedule_free_radam",
+    "schedule_free_adamw",
+    "schedule_free_sgd",
+    "apollo_adamw",
+    "apollo_adamw_layerwise",
+    "stable_adamw",
+]
+
+#: Optimizers the cpo engine builds: plain torch ones by their HF names, and the bitsandbytes
+#: 8-bit ones when bitsandbytes is installed (checked by the engine, not at load).
+ENGINE_OPTIMIZERS: tuple[str, ...] = (
+    "adamw_torch",
+    "adamw_torch_fused",
+    "sgd",
+    "adagrad",
+    "rmsprop",
+    "adamw_bnb_8bit",
+    "adamw_8bit",
+    "paged_adamw_8bit",
+    "paged_adamw_32bit",
+)
+
+ReportTarget = Literal[
+    "none",
+    "all",
+    "azure_ml",
+    "clearml",
+    "codecarbon",
+    "comet_ml",
+    "dagshub",
+    "dvclive",
+    "flyte",
+    "mlflow",
+    "neptune",
+    "swanlab",
+    "tensorboard",
+    "trackio",
+    "wandb",
+]
+
+LogLevel = Literal["passive", "debug", "info", "warning", "error", "critical"]
+DebugOption = Literal["underflow_overflow", "tpu_metrics_debug"]
+FsdpOption = Literal[
+    "full_shard",
+    "shard_grad_op",
+    "no_shard",
+    "hybrid_shard",
+    "hybrid_shard_zero2",
+    "offload",
+    "auto_wrap",
+]
+HalfPrecisionBackend = Literal["auto", "apex", "cpu_amp"]
+IncludeForMetrics = Literal["inputs", "loss"]
+RayScope = Literal["last", "all"]
+
+ModelDtype = Literal["auto", "float32", "bfloat16", "float16"]
+AttnImplementation = Literal[
+    "eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"
+]
+DataFormat = Literal["auto", "standard", "conversational", "implicit", "scored", "prepared"]
+#: canonical column names a `data.*.columns` mapping may rename
+CanonicalColumn = Literal["prompt", "chosen", "rejected", "messages", "candidates", "scores"]
+LoraBias = Literal["none", "all", "lora_only"]
+
+
+def choices(literal: object) -> tuple[str, ...]:
+    """The allowed values of a `Literal` type, in order."""
+    return tuple(get_args(literal))
