@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import random
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 SEED = 1234
@@ -193,7 +193,7 @@ def generate_pairs(n: int, rng: random.Random, seen: set[str]) -> list[Pair]:
         if attempts > 100 * n:
             raise RuntimeError("not enough distinct demo prompts")
         pair = GENERATORS[attempts % len(GENERATORS)](rng)
-        if pair[0] in seen or pair[1] == pair[2]:
+        if pair[0] in seen:
             continue
         seen.add(pair[0])
         pairs.append(pair)
@@ -201,8 +201,14 @@ def generate_pairs(n: int, rng: random.Random, seen: set[str]) -> list[Pair]:
 
 
 def standard_rows(pairs: list[Pair]) -> Iterator[dict[str, object]]:
+    """Plain text: the prompt ends in `Answer:` and each answer starts with a space, so the
+    concatenation reads naturally (standard-format trainers join prompt and answer as is)."""
     for prompt, chosen, rejected in pairs:
-        yield {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+        yield {
+            "prompt": f"Question: {prompt}\nAnswer:",
+            "chosen": f" {chosen}",
+            "rejected": f" {rejected}",
+        }
 
 
 def conversational_rows(pairs: list[Pair]) -> Iterator[dict[str, object]]:
@@ -250,11 +256,15 @@ def scored_rows(rng: random.Random, n: int) -> list[dict[str, object]]:
             scores[order.index(1)] = None
         if i % 10 == 7:  # every score equal: no preference, the row is dropped
             scores = [0.5, 0.5, 0.5]
+        if i % 10 == 9:  # two candidates share the best score: the first one is chosen
+            scores[order.index(1)] = scores[order.index(0)]
+        if i % 20 == 14:  # only one candidate scored: no pair can be made
+            scores = [None, None, 0.9]
         rows.append({"source": prompt, "translations": candidates, "scores": scores})
     return rows
 
 
-def messy_rows() -> list[dict[str, object]]:
+def messy_rows() -> list[object]:
     """One or more rows of every kind of bad row, between good ones (see tests for the counts)."""
     good: dict[str, object] = {
         "prompt": "What is 2 + 2?",
@@ -291,10 +301,22 @@ def messy_rows() -> list[dict[str, object]]:
         {"prompt": "What is 5 + 5?", "chosen": "5 + 5 = 10.", "rejected": None},  # 9 null
         {"prompt": "What is 6 + 6?", "chosen": "6 + 6 = 12.", "rejected": "6 + 6 = 13."},  # 10 ok
         {"prompt": "What is 7 + 7?", "chosen": "   ", "rejected": "7 + 7 = 15."},  # 11 blank
+        # 12: a long prompt: truncated with the default lengths, too long for tiny ones
+        {
+            "prompt": "Sum these: " + " + ".join(str(i % 10) for i in range(600)) + " =",
+            "chosen": " 1800.",
+            "rejected": " 1799.",
+        },
+        {
+            "prompt": ["just text"],
+            "chosen": [{"role": "assistant", "content": "a"}],  # 13 bad msg
+            "rejected": [{"role": "assistant", "content": "b"}],
+        },
+        ["not", "an", "object"],  # 14 a JSON line that is not an object
     ]
 
 
-def write_jsonl(path: Path, rows: Iterator[dict[str, object]] | list[dict[str, object]]) -> None:
+def write_jsonl(path: Path, rows: Iterable[object]) -> None:
     with path.open("w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -307,7 +329,7 @@ def build_demo_data(out_dir: Path = DATA_DIR) -> list[Path]:
     seen: set[str] = set()
     train = generate_pairs(N_TRAIN, rng, seen)
     evals = generate_pairs(N_EVAL, rng, seen)
-    files = {
+    files: dict[str, Iterable[object]] = {
         "demo_train.jsonl": list(standard_rows(train)),
         "demo_eval.jsonl": list(standard_rows(evals)),
         "demo_train_conversational.jsonl": list(conversational_rows(train)),

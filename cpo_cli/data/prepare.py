@@ -1,0 +1,388 @@
+"""The preparation pipeline: raw rows -> checked text pairs -> token ids -> a `datasets.Dataset`
+plus a report, saved (atomically) with a manifest, reloaded only under the same tokenizer and
+lengths.
+
+`prepare_dataset` is what `cpo train` runs in-process on a raw dataset (cached by fingerprint
+when given a cache folder); `cpo prepare` runs it once and saves the result with
+`save_prepared`; `load_prepared` reads such a folder back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cpo_cli.data.formats import (
+    FORMATS,
+    RowProblem,
+    TextNormaliser,
+    detect_format,
+    rename_columns,
+)
+from cpo_cli.data.manifest import (
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    mismatches,
+    read_manifest,
+    tokenizer_fingerprint,
+    write_manifest,
+)
+from cpo_cli.data.report import PrepareReport, length_stats
+from cpo_cli.data.sources import SourceSpec, is_local, load_rows
+from cpo_cli.data.tokenize import DEFAULT_MAX_LENGTH, LengthSettings, TokenizedBatch, tokenize_pairs
+from cpo_cli.errors import DataError
+
+#: Rows per tokenizer call: big enough for the Rust batch encoder, small enough for memory.
+BATCH_SIZE = 1000
+#: Below this many rows, worker processes cost more than they save.
+MIN_ROWS_FOR_WORKERS = 4000
+TEXT_COLUMNS = ("prompt", "chosen", "rejected")
+ID_COLUMNS = ("prompt_input_ids", "chosen_input_ids", "rejected_input_ids")
+
+
+@dataclass
+class PreparedData:
+    """A tokenised preference dataset (columns per docs/architecture.md) and its report."""
+
+    dataset: Any
+    report: PrepareReport
+    manifest: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+
+def prepare_dataset(
+    source: Any,
+    tokenizer: Any,
+    training: Any,
+    *,
+    cache_dir: str | Path | None = None,
+    strict: bool = False,
+    is_encoder_decoder: bool | None = None,
+) -> PreparedData:
+    """Load, check, normalise and tokenise `source` (a recipe `DataSource` or a path).
+
+    Bad rows are dropped and counted by reason; with `strict` any drop raises `DataError`.
+    A source that is already a prepared folder is loaded with `load_prepared` instead.
+    """
+    spec = SourceSpec.from_source(source)
+    if spec.format not in (*FORMATS, "prepared"):
+        raise DataError(
+            f"{spec.path}: unknown data format {spec.format!r}",
+            hint=f"use one of {', '.join((*FORMATS, 'prepared'))}",
+        )
+    folder = Path(spec.path).expanduser()
+    if spec.format == "prepared" or (folder.is_dir() and (folder / MANIFEST_NAME).is_file()):
+        prepared = load_prepared(folder, tokenizer, training, is_encoder_decoder=is_encoder_decoder)
+        _check_strict(prepared.report, strict)
+        return prepared
+    settings = LengthSettings.from_training(training, is_encoder_decoder)
+    tok_info = tokenizer_fingerprint(tokenizer)
+    cache_folder = _cache_folder(cache_dir, spec, settings, tok_info)
+    if cache_folder is not None and (cache_folder / MANIFEST_NAME).is_file():
+        cached = load_prepared(
+            cache_folder, tokenizer, training, is_encoder_decoder=settings.is_encoder_decoder
+        )
+        _check_strict(cached.report, strict)
+        return cached
+    num_proc = getattr(training, "dataset_num_proc", None)
+    prepared = _prepare(spec, tokenizer, settings, tok_info, num_proc)
+    _check_strict(prepared.report, strict)
+    if cache_folder is not None:
+        prepared.path = save_prepared(prepared, cache_folder)
+    return prepared
+
+
+def _check_strict(report: PrepareReport, strict: bool) -> None:
+    if strict and report.rows_dropped:
+        raise DataError(
+            f"{report.source}: {report.rows_dropped} of {report.rows_in} rows would be dropped "
+            f"(--strict): " + "; ".join(report.drop_lines()),
+            hint="fix those rows, or run without --strict to drop them",
+        )
+
+
+def _prepare(
+    spec: SourceSpec,
+    tokenizer: Any,
+    settings: LengthSettings,
+    tok_info: dict[str, Any],
+    num_proc: int | None,
+) -> PreparedData:
+    raw = load_rows(spec)
+    if not raw.rows:
+        raise DataError(f"{spec.path}: the dataset has no rows")
+    renamed = rename_columns(raw.columns, spec.columns, spec.path)
+    rows = [_canonical(row, renamed) for row in raw.rows]
+    fmt = spec.format
+    if fmt == "auto":
+        fmt = detect_format(list(renamed.values()), rows[:20], spec.path)
+    report = PrepareReport(source=spec.path, format=fmt, rows_in=len(rows))
+    if settings.max_length is None and not settings.is_encoder_decoder:
+        report.notes.append(f"max_length is not set: answers fit in {DEFAULT_MAX_LENGTH} tokens")
+
+    # Under `auto` each row is read by its own shape (a stray conversation in a text dataset is
+    # checked as one, not rejected wholesale); a requested format is enforced per row.
+    normalise = TextNormaliser(tokenizer, "scored" if fmt == "scored" else spec.format, spec.path)
+    texts: dict[str, list[str]] = {c: [] for c in TEXT_COLUMNS}
+    kept_rows: list[int] = []
+    for index, row in enumerate(rows):
+        try:
+            pair = normalise(row)
+        except RowProblem as problem:
+            report.record_drop(problem.reason, index)
+            continue
+        texts["prompt"].append(pair.prompt)
+        texts["chosen"].append(pair.chosen)
+        texts["rejected"].append(pair.rejected)
+        report.row_formats[pair.kind] = report.row_formats.get(pair.kind, 0) + 1
+        kept_rows.append(index)
+    if fmt == "scored":
+        s = normalise.scored
+        report.notes.append(
+            f"scored: {s.ties_for_best} ties for the best score and {s.ties_for_worst} for the "
+            f"worst (the first candidate is used), {s.missing_scores} candidates without a score "
+            f"skipped"
+        )
+
+    tokens = _tokenize_all(texts, tokenizer, settings, num_proc)
+    columns: dict[str, list[Any]] = {c: [] for c in (*TEXT_COLUMNS, *ID_COLUMNS)}
+    for i, drop in enumerate(tokens.drop):
+        if drop is not None:
+            report.record_drop(drop, kept_rows[i])
+            continue
+        for c in TEXT_COLUMNS:
+            columns[c].append(texts[c][i])
+        columns["prompt_input_ids"].append(tokens.prompt_input_ids[i])
+        columns["chosen_input_ids"].append(tokens.chosen_input_ids[i])
+        columns["rejected_input_ids"].append(tokens.rejected_input_ids[i])
+        report.truncated += tokens.truncated[i]
+        report.boundary_merges += tokens.merged[i]
+    _sort_drop_examples(report)
+    _fill_stats(report, columns)
+    dataset = _to_dataset(columns)
+    manifest = _manifest(spec, raw.identity, fmt, settings, tok_info, report)
+    return PreparedData(dataset=dataset, report=report, manifest=manifest)
+
+
+def _canonical(row: Mapping[str, Any], renamed: Mapping[str, str]) -> dict[str, Any]:
+    return {canonical: row.get(col) for col, canonical in renamed.items() if col in row}
+
+
+def _sort_drop_examples(report: PrepareReport) -> None:
+    # Row problems are found in two passes (shape, then tokens): keep the first indices overall.
+    for reason, rows in report.dropped_rows.items():
+        report.dropped_rows[reason] = sorted(rows)
+
+
+def _tokenize_all(
+    texts: Mapping[str, list[str]], tokenizer: Any, settings: LengthSettings, num_proc: int | None
+) -> TokenizedBatch:
+    """All pairs, in batches; across `num_proc` worker processes for large datasets."""
+    n = len(texts["prompt"])
+    if num_proc and num_proc > 1 and n >= MIN_ROWS_FOR_WORKERS:
+        return _tokenize_in_workers(texts, tokenizer, settings, num_proc)
+    total = TokenizedBatch()
+    for start in range(0, n, BATCH_SIZE):
+        part = tokenize_pairs(
+            texts["prompt"][start : start + BATCH_SIZE],
+            texts["chosen"][start : start + BATCH_SIZE],
+            texts["rejected"][start : start + BATCH_SIZE],
+            tokenizer,
+            settings,
+        )
+        _extend(total, part)
+    return total
+
+
+def _extend(total: TokenizedBatch, part: TokenizedBatch) -> None:
+    total.prompt_input_ids.extend(part.prompt_input_ids)
+    total.chosen_input_ids.extend(part.chosen_input_ids)
+    total.rejected_input_ids.extend(part.rejected_input_ids)
+    total.drop.extend(part.drop)
+    total.truncated.extend(part.truncated)
+    total.merged.extend(part.merged)
+
+
+def _tokenize_batch_for_map(
+    batch: dict[str, list[Any]], tokenizer: Any, settings: LengthSettings
+) -> dict[str, list[Any]]:
+    part = tokenize_pairs(batch["prompt"], batch["chosen"], batch["rejected"], tokenizer, settings)
+    return {
+        "prompt_input_ids": part.prompt_input_ids,
+        "chosen_input_ids": part.chosen_input_ids,
+        "rejected_input_ids": part.rejected_input_ids,
+        "drop": [d or "" for d in part.drop],
+        "truncated": part.truncated,
+        "merged": part.merged,
+    }
+
+
+def _tokenize_in_workers(
+    texts: Mapping[str, list[str]], tokenizer: Any, settings: LengthSettings, num_proc: int
+) -> TokenizedBatch:
+    import datasets
+
+    ds = datasets.Dataset.from_dict({c: texts[c] for c in TEXT_COLUMNS})
+    mapped = ds.map(
+        _tokenize_batch_for_map,
+        batched=True,
+        batch_size=BATCH_SIZE,
+        num_proc=num_proc,
+        remove_columns=list(TEXT_COLUMNS),
+        fn_kwargs={"tokenizer": tokenizer, "settings": settings},
+        load_from_cache_file=False,
+        desc="tokenising",
+    )
+    return TokenizedBatch(
+        prompt_input_ids=mapped["prompt_input_ids"],
+        chosen_input_ids=mapped["chosen_input_ids"],
+        rejected_input_ids=mapped["rejected_input_ids"],
+        drop=[d or None for d in mapped["drop"]],
+        truncated=mapped["truncated"],
+        merged=mapped["merged"],
+    )
+
+
+def _fill_stats(report: PrepareReport, columns: Mapping[str, list[Any]]) -> None:
+    report.rows_kept = len(columns["prompt"])
+    lens = {c: [len(ids) for ids in columns[f"{c}_input_ids"]] for c in TEXT_COLUMNS}
+    report.lengths = {c: length_stats(v) for c, v in lens.items()}
+    prompt, chosen, rejected = (sum(v) for v in lens.values())
+    # Tokens the model reads per epoch in the pair-rows layout (the prompt runs twice); the
+    # answer tokens are the ones the loss sees.
+    report.tokens_per_epoch = 2 * prompt + chosen + rejected
+    report.answer_tokens_per_epoch = chosen + rejected
+
+
+def _to_dataset(columns: Mapping[str, list[Any]]) -> Any:
+    import datasets
+
+    features = datasets.Features(
+        {
+            **{c: datasets.Value("string") for c in TEXT_COLUMNS},
+            **{c: datasets.Sequence(datasets.Value("int32")) for c in ID_COLUMNS},
+        }
+    )
+    return datasets.Dataset.from_dict(dict(columns), features=features)
+
+
+def _manifest(
+    spec: SourceSpec,
+    identity: dict[str, Any],
+    fmt: str,
+    settings: LengthSettings,
+    tok_info: dict[str, Any],
+    report: PrepareReport,
+) -> dict[str, Any]:
+    from cpo_cli import __version__
+
+    return {
+        "format_version": FORMAT_VERSION,
+        "created_by": f"cpo {__version__}",
+        "source": {**spec.describe(), "identity": identity},
+        "format": fmt,
+        "rows": {"in": report.rows_in, "kept": report.rows_kept, "dropped": report.rows_dropped},
+        "settings": settings.as_dict(),
+        "tokenizer": tok_info,
+        "columns": [*TEXT_COLUMNS, *ID_COLUMNS],
+        "stats": report.to_dict(),
+    }
+
+
+def _cache_folder(
+    cache_dir: str | Path | None,
+    spec: SourceSpec,
+    settings: LengthSettings,
+    tok_info: dict[str, Any],
+) -> Path | None:
+    """`cache_dir/<key>` for a local source (the key covers the file's size and mtime, the
+    options, the lengths and the tokenizer); Hub sources are not cached here (`datasets`
+    caches their download)."""
+    if cache_dir is None or not is_local(spec.path):
+        return None
+    path = Path(spec.path).expanduser()
+    if not path.exists():
+        return None
+    stat = path.stat()
+    key = {
+        "path": str(path.resolve()),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "spec": spec.describe(),
+        "settings": settings.as_dict(),
+        "tokenizer": tok_info["fingerprint"],
+        "format_version": FORMAT_VERSION,
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()[:20]
+    return Path(cache_dir).expanduser() / f"{path.stem}-{digest}"
+
+
+def save_prepared(prepared: PreparedData, output: str | Path) -> Path:
+    """Write the dataset and `manifest.json` to `output` atomically: into a temporary sibling
+    folder first, then renamed into place, so an interruption never leaves half a folder.
+
+    An existing prepared folder is replaced; any other non-empty folder is refused.
+    """
+    out = Path(output).expanduser()
+    replaceable = out.is_dir() and ((out / MANIFEST_NAME).is_file() or not any(out.iterdir()))
+    if out.exists() and not replaceable:
+        raise DataError(
+            f"{out} exists and is not a prepared dataset; refusing to overwrite it",
+            hint="choose a new --output folder or remove this one",
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    old: Path | None = None
+    try:
+        prepared.dataset.save_to_disk(str(tmp / "data"))
+        write_manifest(tmp, prepared.manifest)
+        tmp.chmod(0o755)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{tmp.name.rsplit('-', 1)[-1]}")
+            out.rename(old)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and old.exists():
+            shutil.rmtree(old, ignore_errors=True)
+    prepared.path = out
+    return out
+
+
+def load_prepared(
+    folder: str | Path,
+    tokenizer: Any,
+    training: Any,
+    *,
+    is_encoder_decoder: bool | None = None,
+) -> PreparedData:
+    """A folder written by `save_prepared`, refused (naming each difference) if it was prepared
+    with another tokenizer, chat template or length settings."""
+    import datasets
+
+    path = Path(folder).expanduser()
+    manifest = read_manifest(path)
+    settings = LengthSettings.from_training(training, is_encoder_decoder)
+    problems = mismatches(manifest, tokenizer_fingerprint(tokenizer), settings.as_dict())
+    if problems:
+        raise DataError(
+            f"{path} was prepared for a different setup: " + "; ".join(problems),
+            hint="prepare the data again with this recipe (`cpo prepare`) or use the raw data",
+        )
+    try:
+        dataset = datasets.load_from_disk(str(path / "data"))
+    except Exception as exc:
+        raise DataError(
+            f"{path}: the prepared data cannot be read ({exc}); prepare it again"
+        ) from exc
+    report = PrepareReport.from_dict(
+        manifest.get("stats", {"source": str(path), "format": "prepared"})
+    )
+    return PreparedData(dataset=dataset, report=report, manifest=manifest, path=path)

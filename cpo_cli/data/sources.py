@@ -1,0 +1,250 @@
+"""Loading a raw preference dataset from wherever it lives, as Python rows.
+
+Local JSON/JSONL files are read with the standard library so that rows of mixed shape (a number
+where text should be, a conversation in a text column) reach the checker instead of failing
+Arrow's schema inference; Parquet/CSV, `save_to_disk` folders and Hub names go through
+`datasets`. Every failure is a `DataError` naming the file or dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cpo_cli.errors import DataError
+
+LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """Where the raw rows come from (the fields of the recipe's `DataSource` this layer reads)."""
+
+    path: str
+    split: str | None = None
+    subset: str | None = None
+    revision: str | None = None
+    format: str = "auto"
+    columns: dict[str, str] = field(default_factory=dict)
+    max_rows: int | None = None
+
+    @classmethod
+    def from_source(cls, source: Any) -> SourceSpec:
+        """From a `cpo_cli.recipe.DataSource`, a `SourceSpec`, or a plain path."""
+        if isinstance(source, SourceSpec):
+            return source
+        if isinstance(source, (str, os.PathLike)):
+            return cls(path=str(source))
+        return cls(
+            path=str(source.path),
+            split=getattr(source, "split", None),
+            subset=getattr(source, "subset", None),
+            revision=getattr(source, "revision", None),
+            format=getattr(source, "format", "auto") or "auto",
+            columns=dict(getattr(source, "columns", None) or {}),
+            max_rows=getattr(source, "max_rows", None),
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "split": self.split,
+            "subset": self.subset,
+            "revision": self.revision,
+            "format": self.format,
+            "columns": dict(self.columns),
+            "max_rows": self.max_rows,
+        }
+
+
+@dataclass
+class RawRows:
+    """The rows of a dataset as Python dicts, with its column names and a stable identity."""
+
+    rows: list[dict[str, Any]]
+    columns: list[str]
+    identity: dict[str, Any]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def is_local(path: str) -> bool:
+    """A path the user meant as local: it exists, or it looks like a file path, not a Hub id."""
+    p = Path(path).expanduser()
+    if p.exists():
+        return True
+    return (
+        path.startswith((".", "/", "~"))
+        or path.endswith(LOCAL_SUFFIXES)
+        or os.sep in path.strip("/").replace("/", "", 1)  # hub ids have exactly one slash
+    )
+
+
+def load_rows(spec: SourceSpec) -> RawRows:
+    """Every row of the source (at most `max_rows`), or a `DataError` saying what is wrong."""
+    if is_local(spec.path):
+        raw = _load_local(Path(spec.path).expanduser(), spec)
+    else:
+        raw = _load_hub(spec)
+    if spec.max_rows is not None and len(raw.rows) > spec.max_rows:
+        raw.rows = raw.rows[: spec.max_rows]
+    return raw
+
+
+def _file_identity(path: Path) -> dict[str, Any]:
+    stat = path.stat()
+    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _load_local(path: Path, spec: SourceSpec) -> RawRows:
+    if not path.exists():
+        raise DataError(
+            f"dataset file not found: {path}",
+            hint="check the path (relative paths are read from the current directory)",
+        )
+    if path.is_dir():
+        return _load_saved(path, spec)
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        rows = list(_read_jsonl(path))
+    elif suffix == ".json":
+        rows = _read_json(path)
+    elif suffix in (".parquet", ".csv"):
+        rows = _read_with_datasets(path, suffix)
+    else:
+        raise DataError(
+            f"{path}: unsupported file type {suffix or '(none)'}",
+            hint=f"use one of {', '.join(LOCAL_SUFFIXES)} or a folder saved with save_to_disk",
+        )
+    return RawRows(rows, _columns_of(rows), _file_identity(path))
+
+
+def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(
+                    f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})",
+                    hint="each line of a .jsonl file must be one JSON object",
+                ) from exc
+            yield value if isinstance(value, dict) else {"__not_an_object__": value}
+
+
+def _read_json(path: Path) -> list[dict[str, Any]]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        if exc.lineno > 1:  # maybe JSON lines under a .json name
+            try:
+                return list(_read_jsonl(path))
+            except DataError:
+                pass
+        raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+    if isinstance(value, dict) and len(value) == 1 and isinstance(next(iter(value.values())), list):
+        value = next(iter(value.values()))  # {"data": [...]}
+    if isinstance(value, dict) and value and all(isinstance(v, list) for v in value.values()):
+        keys = list(value)
+        return [dict(zip(keys, vals, strict=False)) for vals in zip(*value.values(), strict=False)]
+    if isinstance(value, list):
+        return [v if isinstance(v, dict) else {"__not_an_object__": v} for v in value]
+    raise DataError(
+        f"{path}: expected a list of rows or a mapping of columns, found {type(value).__name__}"
+    )
+
+
+def _read_with_datasets(path: Path, suffix: str) -> list[dict[str, Any]]:
+    import datasets
+
+    try:
+        if suffix == ".parquet":
+            ds = datasets.Dataset.from_parquet(str(path))
+        else:
+            ds = datasets.Dataset.from_csv(str(path))
+    except Exception as exc:  # pyarrow/pandas raise many types for unreadable files
+        raise DataError(f"{path}: cannot read this {suffix[1:]} file: {exc}") from exc
+    return _dataset_rows(ds)
+
+
+def _dataset_rows(ds: Any) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = ds.to_list()
+    return rows
+
+
+def _load_saved(path: Path, spec: SourceSpec) -> RawRows:
+    import datasets
+
+    if not ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
+        raise DataError(
+            f"{path} is a folder but not a dataset saved with save_to_disk",
+            hint="point at a data file (.jsonl/.json/.parquet/.csv) or a save_to_disk folder",
+        )
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except Exception as exc:
+        raise DataError(f"{path}: cannot load this saved dataset: {exc}") from exc
+    ds = _pick_split(loaded, spec, str(path))
+    identity = {"path": str(path.resolve()), "fingerprint": getattr(ds, "_fingerprint", None)}
+    return RawRows(_dataset_rows(ds), list(ds.column_names), identity)
+
+
+def _pick_split(loaded: Any, spec: SourceSpec, name: str) -> Any:
+    import datasets
+
+    if not isinstance(loaded, datasets.DatasetDict):
+        return loaded
+    split = spec.split or "train"
+    if split not in loaded:
+        raise DataError(
+            f"{name}: no split {split!r}",
+            hint=f"choose one of: {', '.join(loaded)} (--split)",
+        )
+    return loaded[split]
+
+
+def _load_hub(spec: SourceSpec) -> RawRows:
+    import datasets
+
+    split = spec.split or "train"
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+    try:
+        ds = datasets.load_dataset(spec.path, spec.subset, split=split, revision=spec.revision)
+    except Exception as exc:  # network, auth, missing config/split: all user-fixable
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        where = f"{spec.path!r}" + (f" (subset {spec.subset!r})" if spec.subset else "")
+        hint = (
+            "the Hub is switched off (HF_HUB_OFFLINE=1) and the dataset is not in the local "
+            "cache: give a local file or folder instead, or go online"
+            if offline
+            else "check the dataset name, --subset, --split and --revision, your network, and "
+            "your token for private datasets; or give a local file"
+        )
+        raise DataError(
+            f"cannot load dataset {where} split {split!r}: {reason}", hint=hint
+        ) from exc
+    if isinstance(ds, datasets.DatasetDict):  # defensive: split=... should return one split
+        ds = _pick_split(ds, spec, spec.path)
+    identity = {
+        "hub": spec.path,
+        "subset": spec.subset,
+        "split": split,
+        "revision": spec.revision,
+        "fingerprint": getattr(ds, "_fingerprint", None),
+    }
+    return RawRows(_dataset_rows(ds), list(ds.column_names), identity)
+
+
+def _columns_of(rows: list[dict[str, Any]]) -> list[str]:
+    seen: dict[str, None] = {}
+    for row in rows:
+        for key in row:
+            seen.setdefault(key, None)
+    return list(seen)
