@@ -80,11 +80,12 @@ OptimizerName = Literal[
     "stable_adamw",
 ]
 
-#: Optimizers the cpo engine builds: plain torch ones by their HF names, and the bitsandbytes
-#: 8-bit ones when bitsandbytes is installed (checked by the engine, not at load).
+#: Optimizers the cpo engine builds (kept in step with `cpo_cli.engine.optim`): the torch ones by
+#: their HF names, and the bitsandbytes ones when bitsandbytes is installed (checked at build).
 ENGINE_OPTIMIZERS: tuple[str, ...] = (
     "adamw_torch",
     "adamw_torch_fused",
+    "adafactor",
     "sgd",
     "adagrad",
     "rmsprop",
@@ -92,6 +93,13 @@ ENGINE_OPTIMIZERS: tuple[str, ...] = (
     "adamw_8bit",
     "paged_adamw_8bit",
     "paged_adamw_32bit",
+    "lion_8bit",
+    "lion_32bit",
+    "paged_lion_8bit",
+    "paged_lion_32bit",
+    "rmsprop_bnb",
+    "rmsprop_bnb_8bit",
+    "rmsprop_bnb_32bit",
 )
 
 ReportTarget = Literal[

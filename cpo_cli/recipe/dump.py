@@ -40,3 +40,15 @@ def to_yaml(obj: Recipe | LoadedRecipe, redact: bool = True) -> str:
 
     data = redacted_dict(obj) if redact else recipe_dict(obj)
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False)
+
+
+def changed_only(obj: Recipe | LoadedRecipe) -> str:
+    """YAML of the values that differ from the schema defaults (redacted): what a recipe really
+    asks for, e.g. to compare two runs."""
+    import yaml
+
+    recipe = _unwrap(obj)
+    data = redact_mapping(
+        recipe.model_dump(mode="json", exclude_defaults=True), recipe._secret_paths
+    )
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True).rstrip("\n")

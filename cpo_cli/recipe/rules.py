@@ -8,6 +8,7 @@ import difflib
 from collections.abc import Callable
 
 from cpo_cli.losses.registry import LOSSES
+from cpo_cli.recipe.choices import ENGINE_OPTIMIZERS
 from cpo_cli.recipe.schema import Recipe
 from cpo_cli.recipe.training import TrainingConfig
 
@@ -201,6 +202,14 @@ def _precision_and_devices(r: Recipe, errors: list[str], warnings: list[str]) ->
         )
 
 
+def _optimizer(r: Recipe, errors: list[str], warnings: list[str]) -> None:
+    optim = r.training.optim
+    if optim not in ENGINE_OPTIMIZERS and not r.training.adafactor:
+        errors.append(
+            f"training.optim: got {optim!r}; the cpo engine builds {', '.join(ENGINE_OPTIMIZERS)}"
+        )
+
+
 def _model_kwargs(r: Recipe, errors: list[str], warnings: list[str]) -> None:
     """`model_init_kwargs` must not contradict the `model:` section (one place per setting)."""
     kwargs = r.training.model_init_kwargs or {}
@@ -248,6 +257,7 @@ RULES: tuple[Rule, ...] = (
     _best_model,
     _intervals,
     _precision_and_devices,
+    _optimizer,
     _model_kwargs,
     _reporting_and_hub,
     _peft,

@@ -33,7 +33,8 @@ HONOURED: tuple[str, ...] = (
     "output_dir", "run_name", "num_train_epochs", "max_steps",
     "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
     "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
-    "optim", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_ratio", "warmup_steps",
+    "optim", "optim_args", "adafactor", "lr_scheduler_type", "lr_scheduler_kwargs",
+    "warmup_ratio", "warmup_steps",
     "seed", "data_seed", "full_determinism",
     # devices, precision, memory, speed
     "bf16", "fp16", "use_cpu", "gradient_checkpointing", "gradient_checkpointing_kwargs",
@@ -104,7 +105,6 @@ NOT_APPLICABLE: dict[str, FieldStatus] = {
     "ray_scope": _na("hyperparameter search is not part of cpo"),
     "mp_parameters": _na("SageMaker model parallelism is not supported"),
     "auto_find_batch_size": _na("not implemented: the batch size is used as given"),
-    "optim_args": _na("not implemented: optimizers take only the adam_*/weight_decay fields"),
     "optim_target_modules": _na("GaLore/APOLLO optimizers are not supported"),
     "use_liger_kernel": _na(
         "cpo computes the LM head and log-softmax in chunks itself (`logprob_chunk_size`)"
@@ -143,7 +143,6 @@ NOT_APPLICABLE: dict[str, FieldStatus] = {
     "label_smoothing_factor": _refuse(
         "the HF Trainer's LM label smoothing; CPO's own is `training.label_smoothing`"
     ),
-    "adafactor": _refuse("deprecated; use `optim: adafactor`"),
     "per_gpu_train_batch_size": _refuse("deprecated; use `per_device_train_batch_size`"),
     "per_gpu_eval_batch_size": _refuse("deprecated; use `per_device_eval_batch_size`"),
     "no_cuda": _refuse("deprecated; use `use_cpu: true`"),

@@ -322,13 +322,17 @@ class TrainingConfig(BaseModel):
     optim: OptimizerName = Field(
         default="adamw_torch",
         description="Optimizer by its transformers name. The engine builds the torch ones "
-        "(adamw_torch, adamw_torch_fused, sgd, adagrad, rmsprop) and bitsandbytes 8-bit/paged "
-        "AdamW when bitsandbytes is installed.",
+        "(adamw_torch, adamw_torch_fused, adafactor, sgd, adagrad, rmsprop) and the "
+        "bitsandbytes ones (adamw_8bit, paged_adamw_*, lion_*, rmsprop_bnb*) when bitsandbytes "
+        "is installed; other names are refused when the recipe loads.",
     )
     optim_args: str | None = Field(
-        default=None, description="Extra optimizer arguments as `k=v,k=v` (HF Trainer)."
+        default=None,
+        description="Extra optimizer arguments as `k=v,k=v`, e.g. `momentum=0.9,nesterov=True`.",
     )
-    adafactor: bool = Field(default=False, description="Deprecated: use `optim: adafactor`.")
+    adafactor: bool = Field(
+        default=False, description="Deprecated spelling of `optim: adafactor` (still honoured)."
+    )
     group_by_length: bool = Field(
         default=False,
         description="Batch pairs of similar length together (less padding, still shuffled).",
@@ -552,7 +556,7 @@ class TrainingConfig(BaseModel):
     alpha: float = Field(
         default=0.0,
         description="AlphaPO reward shape: the reward becomes (1 - p^-alpha)/alpha with p the "
-        "answer's probability; 0 keeps log-probabilities. Beyond the seed's CPOConfig.",
+        "answer's probability; 0 keeps log-probabilities.",
     )
     prefix_sharing: bool = Field(
         default=True,

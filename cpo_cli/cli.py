@@ -1,0 +1,107 @@
+"""The `cpo` command line. Commands live in `cpo_cli/commands/` and raise `CpoError`s; this is the
+one place that turns them into messages and exit codes:
+
+    0 ok, 1 user error (recipe, data, model, token...), 2 usage, 3 quality gate failed,
+    130 interrupted.
+
+Nothing here imports torch or transformers: `cpo --help` and `cpo recipe validate` start fast."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from typing import Annotated
+
+import typer
+
+from cpo_cli import __version__, console
+from cpo_cli.commands import eval_cmd, prepare, push, train
+from cpo_cli.commands.recipe import recipe_app
+from cpo_cli.errors import EXIT_INTERRUPTED, EXIT_OK, CpoError
+
+# Rich boxes and colours only for people at a terminal; pipelines and NO_COLOR get plain text.
+_RICH = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+
+app = typer.Typer(
+    name="cpo",
+    help="Preference-tune causal language models with Contrastive Preference Optimization "
+    "(CPO) and its variants (SimPO, CPO-SimPO, IPO, hinge, AlphaPO) from one YAML recipe.\n\n"
+    "Exit codes: 0 ok, 1 user error, 2 usage error, 3 quality gate failed, 130 interrupted.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode="rich" if _RICH else None,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        console.result(f"cpo {__version__}", markup=False, highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            "-V",
+            help="Print the version and exit.",
+            callback=_print_version,
+            is_eager=True,
+        ),
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print only warnings, errors and results.")
+    ] = False,
+) -> None:
+    """cpo: declarative CPO training."""
+    console.set_quiet(quiet)
+
+
+# The command modules are owned by their features; their own Typer signatures apply.
+app.command(name="prepare")(prepare.prepare)
+app.command(name="train")(train.train)
+app.command(name="eval")(eval_cmd.eval_cmd)
+app.command(name="push")(push.push)
+app.add_typer(recipe_app, name="recipe")
+
+
+def report_error(err: CpoError) -> None:
+    """Print a domain error: the first line as `error: ...`, the further lines as they are."""
+    lines = err.lines()
+    if not lines:
+        return
+    console.error(lines[0])
+    if console.is_main_process():
+        for line in lines[1:]:
+            console.err_console.print(line, markup=False, highlight=False)
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI and return its exit code; user errors never show a traceback."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        # Standalone mode: Typer prints usage errors itself (exit 2) and maps --help, --version
+        # and Ctrl-C (130) to SystemExit; our domain errors come through untouched.
+        app(args=args, prog_name="cpo", standalone_mode=True)
+    except SystemExit as exc:
+        code = exc.code
+        if code is None:
+            return EXIT_OK
+        return code if isinstance(code, int) else 1
+    except CpoError as err:
+        report_error(err)
+        return err.exit_code
+    except KeyboardInterrupt:
+        console.error("interrupted")
+        return EXIT_INTERRUPTED
+    return EXIT_OK
+
+
+def main() -> None:
+    """Console-script entry point (`cpo`) and `python -m cpo_cli`."""
+    sys.exit(run())
