@@ -33,10 +33,10 @@ def tokenizer_fingerprint(tokenizer: Any) -> dict[str, Any]:
     else:
         vocab = tokenizer.get_vocab()
         h.update(json.dumps(sorted(vocab.items())).encode("utf-8"))
+    # The pad token is left out: it never appears in prepared ids, and trainers set it freely.
     specials = {
         "bos": tokenizer.bos_token,
         "eos": tokenizer.eos_token,
-        "pad": tokenizer.pad_token,
         "added": sorted(str(t) for t in getattr(tokenizer, "added_tokens_decoder", {}).values()),
     }
     h.update(json.dumps(specials, sort_keys=True).encode("utf-8"))

@@ -13,7 +13,8 @@ import hashlib
 import json
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -340,7 +341,8 @@ def save_prepared(prepared: PreparedData, output: str | Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     old: Path | None = None
     try:
-        prepared.dataset.save_to_disk(str(tmp / "data"))
+        with _quiet_datasets():
+            prepared.dataset.save_to_disk(str(tmp / "data"))
         write_manifest(tmp, prepared.manifest)
         tmp.chmod(0o755)
         if out.exists():
@@ -354,6 +356,20 @@ def save_prepared(prepared: PreparedData, output: str | Path) -> Path:
             shutil.rmtree(old, ignore_errors=True)
     prepared.path = out
     return out
+
+
+@contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """No `datasets` progress bars for our quick saves and loads (the report says enough)."""
+    import datasets
+
+    was_disabled = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            datasets.enable_progress_bars()
 
 
 def load_prepared(
@@ -377,7 +393,8 @@ def load_prepared(
             hint="prepare the data again with this recipe (`cpo prepare`) or use the raw data",
         )
     try:
-        dataset = datasets.load_from_disk(str(path / "data"))
+        with _quiet_datasets():
+            dataset = datasets.load_from_disk(str(path / "data"))
     except Exception as exc:
         raise DataError(
             f"{path}: the prepared data cannot be read ({exc}); prepare it again"
