@@ -347,3 +347,63 @@ def test_offline_mode_is_a_clear_error(output_dir: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(HubError, match="offline mode is on"):
         run_push(output_dir, repo_id="alice/tiny-cpo", token=TOKEN)
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def cpo(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    from cpo_cli.cli import run
+
+    capsys.readouterr()
+    code = run(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cli_dry_run_lists_files_and_card_without_network(
+    fake_hub: FakeHub,
+    output_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_network(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("dry run opened a connection")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    before = folder_digest(output_dir)
+    card_copy = output_dir.parent / "card.md"
+    code, out, err = cpo(
+        capsys,
+        "push",
+        str(output_dir),
+        "--repo-id",
+        "alice/tiny-cpo",
+        "--dry-run",
+        "--card",
+        str(card_copy),
+    )
+    assert code == 0, err
+    assert fake_hub.requests == []
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "recipe.yaml", "README.md"):
+        assert name in out
+    assert "2,048" in out  # sizes listed (model.safetensors)
+    assert "7 files" in out and "would push to alice/tiny-cpo" in out
+    assert "token: recipe (training.hub_token)" in out and TOKEN not in out + err
+    assert "## How to use" in out and card_copy.read_text().startswith("---\n")
+    assert folder_digest(output_dir) == before
+
+
+def test_cli_push_success_and_failure_exit_codes(
+    fake_hub: FakeHub, output_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = cpo(capsys, "push", str(output_dir), "--repo-id", "alice/tiny-cpo")
+    assert code == 0, err
+    assert "pushed 7 files to alice/tiny-cpo" in out
+
+    fake_hub.override = _fail(401, "/api/repos/create")
+    code, out, err = cpo(capsys, "push", str(output_dir), "--token", TOKEN)
+    assert code == 1
+    assert err.splitlines()[0].startswith("error: the Hub at http://127.0.0.1:")
+    assert "rejected the token (401)" in err and TOKEN not in out + err
+    assert "Traceback" not in err
