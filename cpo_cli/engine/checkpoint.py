@@ -119,7 +119,8 @@ def save_model(accelerator: Accelerator, model: Any, tokenizer: Any, directory: 
     if accelerator.is_main_process:
         directory.mkdir(parents=True, exist_ok=True)
         unwrapped = accelerator.unwrap_model(model)
-        unwrapped.save_pretrained(str(directory), state_dict=state_dict, safe_serialization=True)
+        # transformers 5 always writes safetensors (save_safetensors=false cannot be honoured)
+        unwrapped.save_pretrained(str(directory), state_dict=state_dict)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(directory))
 

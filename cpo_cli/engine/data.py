@@ -3,8 +3,10 @@ and dynamic padding (each batch padded to its own longest row by `collate_pairs`
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 #: rows per "megabatch" sorted by length under group_by_length, in batches (as the HF Trainer)
@@ -22,7 +24,10 @@ def pair_lengths(dataset: Any) -> list[int]:
 class EpochSampler:
     """Row order for one epoch as a pure function of (seed, epoch): a resumed run rebuilds the
     exact same order and skips the batches already done. With `lengths`, rows of similar length
-    are grouped (random megabatches, each sorted longest first) to cut padding."""
+    are grouped (random megabatches, each sorted longest first) to cut padding.
+
+    The epoch is set with `use_epoch`, deliberately not `set_epoch`: accelerate calls
+    `set_epoch(<its own iteration count>)` on samplers, which restarts at 0 after a resume."""
 
     def __init__(self, num_rows: int, *, seed: int, shuffle: bool = True,
                  lengths: Sequence[int] | None = None, batch_size: int = 1) -> None:
@@ -33,7 +38,7 @@ class EpochSampler:
         self.batch_size = batch_size
         self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:
+    def use_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def order(self) -> list[int]:
@@ -77,6 +82,7 @@ def _collate(rows: list[dict[str, Any]], *, pad_token_id: int, layout: str,
 
 def _loader(dataset: Any, *, batch_size: int, sampler: Any, training: Any, collate: Any,
             drop_last: bool) -> Any:
+    import torch
     from torch.utils.data import DataLoader
 
     workers = int(training.dataloader_num_workers or 0)
@@ -95,6 +101,9 @@ def _loader(dataset: Any, *, batch_size: int, sampler: Any, training: Any, colla
         num_workers=workers,
         pin_memory=bool(training.dataloader_pin_memory) and _has_cuda(),
         drop_last=drop_last,
+        # its own generator: creating an iterator must not draw from the global RNG, or a
+        # resumed run (which creates one more iterator) would see different dropout/noise
+        generator=torch.Generator().manual_seed(int(training.seed)),
         **kwargs,
     )
 
@@ -137,19 +146,37 @@ def build_eval_dataloader(dataset: Any, training: Any, *, pad_token_id: int,
                    training=training, collate=collate, drop_last=False)
 
 
+def prepared_cache_dir() -> Path:
+    """Where raw datasets prepared by `cpo train` are cached: `$CPO_CACHE/prepared`, else
+    `~/.cache/cpo/prepared` (keyed by file, settings and tokenizer, so reuse is safe)."""
+    root = os.environ.get("CPO_CACHE")
+    return (Path(root) if root else Path.home() / ".cache" / "cpo") / "prepared"
+
+
 def load_datasets(recipe: Any, tokenizer: Any, is_encoder_decoder: bool) -> tuple[Any, Any]:
     """Prepared train and eval datasets (a `cpo prepare` folder is checked against this
     tokenizer and these lengths; a raw source is prepared in-process, cached)."""
+    from cpo_cli import console
     from cpo_cli.data.prepare import prepare_dataset
     from cpo_cli.errors import RecipeError
 
     if recipe.data.train is None:
         raise RecipeError("recipe", ["data.train: cpo train needs a training dataset "
                                      "(data.train.path)"])
-    train = prepare_dataset(recipe.data.train, tokenizer, recipe.training,
-                            is_encoder_decoder=is_encoder_decoder)
-    evaluation = None
-    if recipe.data.eval is not None:
-        evaluation = prepare_dataset(recipe.data.eval, tokenizer, recipe.training,
-                                     is_encoder_decoder=is_encoder_decoder)
-    return train, evaluation
+    out = []
+    for name, source in (("train", recipe.data.train), ("eval", recipe.data.eval)):
+        if source is None:
+            out.append(None)
+            continue
+        prepared = prepare_dataset(source, tokenizer, recipe.training,
+                                   cache_dir=prepared_cache_dir(),
+                                   is_encoder_decoder=is_encoder_decoder)
+        report = prepared.report
+        dropped = f", {report.rows_dropped} dropped" if report.rows_dropped else ""
+        console.info(f"data.{name}: {report.rows_kept} pairs from {source.path}{dropped}")
+        for line in report.drop_lines():
+            console.info(f"  {line}")
+        if report.rows_kept == 0:
+            raise RecipeError("recipe", [f"data.{name}: no usable pairs in {source.path}"])
+        out.append(prepared.dataset)
+    return out[0], out[1]

@@ -93,8 +93,11 @@ def build_accelerator(training: Any) -> Any:
         precision = "fp16"
     else:
         precision = "no"
+    from accelerate.utils import ProjectConfiguration
+
     accelerator = Accelerator(
         mixed_precision=precision,
+        project_config=ProjectConfiguration(save_on_each_node=bool(training.save_on_each_node)),
         gradient_accumulation_steps=training.gradient_accumulation_steps,
         cpu=bool(training.use_cpu),
     )
@@ -114,6 +117,9 @@ def build_run(loaded: Any) -> Run:
     from cpo_cli.engine.optim import build_optimizer, build_scheduler
     from cpo_cli.recipe.dump import to_yaml
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress is the one bar on screen
     recipe = loaded.recipe
     training = recipe.training
     accelerator = build_accelerator(training)
@@ -125,7 +131,9 @@ def build_run(loaded: Any) -> Run:
     start_id = getattr(getattr(model, "config", None), "decoder_start_token_id", None)
     layout = ("pair_rows" if encoder_decoder
               else choose_layout(model, prefix_sharing=training.prefix_sharing))
-    loader_kwargs = {"pad_token_id": tokenizer.pad_token_id, "layout": layout,
+    pad_id = training.padding_value if training.padding_value is not None \
+        else tokenizer.pad_token_id
+    loader_kwargs = {"pad_token_id": pad_id, "layout": layout,
                      "is_encoder_decoder": encoder_decoder, "decoder_start_token_id": start_id}
     train_loader, sampler = build_train_dataloader(train_dataset, training, **loader_kwargs)
     eval_loader = (build_eval_dataloader(eval_dataset, training, **loader_kwargs)
@@ -198,6 +206,8 @@ def train(loaded: Any, *, show_progress: bool = True) -> TrainResult:
 
 def _train_loop(run: Run, state: TrainerState, tracker: Any, progress: Any) -> dict[str, float]:
     """The optimisation itself. Returns the last logged training metrics and evaluation."""
+    import torch
+
     from cpo_cli.engine.step import batch_loss_and_metrics
 
     accelerator, model, training, plan = run.accelerator, run.model, run.training, run.plan
@@ -211,7 +221,7 @@ def _train_loop(run: Run, state: TrainerState, tracker: Any, progress: Any) -> d
 
     model.train()
     while state.global_step < plan.total_steps and state.epoch < plan.num_epochs:
-        run.sampler.set_epoch(state.epoch)
+        run.sampler.use_epoch(state.epoch)
         loader = run.train_loader
         if state.batches_done_in_epoch:
             loader = accelerator.skip_first_batches(loader, state.batches_done_in_epoch)
@@ -230,7 +240,9 @@ def _train_loop(run: Run, state: TrainerState, tracker: Any, progress: Any) -> d
             state.batches_done_in_epoch += 1
             state.tokens_seen += sizes["tokens"]
             window_tokens += sizes["tokens"]
-            window_means.add({"loss": loss.detach(), **metrics}, weight=float(sizes["pairs"]))
+            if not (training.logging_nan_inf_filter and not torch.isfinite(loss).item()):
+                # logging_nan_inf_filter: a non-finite loss is left out of the logged means
+                window_means.add({"loss": loss.detach(), **metrics}, weight=float(sizes["pairs"]))
             if in_window < window_size:
                 continue
             if not accelerator.sync_gradients:
@@ -288,10 +300,17 @@ def _tokens_per_second(accelerator: Any, tokens: int, seconds: float) -> float:
     return round(total / seconds, 1)
 
 
+def ordered_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """Metrics in the order users know from TRL (eval ones likewise), anything else after."""
+    order = [*METRIC_ORDER, *(f"eval_{k}" for k in METRIC_ORDER)]
+    ordered = {k: metrics[k] for k in order if k in metrics}
+    ordered.update({k: v for k, v in metrics.items() if k not in ordered})
+    return ordered
+
+
 def _log(run: Run, state: TrainerState, tracker: Any, progress: Any,
          metrics: dict[str, float]) -> None:
-    ordered = {k: metrics[k] for k in METRIC_ORDER if k in metrics}
-    ordered.update({k: v for k, v in metrics.items() if k not in ordered})
+    ordered = ordered_metrics(metrics)
     tracker.log(ordered, state.global_step)
     state.log_history.append({"step": state.global_step, **ordered})
     progress.show_metrics(state.global_step, ordered)
@@ -300,7 +319,8 @@ def _log(run: Run, state: TrainerState, tracker: Any, progress: Any,
 def _evaluate(run: Run, state: TrainerState, tracker: Any, progress: Any) -> dict[str, float]:
     from cpo_cli.engine.evaluate import evaluate_model
 
-    metrics = evaluate_model(run.model, run.eval_loader, run.training, run.accelerator)
+    metrics = ordered_metrics(
+        evaluate_model(run.model, run.eval_loader, run.training, run.accelerator))
     tracker.log(metrics, state.global_step)
     state.log_history.append({"step": state.global_step, **metrics})
     progress.show_metrics(state.global_step, metrics)
@@ -380,7 +400,7 @@ def _finish(run: Run, state: TrainerState, last: dict[str, float]) -> dict[str, 
     save_model(accelerator, model, run.tokenizer, run.output_dir)
     if accelerator.is_main_process:
         (run.output_dir / "recipe.yaml").write_text(run.recipe_yaml, encoding="utf-8")
-    return dict(last)
+    return ordered_metrics(last)
 
 
 def _write_summary(run: Run, result: TrainResult) -> None:
