@@ -111,13 +111,13 @@ def output_dir_of(training: Any) -> Path:
 
 def build_run(loaded: Any) -> Run:
     """Load tokenizer, data and model; build loaders, optimizer and schedule; prepare them all."""
+    from transformers.utils import logging as hf_logging
+
     from cpo_cli.engine.data import build_eval_dataloader, build_train_dataloader, load_datasets
     from cpo_cli.engine.forward import choose_layout
     from cpo_cli.engine.model import build_model, build_tokenizer, is_encoder_decoder_model
     from cpo_cli.engine.optim import build_optimizer, build_scheduler
     from cpo_cli.recipe.dump import to_yaml
-
-    from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own progress is the one bar on screen
     recipe = loaded.recipe
