@@ -243,9 +243,8 @@ def write_generations(samples: Sequence[Mapping[str, str]], path: Path) -> None:
             f.write(json.dumps(dict(sample), ensure_ascii=False) + "\n")
 
 
-def reference_metrics(samples: Sequence[Mapping[str, str]]) -> dict[str, float]:
-    """Corpus BLEU and chrF of the generations against the chosen answers (as references),
-    from sacrebleu: meaningful where chosen answers are references, e.g. translations."""
+def require_sacrebleu() -> Any:
+    """The sacrebleu module, or a clear error saying how to install it."""
     try:
         import sacrebleu
     except ImportError:
@@ -253,6 +252,15 @@ def reference_metrics(samples: Sequence[Mapping[str, str]]) -> dict[str, float]:
             "--reference-metrics needs the sacrebleu package, which is not installed",
             hint="pip install sacrebleu (or pip install 'cpo-cli[metrics]')",
         ) from None
+    return sacrebleu
+
+
+def reference_metrics(samples: Sequence[Mapping[str, str]]) -> dict[str, float]:
+    """Corpus BLEU and chrF of the generations against the chosen answers (as references),
+    from sacrebleu: meaningful where chosen answers are references, e.g. translations."""
+    sacrebleu = require_sacrebleu()
+    if not samples:
+        return {}
     hypotheses = [s["generation"] for s in samples]
     references = [[s["chosen"] for s in samples]]
     return {
@@ -397,11 +405,28 @@ def check_same_tokenizer(a: EvalModel, b: EvalModel) -> None:
 
 
 def prepare_pairs(source: Any, tokenizer: Any, training: Any, *, is_encoder_decoder: bool) -> Any:
-    """The eval pairs as training prepares them (`data.prepare.prepare_dataset`: same template,
-    tokenisation, truncation and checks; a `cpo prepare` folder is checked and reused)."""
+    """The eval pairs as training prepares them (`data.prepare.prepare_dataset` with the
+    engine's cache: same template, tokenisation, truncation and checks; a `cpo prepare` folder
+    is checked against this tokenizer and reused). Dropped rows are reported, as in training."""
+    from cpo_cli import console
     from cpo_cli.data.prepare import prepare_dataset
+    from cpo_cli.engine.data import prepared_cache_dir
 
-    return prepare_dataset(source, tokenizer, training, is_encoder_decoder=is_encoder_decoder)
+    prepared = prepare_dataset(
+        source,
+        tokenizer,
+        training,
+        cache_dir=prepared_cache_dir(),
+        is_encoder_decoder=is_encoder_decoder,
+    )
+    report = prepared.report
+    if report.rows_dropped:
+        console.info(f"{report.rows_dropped} rows of {source.path} dropped:")
+        for line in report.drop_lines():
+            console.info(f"  {line}")
+    if len(prepared.dataset) == 0:
+        raise EvalUsageError(f"{source.path}: no usable pairs to evaluate (every row dropped)")
+    return prepared.dataset
 
 
 def score_pairs(subject: EvalModel, pairs: Any, training: Any) -> dict[str, float]:
@@ -412,8 +437,6 @@ def score_pairs(subject: EvalModel, pairs: Any, training: Any) -> dict[str, floa
     from cpo_cli.engine.forward import choose_layout
     from cpo_cli.engine.loop import build_accelerator
 
-    if len(pairs) == 0:
-        raise EvalUsageError("no pairs left to evaluate after preparation (every row dropped)")
     accelerator = build_accelerator(training)
     model = subject.model
     start_id = getattr(getattr(model, "config", None), "decoder_start_token_id", None)

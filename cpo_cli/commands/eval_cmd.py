@@ -120,7 +120,7 @@ def eval_cmd(
     elif reference_metrics:
         raise ev.EvalUsageError("--reference-metrics needs --generate N")
     if reference_metrics:
-        ev.reference_metrics([])  # fails now, before any model loads, when sacrebleu is missing
+        ev.require_sacrebleu()  # fail now, before any model loads, when it is missing
 
     loaded = _load_recipe(recipe, overrides or [])
     for warning in loaded.warnings:

@@ -106,3 +106,13 @@ def test_reference_metrics_perfect_and_poor() -> None:
     assert scores["eval_bleu"] == pytest.approx(100.0) and scores["eval_chrf"] == pytest.approx(100)
     poor = reference_metrics([{"generation": "xyz", "chosen": "le chat noir dort"}])
     assert poor["eval_bleu"] < 5 and poor["eval_chrf"] < 20
+
+
+def test_reference_metrics_without_sacrebleu(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from cpo_cli.errors import DependencyMissingError
+
+    monkeypatch.setitem(sys.modules, "sacrebleu", None)  # import now raises ImportError
+    with pytest.raises(DependencyMissingError, match="needs the sacrebleu package"):
+        reference_metrics([{"generation": "a", "chosen": "a"}])

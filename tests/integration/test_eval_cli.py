@@ -1,0 +1,244 @@
+"""`cpo eval` end to end on the tiny model: a short real training run, then the CLI on its output.
+The numbers must equal the training loop's own final evaluation of the same weights and pairs."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from cpo_cli.errors import EXIT_GATE_FAILED, EXIT_USAGE
+from cpo_cli.evaluation import EVAL_METRICS, NUM_PAIRS
+
+EVAL_ROWS = 12
+
+
+def write_recipe(
+    path: Path, model_dir: Path, train: Path, evaluation: Path, out: Path, **extra: Any
+) -> Path:
+    recipe = {
+        "model": {"name_or_path": str(model_dir)},
+        "data": {
+            "train": {"path": str(train), "max_rows": 16},
+            "eval": {"path": str(evaluation), "max_rows": EVAL_ROWS},
+        },
+        "training": {
+            "output_dir": str(out),
+            "max_steps": 2,
+            "per_device_train_batch_size": 4,
+            "per_device_eval_batch_size": 5,  # a partial last batch: weighting must be exact
+            "learning_rate": 5e-3,
+            "max_length": 128,
+            "max_prompt_length": 64,
+            "eval_strategy": "steps",
+            "eval_steps": 2,
+            "save_strategy": "no",
+            "logging_steps": 1,
+            "report_to": "none",
+            "disable_tqdm": True,
+            "cpo_alpha": 1.0,
+        },
+    }
+    for dotted, value in extra.items():
+        section, key = dotted.split("__")
+        recipe.setdefault(section, {})
+        if value is None:
+            recipe[section].pop(key, None)
+        else:
+            recipe[section][key] = value
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def train_run(recipe: Path) -> dict[str, float]:
+    """Train with the engine; return the final evaluation it reported."""
+    from cpo_cli.engine.loop import train
+    from cpo_cli.recipe import load_recipe
+
+    result = train(load_recipe(recipe, []), show_progress=False)
+    return {k: v for k, v in result.metrics.items() if k.startswith("eval_")}
+
+
+@pytest.fixture(scope="module")
+def trained(
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_model_dir: Path,
+    demo_train_path: Path,
+    demo_eval_path: Path,
+) -> tuple[Path, Path, dict[str, float]]:
+    root = tmp_path_factory.mktemp("eval_run")
+    recipe = write_recipe(
+        root / "recipe.yaml", tiny_model_dir, demo_train_path, demo_eval_path, root / "out"
+    )
+    return recipe, root / "out", train_run(recipe)
+
+
+@dataclass
+class Result:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., Result]:
+    """`cpo eval ARGS` through the real entry point (errors -> messages and exit codes)."""
+    from cpo_cli.cli import run
+
+    def invoke(*args: str) -> Result:
+        capsys.readouterr()
+        code = run(["eval", *args])
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return invoke
+
+
+def assert_close(a: float, b: float, rel: float = 1e-5) -> None:
+    assert math.isclose(a, b, rel_tol=rel, abs_tol=1e-6), (a, b)
+
+
+def test_eval_equals_the_training_loops_evaluation(
+    cli: Callable[..., Result], trained: tuple[Path, Path, dict]
+) -> None:
+    recipe, out, engine_eval = trained
+    result = cli(str(recipe), "--model", str(out), "--json", "-")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    metrics = report["metrics"]
+    assert set(EVAL_METRICS) <= set(engine_eval), engine_eval
+    assert set(metrics) == {*EVAL_METRICS, NUM_PAIRS}
+    assert report["num_pairs"] == EVAL_ROWS and metrics[NUM_PAIRS] == EVAL_ROWS
+    for name in EVAL_METRICS:
+        assert_close(metrics[name], engine_eval[name])
+
+
+def test_json_file_table_and_gates(
+    cli: Callable[..., Result], trained: tuple[Path, Path, dict], tmp_path: Path
+) -> None:
+    recipe, out, engine_eval = trained
+    accuracy = engine_eval["eval_rewards/accuracies"]
+    report_path = tmp_path / "ci" / "eval.json"
+    ok = cli(
+        str(recipe),
+        "--model",
+        str(out),
+        "--json",
+        str(report_path),
+        "--fail-under",
+        f"rewards/accuracies={accuracy - 0.01}",
+        "--fail-over",
+        "eval_loss=1e6",
+    )
+    assert ok.exit_code == 0, ok.output
+    assert "eval_rewards/margins" in ok.stdout  # the table
+    saved = json.loads(report_path.read_text())
+    assert [g["passed"] for g in saved["gates"]] == [True, True]
+
+    bad = cli(
+        str(recipe),
+        "--model",
+        str(out),
+        "--json",
+        str(report_path),
+        "--fail-under",
+        f"eval_rewards/accuracies={accuracy + 0.01}",
+    )
+    assert bad.exit_code == EXIT_GATE_FAILED
+    assert "eval_rewards/accuracies" in bad.output and "below the threshold" in bad.output
+    assert json.loads(report_path.read_text())["gates"][0]["passed"] is False  # still written
+
+    unknown = cli(str(recipe), "--fail-under", "eval_accuracy=0.5")
+    assert unknown.exit_code == EXIT_USAGE
+    assert "unknown metric 'eval_accuracy'" in unknown.output
+    assert "eval_rewards/accuracies" in unknown.output
+
+
+def test_compare_with_the_base_model(
+    cli: Callable[..., Result], trained: tuple[Path, Path, dict], tiny_model_dir: Path
+) -> None:
+    recipe, out, _ = trained
+    result = cli(str(recipe), "--model", str(out), "--compare", str(tiny_model_dir), "--json", "-")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    mine, theirs = report["metrics"], report["compare"]["metrics"]
+    assert report["compare"]["model"] == str(tiny_model_dir)
+    for name in EVAL_METRICS:
+        assert_close(report["compare"]["difference"][name], mine[name] - theirs[name])
+    assert mine["eval_loss"] != theirs["eval_loss"]  # training changed the model
+
+    base_alone = json.loads(cli(str(recipe), "--json", "-").stdout)["metrics"]
+    for name in EVAL_METRICS:  # the recipe's own model is the base: same numbers
+        assert_close(base_alone[name], theirs[name])
+
+
+def test_generations_file_and_reference_metrics(
+    cli: Callable[..., Result], trained: tuple[Path, Path, dict], tmp_path: Path
+) -> None:
+    recipe, out, _ = trained
+    gens = tmp_path / "gens.jsonl"
+    result = cli(
+        str(recipe),
+        "--model",
+        str(out),
+        "--generate",
+        "3",
+        "--max-new-tokens",
+        "4",
+        "--generations-out",
+        str(gens),
+        "--reference-metrics",
+        "--json",
+        "-",
+    )
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in gens.read_text().splitlines()]
+    assert len(lines) == 3
+    assert all(set(row) == {"prompt", "generation", "chosen", "rejected"} for row in lines)
+    assert all(row["prompt"] and row["chosen"] for row in lines)
+    report = json.loads(result.stdout)
+    assert 0 <= report["metrics"]["eval_chrf"] <= 100 and "eval_bleu" in report["metrics"]
+    assert report["generations"] == str(gens)
+
+    again = tmp_path / "again.jsonl"
+    cli(
+        str(recipe),
+        "--model",
+        str(out),
+        "--generate",
+        "3",
+        "--max-new-tokens",
+        "4",
+        "--generations-out",
+        str(again),
+        "--json",
+        "-",
+    )
+    assert again.read_text() == gens.read_text()  # greedy and seeded: reproducible
+
+
+def test_dataset_flag_and_usage_errors(
+    cli: Callable[..., Result], trained: tuple[Path, Path, dict], demo_data_dir: Path
+) -> None:
+    recipe, out, _ = trained
+    conv = demo_data_dir / "demo_eval_conversational.jsonl"
+    result = cli(
+        str(recipe), "--model", str(out), "--dataset", str(conv), "--max-rows", "4", "--json", "-"
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["num_pairs"] == 4
+
+    no_dataset = cli(str(recipe), "--split", "test")
+    assert no_dataset.exit_code == EXIT_USAGE and "--dataset" in no_dataset.output
+    not_model = cli(str(recipe), "--model", str(recipe.parent))
+    assert not_model.exit_code == EXIT_USAGE and "not a model folder" in not_model.output
