@@ -30,7 +30,7 @@ _ALWAYS_SKIP = ("*.lock", "__pycache__", "*.pyc", ".*")
 _CHECKPOINT_DIR = re.compile(r"^checkpoint-\d+$")
 #: Recipe keys whose values are secrets (matched on the last dotted part, case-insensitive).
 _SECRET_KEY = re.compile(r"(token|secret|password|api_key|apikey)$", re.IGNORECASE)
-REDACTED = "<redacted>"
+REDACTED = "***"  # what the recipe layer writes for a secret
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ def resolve_settings(
         where = "--repo-id" if repo_id else "training.hub_model_id"
         raise HubError(f"{where} {repo!r} is not of the form USER/NAME (or ORG/NAME)")
     recipe_token = training.get("hub_token")
-    if recipe_token == REDACTED or recipe_token == "***":
+    if recipe_token in (REDACTED, "<redacted>"):
         recipe_token = None  # the saved recipe is redacted by design
     resolved_token, source = _resolve_token(token, recipe_token)
     return PushSettings(

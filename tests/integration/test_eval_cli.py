@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,18 @@ def train_run(recipe: Path) -> dict[str, float]:
 
     result = train(load_recipe(recipe, []), show_progress=False)
     return {k: v for k, v in result.metrics.items() if k.startswith("eval_")}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Prepared-data caches go to a temporary folder, not ~/.cache."""
+    old = os.environ.get("CPO_CACHE")
+    os.environ["CPO_CACHE"] = str(tmp_path_factory.mktemp("cpo_cache"))
+    yield
+    if old is None:
+        os.environ.pop("CPO_CACHE", None)
+    else:
+        os.environ["CPO_CACHE"] = old
 
 
 @pytest.fixture(scope="module")
@@ -242,3 +255,28 @@ def test_dataset_flag_and_usage_errors(
     assert no_dataset.exit_code == EXIT_USAGE and "--dataset" in no_dataset.output
     not_model = cli(str(recipe), "--model", str(recipe.parent))
     assert not_model.exit_code == EXIT_USAGE and "not a model folder" in not_model.output
+
+
+def test_lora_adapters_equal_the_training_loops_evaluation(
+    cli: Callable[..., Result],
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    demo_train_path: Path,
+    demo_eval_path: Path,
+) -> None:
+    peft = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+    recipe = write_recipe(
+        tmp_path / "recipe.yaml",
+        tiny_model_dir,
+        demo_train_path,
+        demo_eval_path,
+        tmp_path / "out",
+        **{f"peft__{k}": v for k, v in peft.items()},
+    )
+    engine_eval = train_run(recipe)
+    assert (tmp_path / "out" / "adapter_config.json").is_file()
+    result = cli(str(recipe), "--model", str(tmp_path / "out"), "--json", "-")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)["metrics"]
+    for name in EVAL_METRICS:
+        assert_close(metrics[name], engine_eval[name])

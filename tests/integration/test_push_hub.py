@@ -228,7 +228,7 @@ def test_upload_request_sequence_and_payload(fake_hub: FakeHub, output_dir: Path
         "README.md",
     }  # checkpoints stay local with the default hub_strategy
     recipe = base64.b64decode(files["recipe.yaml"]["content"]).decode()
-    assert TOKEN not in recipe and "<redacted>" in recipe
+    assert TOKEN not in recipe and "***" in recipe
     card = base64.b64decode(files["README.md"]["content"]).decode()
     assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card
     assert "- simpo" in card and "- cpo" in card

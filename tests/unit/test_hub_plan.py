@@ -49,7 +49,7 @@ def test_recipe_settings_and_cli_precedence(run_dir: Path, monkeypatch: pytest.M
 
 def test_env_token_when_recipe_has_none(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     recipe = run_dir / "recipe.yaml"
-    recipe.write_text(recipe.read_text().replace("hf_abc", "<redacted>"))
+    recipe.write_text(recipe.read_text().replace("hf_abc", "'***'"))
     monkeypatch.setenv("HF_TOKEN", "hf_env")
     assert resolve_settings(run_dir).token_source == "HF_TOKEN"
 
