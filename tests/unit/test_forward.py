@@ -285,3 +285,60 @@ def test_probe_restores_training_mode() -> None:
     forward._SUPPORT.pop(model, None)
     model_support(model)
     assert model.training
+
+
+def test_lora_and_gradient_checkpointing_layouts_agree() -> None:
+    peft = pytest.importorskip("peft")
+    model = tiny_causal_lm("llama")
+    model.gradient_checkpointing_enable()
+    model = peft.get_peft_model(
+        model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    )
+    model.train()
+    rows = random_rows(3)
+    assert choose_layout(model) == "packed"
+    results = []
+    for layout in ("packed", "pair_rows"):
+        model.zero_grad()
+        out = sequence_logps(
+            model, collate_pairs(rows, pad_token_id=0, layout=layout), chunk_size=4
+        )
+        out.logps.sum().backward()
+        results.append((out.logps.detach(), grads(model)))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-5)
+    assert results[0][1].keys() == results[1][1].keys()
+    assert all("lora_" in name for name in results[0][1])  # only the adapters train
+    for name, grad in results[0][1].items():
+        torch.testing.assert_close(grad, results[1][1][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_moe_router_loss_is_added_on_plain_rows() -> None:
+    torch.manual_seed(0)
+    cfg = transformers.MixtralConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        output_router_logits=True,
+        router_aux_loss_coef=0.05,
+    )
+    model = transformers.MixtralForCausalLM(cfg).float()
+    support = model_support(model)
+    assert not support.packed_ok and "router" in support.reason
+    rows = random_rows(3)
+    b = collate_pairs(rows, pad_token_id=0, layout="pair_rows")
+    out = sequence_logps(model, b, chunk_size=4)
+    expected_aux = model(
+        input_ids=b["input_ids"], attention_mask=b["attention_mask"], output_router_logits=True
+    ).aux_loss
+    torch.testing.assert_close(out.aux_loss, expected_aux)
+    cfg_no_nll = training("sigmoid", cpo_alpha=0.0)
+    loss, _ = batch_loss_and_metrics(model, b, cfg_no_nll)
+    from cpo_cli.losses.sigmoid import sigmoid_loss
+
+    pair = sigmoid_loss(out.logps[:3], out.logps[3:], beta=0.1).mean()
+    torch.testing.assert_close(loss, pair + 0.05 * expected_aux, rtol=1e-5, atol=1e-6)
