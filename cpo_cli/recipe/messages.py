@@ -164,8 +164,13 @@ def format_validation_error(
         grouped.setdefault(key, []).append(dict(err))  # type: ignore[arg-type]
         meta[key] = (owner, is_key)
 
+    # A union member that got further (e.g. the list member, failing on one item) explains the
+    # problem better than the members that rejected the whole value.
+    deeper = {k for k in grouped if any(o.startswith((k + ".", k + "[")) for o in grouped)}
     lines: list[str] = []
     for key, errs in grouped.items():
+        if key in deeper:
+            continue
         owner, is_key = meta[key]
         path = key.removesuffix("[key]")
         first = errs[0]

@@ -1,0 +1,156 @@
+"""The CLI shell: help, version, exit codes, and `cpo recipe validate|show|schema`, through
+Typer's runner (in-process) and `run()` (which maps errors to exit codes)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cpo_cli import __version__
+from cpo_cli.cli import app, run
+from cpo_cli.errors import EXIT_GATE_FAILED, GateFailedError
+
+RECIPES = Path(__file__).parents[2] / "recipes"
+runner = CliRunner()
+
+GOOD = "model: {name_or_path: org/m}\ntraining: {beta: 0.2}\n"
+BAD = "model: {name_or_path: org/m}\ntraining: {betta: 0.2, loss_type: sigmod}\n"
+
+
+@pytest.fixture
+def good(tmp_path: Path) -> Path:
+    path = tmp_path / "good.yaml"
+    path.write_text(GOOD)
+    return path
+
+
+@pytest.fixture
+def bad(tmp_path: Path) -> Path:
+    path = tmp_path / "bad.yaml"
+    path.write_text(BAD)
+    return path
+
+
+def test_help_lists_every_command() -> None:
+    result = runner.invoke(app, ["-h"])
+    assert result.exit_code == 0
+    for command in ("prepare", "train", "eval", "push", "recipe"):
+        assert command in result.output
+
+
+def test_version() -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"cpo {__version__}"
+
+
+def test_run_returns_exit_codes(good: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["--version"]) == 0
+    assert run(["recipe", "validate", str(good)]) == 0
+    assert run(["no-such-command"]) == 2
+    assert run(["recipe", "validate"]) == 2  # missing argument: usage error
+    capsys.readouterr()
+
+
+def test_user_error_is_one_clear_block_without_traceback(
+    bad: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(["recipe", "show", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert lines[0] == f"error: {bad}: 2 problems in the recipe"
+    assert (
+        lines[1] == "  - training.loss_type: got 'sigmod'; expected one of 'sigmoid', 'hinge', "
+        "'ipo', 'simpo' or 'alphapo' (did you mean 'sigmoid'?)"
+    )
+    assert lines[2] == "  - training.betta: unknown key (got 0.2); did you mean 'training.beta'?"
+
+
+def test_domain_exit_codes_pass_through(monkeypatch: pytest.MonkeyPatch) -> None:
+    def gate_fails(*args: object, **kwargs: object) -> None:
+        raise GateFailedError("eval_loss 0.9 is above --fail-over 0.5")
+
+    from cpo_cli.commands import recipe as recipe_cmd
+
+    monkeypatch.setattr(recipe_cmd, "_say", gate_fails)
+    assert run(["recipe", "schema"]) == EXIT_GATE_FAILED
+
+
+def test_interrupt_exits_130(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cpo_cli.commands import recipe as recipe_cmd
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(recipe_cmd, "_say", interrupted)
+    assert run(["recipe", "schema"]) == 130
+
+
+def test_validate_reports_each_file(good: Path, bad: Path) -> None:
+    result = runner.invoke(app, ["recipe", "validate", str(good), str(bad)])
+    assert result.exit_code == 1
+    out = result.stdout.splitlines()
+    assert out[0] == f"OK {good}"
+    assert out[1] == f"INVALID {bad}: 2 problems"
+    assert out[2].startswith("  - training.loss_type: got 'sigmod'")
+    assert out[3].startswith("  - training.betta: unknown key")
+
+
+def test_validate_shows_warnings(tmp_path: Path) -> None:
+    path = tmp_path / "w.yaml"
+    path.write_text("model: {name_or_path: m}\ntraining: {loss_type: simpo}\n")
+    result = runner.invoke(app, ["recipe", "validate", str(path)])
+    assert result.exit_code == 0
+    assert result.stdout.splitlines()[0] == f"OK {path} (1 warning)"
+    assert "CPO-SimPO" in result.stdout
+    strict = runner.invoke(app, ["recipe", "validate", "--strict", str(path)])
+    assert strict.exit_code == 1
+
+
+def test_quiet_hides_ok_lines(good: Path, bad: Path) -> None:
+    result = runner.invoke(app, ["--quiet", "recipe", "validate", str(good), str(bad)])
+    assert f"OK {good}" not in result.stdout
+    assert f"INVALID {bad}" in result.stdout
+    from cpo_cli import console
+
+    console.set_quiet(False)
+
+
+def test_validate_every_shipped_recipe() -> None:
+    files = sorted(str(p) for p in RECIPES.rglob("*.yaml"))
+    result = runner.invoke(app, ["recipe", "validate", *files])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("OK ") == len(files)
+
+
+def test_show_applies_overrides_and_redacts(good: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_TOKEN", "hf_verysecretvalue")
+    result = runner.invoke(
+        app,
+        ["recipe", "show", str(good), "training.beta=0.3", "training.hub_token=${oc.env:HF_TOKEN}"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "hf_verysecretvalue" not in result.output
+    assert "hub_token: '***'" in result.stdout
+    assert "beta: 0.3" in result.stdout
+    assert "per_device_train_batch_size: 8" in result.stdout  # defaults filled in
+
+
+def test_show_changed_only(good: Path) -> None:
+    result = runner.invoke(app, ["recipe", "show", "--changed", str(good)])
+    assert result.exit_code == 0
+    assert "beta: 0.2" in result.stdout
+    assert "per_device_train_batch_size" not in result.stdout
+
+
+def test_schema_is_json_schema() -> None:
+    result = runner.invoke(app, ["recipe", "schema"])
+    assert result.exit_code == 0
+    schema = json.loads(result.stdout)
+    assert schema["title"] == "cpo recipe"
+    assert set(schema["properties"]) == {"model", "data", "peft", "training"}
+    assert "loss_type" in schema["$defs"]["TrainingConfig"]["properties"]

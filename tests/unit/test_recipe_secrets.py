@@ -1,0 +1,68 @@
+"""Secrets never reach the screen, a log or a file."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from cpo_cli.errors import RecipeError
+from cpo_cli.recipe import load_recipe_text, redacted_dict, to_yaml
+from cpo_cli.recipe.secrets import looks_secret
+
+TOKEN = "hf_abcdefghijklmnop"
+
+
+@pytest.mark.parametrize(
+    "name", ["hub_token", "HF_TOKEN", "WANDB_API_KEY", "db_password", "my-secret", "token"]
+)
+def test_looks_secret(name: str) -> None:
+    assert looks_secret(name)
+
+
+@pytest.mark.parametrize("name", ["hub_model_id", "tokenizer_name_or_path", "MODEL_DIR", "keys2"])
+def test_does_not_look_secret(name: str) -> None:
+    assert not looks_secret(name)
+
+
+def test_hub_token_is_redacted() -> None:
+    loaded = load_recipe_text(f"model: {{name_or_path: m}}\ntraining: {{hub_token: {TOKEN}}}\n")
+    assert loaded.recipe.training.hub_token == TOKEN  # the engine still gets it
+    text = to_yaml(loaded)
+    assert TOKEN not in text
+    assert yaml.safe_load(text)["training"]["hub_token"] == "***"
+    assert TOKEN in to_yaml(loaded, redact=False)
+
+
+def test_env_secret_is_redacted_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MY_API_KEY", TOKEN)
+    monkeypatch.setenv("MODEL_DIR", "/models/x")
+    loaded = load_recipe_text(
+        "model: {name_or_path: '${oc.env:MODEL_DIR}'}\n"
+        "training:\n  run_name: '${oc.env:MY_API_KEY}'\n  output_dir: 'out/${training.run_name}'\n"
+    )
+    data = redacted_dict(loaded.recipe)  # the recipe alone remembers its secret paths
+    assert data["training"]["run_name"] == "***"
+    assert data["training"]["output_dir"] == "out/***"  # a copy elsewhere is hidden too
+    assert data["model"]["name_or_path"] == "/models/x"  # not a secret: left alone
+    assert TOKEN not in to_yaml(loaded.recipe)
+
+
+def test_secret_keys_inside_mappings() -> None:
+    loaded = load_recipe_text(
+        "model: {name_or_path: m}\ntraining: {model_init_kwargs: {token: abcdefgh}}\n"
+    )
+    assert redacted_dict(loaded)["training"]["model_init_kwargs"] == {"token": "***"}
+
+
+def test_secrets_stay_out_of_error_messages() -> None:
+    text = f"model: {{name_or_path: m}}\ntraining: {{hub_token: [{TOKEN}], betta: 1}}\n"
+    with pytest.raises(RecipeError) as info:
+        load_recipe_text(text)
+    joined = "\n".join(info.value.lines())
+    assert TOKEN not in joined
+    assert "training.hub_token: got ***; expected a string" in joined
+
+
+def test_int_fields_named_like_tokens_are_not_redacted() -> None:
+    loaded = load_recipe_text("model: {name_or_path: m}\n")
+    assert redacted_dict(loaded)["training"]["label_pad_token_id"] == -100
