@@ -31,6 +31,14 @@ def _say(text: str) -> None:
     console.result(text, markup=False, highlight=False, soft_wrap=True)
 
 
+def _status(word: str, rest: str) -> None:
+    """`OK file` / `INVALID file: ...`, the word coloured on a terminal."""
+    from rich.text import Text
+
+    style = "bold green" if word == "OK" else "bold red"
+    console.result(Text.assemble((word, style), " ", rest), soft_wrap=True)
+
+
 @recipe_app.command("validate")
 def validate(
     files: Annotated[
@@ -52,7 +60,7 @@ def validate(
         except RecipeError as err:
             bad += 1
             n = len(err.problems)
-            _say(f"INVALID {file}: {n} problem{'s' if n != 1 else ''}")
+            _status("INVALID", f"{file}: {n} problem{'s' if n != 1 else ''}")
             for problem in err.problems:
                 _say(f"  - {problem}")
             continue
@@ -62,7 +70,7 @@ def validate(
         status = "INVALID" if failed else "OK"
         note = f" ({n} warning{'s' if n != 1 else ''})" if n else ""
         if failed or n or not console.is_quiet():
-            _say(f"{status} {file}{note}")
+            _status(status, f"{file}{note}")
         for warning in loaded.warnings:
             _say(f"  warning: {warning}")
     if bad:

@@ -3,7 +3,9 @@ docs can rely on the keys. Unknown keys are refused everywhere (`extra="forbid"`
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from cpo_cli.recipe.choices import (
     AttnImplementation,
@@ -89,7 +91,7 @@ class DataSource(BaseModel):
 
 
 class DataSection(BaseModel):
-    """`data:` — the training and evaluation datasets."""
+    """`data:` — the training and evaluation datasets (a string is short for `{path: ...}`)."""
 
     model_config = _STRICT
 
@@ -97,6 +99,12 @@ class DataSection(BaseModel):
     eval: DataSource | None = Field(
         default=None, description="Evaluation preference data (needed by `training.eval_strategy`)."
     )
+
+    @field_validator("train", "eval", mode="before")
+    @classmethod
+    def _path_shorthand(cls, value: Any) -> Any:
+        """`train: data.jsonl` is short for `train: {path: data.jsonl}`."""
+        return {"path": value} if isinstance(value, str) else value
 
 
 class PeftSection(BaseModel):

@@ -192,3 +192,15 @@ def test_empty_file_needs_a_model() -> None:
 def test_load_recipe_dict() -> None:
     loaded = load_recipe_dict({"model": {"name_or_path": "m"}}, ["training.max_steps=5"])
     assert loaded.recipe.training.max_steps == 5
+
+
+@pytest.mark.parametrize("name", ["alma_r_mt.yaml", "simpo.yaml", "ultrafeedback_cpo.yaml"])
+def test_resolved_yaml_round_trips(name: str) -> None:
+    """What cpo saves beside a checkpoint loads back to the same recipe, without new warnings."""
+    from cpo_cli.recipe import to_yaml
+
+    recipes = Path(__file__).parents[2] / "recipes"
+    first = load_recipe(recipes / name)
+    again = load_recipe_text(to_yaml(first, redact=False))
+    assert again.recipe.model_dump() == first.recipe.model_dump()
+    assert again.warnings == []
