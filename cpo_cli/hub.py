@@ -153,12 +153,21 @@ def plan_push(output_dir: Path, settings: PushSettings, *, cpo_version: str) -> 
                 UploadFile(rel, len(content), content=content, note="recipe, secrets redacted")
             )
             continue
-        files.append(UploadFile(rel, path.stat().st_size, source=path))
+        files.append(_model_file(path, _repo_path(rel, settings.hub_strategy)))
     card_bytes = card.encode()
     files.append(
         UploadFile("README.md", len(card_bytes), content=card_bytes, note="generated model card")
     )
     return PushPlan(settings=settings, files=files, card=card)
+
+
+def _repo_path(rel: str, hub_strategy: str) -> str:
+    """`hub_strategy: checkpoint` keeps the latest checkpoint as `last-checkpoint/` (the name
+    the HF Trainer uses, so `resume_from_checkpoint` scripts find it)."""
+    head, _, rest = rel.partition("/")
+    if hub_strategy == "checkpoint" and rest and _CHECKPOINT_DIR.match(head):
+        return f"last-checkpoint/{rest}"
+    return rel
 
 
 def _walk(output_dir: Path, hub_strategy: str) -> list[Path]:
@@ -332,3 +341,125 @@ def _first_line(text: str) -> str:
 
 def _scrub(text: str, token: str) -> str:
     return text.replace(token, REDACTED) if token else text
+
+
+# ----------------------------------------------------------------------------- during training
+
+#: Files of a checkpoint that make up the model (what `every_save` mirrors at the repo root);
+#: optimizer/scheduler/RNG state (`accelerate/`) and `trainer_state.json` stay out of it.
+_NOT_MODEL_FILES = ("trainer_state.json", "trainer_state.json.part")
+
+
+def settings_from_training(training: Any, output_dir: Path) -> PushSettings:
+    """Push settings from the recipe's `training` section (the run's own values, secrets
+    included in memory only), for pushes the training loop makes."""
+    repo = training.hub_model_id or Path(output_dir).name
+    token, source = _resolve_token(None, training.hub_token)
+    return PushSettings(
+        repo_id=str(repo),
+        private=_opt_bool(training.hub_private_repo),
+        revision=training.hub_revision or None,
+        token=token,
+        token_source=source,
+        hub_strategy=str(training.hub_strategy or "every_save"),
+    )
+
+
+def _full_repo_id(settings: PushSettings, endpoint: str | None) -> PushSettings:
+    """`hub_model_id` without a namespace means the token owner's (as the HF Trainer does)."""
+    if "/" in settings.repo_id:
+        return settings
+    if not settings.token:
+        return settings  # upload() reports the missing token
+    from dataclasses import replace
+
+    from huggingface_hub import HfApi
+
+    try:
+        user = HfApi(endpoint=endpoint or os.environ.get("HF_ENDPOINT") or None).whoami(
+            token=settings.token
+        )["name"]
+    except Exception as exc:
+        raise _as_hub_error(
+            exc,
+            step="find the token's user name",
+            repo_id=settings.repo_id,
+            endpoint=endpoint or "the Hub",
+            revision=None,
+            token=settings.token,
+        ) from None
+    return replace(settings, repo_id=f"{user}/{settings.repo_id}")
+
+
+def push_checkpoint(
+    checkpoint_dir: Path, training: Any, *, cpo_version: str, endpoint: str | None = None
+) -> str | None:
+    """At each save when `push_to_hub`: per `hub_strategy`, `every_save` mirrors the
+    checkpoint's model files at the repo root, `checkpoint` also uploads the whole checkpoint as
+    `last-checkpoint/`, `all_checkpoints` as `checkpoint-N/`; `end` pushes nothing here.
+
+    A failed push mid-run is a warning, not the end of the run: the checkpoint is on disk and
+    the final push will try again. Returns the commit URL, or None when nothing was pushed."""
+    from cpo_cli import console
+
+    if not training.push_to_hub or training.hub_strategy == "end":
+        return None
+    checkpoint_dir = Path(checkpoint_dir)
+    try:
+        settings = _full_repo_id(settings_from_training(training, checkpoint_dir.parent), endpoint)
+        card = render_model_card(
+            collect_card_inputs(checkpoint_dir, settings.repo_id), cpo_version=cpo_version
+        )
+        files = [
+            _model_file(p)
+            for p in sorted(checkpoint_dir.iterdir())
+            if p.is_file()
+            and not _skipped(p.name)
+            and p.name not in _NOT_MODEL_FILES
+            and p.name != "README.md"
+        ]
+        if training.hub_strategy in ("checkpoint", "all_checkpoints"):
+            folder = (
+                "last-checkpoint" if training.hub_strategy == "checkpoint" else checkpoint_dir.name
+            )
+            for path in sorted(_walk_all(checkpoint_dir)):
+                rel = path.relative_to(checkpoint_dir).as_posix()
+                files.append(_model_file(path, f"{folder}/{rel}"))
+        files.append(UploadFile("README.md", len(card.encode()), content=card.encode()))
+        plan = PushPlan(settings=settings, files=files, card=card)
+        return upload(
+            plan, endpoint=endpoint, commit_message=f"Training in progress, {checkpoint_dir.name}"
+        )
+    except HubError as err:
+        console.warn(f"push of {checkpoint_dir.name} to the Hub failed: {err.message}")
+        return None
+
+
+def _model_file(path: Path, path_in_repo: str | None = None) -> UploadFile:
+    """A file to upload as it is, except a recipe, which goes up re-redacted."""
+    name = path_in_repo or path.name
+    if path.name in ("recipe.yaml", "recipe.yml"):
+        content = redact_recipe_text(path.read_text(encoding="utf-8")).encode()
+        return UploadFile(name, len(content), content=content, note="recipe, secrets redacted")
+    return UploadFile(name, path.stat().st_size, source=path)
+
+
+def _walk_all(folder: Path) -> list[Path]:
+    out: list[Path] = []
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = [d for d in dirs if not _skipped(d)]
+        out += [Path(root) / n for n in names if not _skipped(n)]
+    return out
+
+
+def push_final(
+    output_dir: Path, training: Any, *, cpo_version: str, endpoint: str | None = None
+) -> str | None:
+    """At the end of a run when `push_to_hub`: the same upload as `cpo push OUTPUT_DIR` (model,
+    tokenizer, recipe, card; checkpoints as `hub_strategy` says). Raises `HubError`; the
+    trained model is already saved locally, so nothing is lost."""
+    if not training.push_to_hub:
+        return None
+    settings = _full_repo_id(settings_from_training(training, output_dir), endpoint)
+    plan = plan_push(Path(output_dir), settings, cpo_version=cpo_version)
+    return upload(plan, endpoint=endpoint, commit_message="End of training")

@@ -102,6 +102,8 @@ class FakeHub:
             payload = json.loads(body or b"{}")
             name = f"{payload.get('organization')}/{payload.get('name')}"
             return 200, {"url": f"{self.endpoint}/{name}"}, {}
+        if method == "GET" and route == "/api/whoami-v2":
+            return 200, {"name": "alice", "type": "user"}, {}
         if method == "POST" and route == "/api/validate-yaml":
             return 200, {"errors": [], "warnings": []}, {}
         if method == "POST" and "/branch/" in route:
@@ -407,3 +409,85 @@ def test_cli_push_success_and_failure_exit_codes(
     assert err.splitlines()[0].startswith("error: the Hub at http://127.0.0.1:")
     assert "rejected the token (401)" in err and TOKEN not in out + err
     assert "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------- during training
+
+
+def training_config(**fields: Any) -> Any:
+    from cpo_cli.recipe import TrainingConfig
+
+    return TrainingConfig(**{"push_to_hub": True, "hub_token": TOKEN, **fields})
+
+
+@pytest.fixture
+def checkpoint(output_dir: Path) -> Path:
+    ckpt = output_dir / "checkpoint-2"
+    (ckpt / "config.json").write_text("{}")
+    (ckpt / "model.safetensors").write_bytes(b"w" * 64)
+    (ckpt / "trainer_state.json").write_text("{}")
+    (ckpt / "recipe.yaml").write_text(f"training:\n  hub_token: {TOKEN}\n")
+    (ckpt / "accelerate").mkdir()
+    (ckpt / "accelerate" / "optimizer.bin").write_bytes(b"o" * 10)
+    return ckpt
+
+
+def committed_paths(hub: FakeHub) -> set[str]:
+    return {ln["value"]["path"] for ln in hub.commit_lines() if ln["key"] == "file"}
+
+
+@pytest.mark.parametrize(
+    ("strategy", "extra"),
+    [
+        ("every_save", set()),
+        ("checkpoint", {"last-checkpoint/accelerate/optimizer.bin"}),
+        ("all_checkpoints", {"checkpoint-2/accelerate/optimizer.bin"}),
+    ],
+)
+def test_push_checkpoint_follows_hub_strategy(
+    fake_hub: FakeHub, checkpoint: Path, strategy: str, extra: set[str]
+) -> None:
+    from cpo_cli.hub import push_checkpoint
+
+    training = training_config(hub_model_id="alice/run", hub_strategy=strategy)
+    assert push_checkpoint(checkpoint, training, cpo_version="t") is not None
+    paths = committed_paths(fake_hub)
+    assert {"config.json", "model.safetensors", "recipe.yaml", "README.md"} <= paths
+    assert "trainer_state.json" not in paths and "optimizer.bin" not in paths
+    assert extra <= paths
+    nested = {p.split("/")[0] for p in paths if "/" in p}
+    assert nested == {e.split("/")[0] for e in extra}  # only the strategy's checkpoint folder
+    for line in fake_hub.commit_lines():
+        if line["value"].get("path", "").endswith("recipe.yaml"):
+            assert TOKEN not in base64.b64decode(line["value"]["content"]).decode()
+
+
+def test_push_checkpoint_end_strategy_and_failures_do_not_stop_training(
+    fake_hub: FakeHub, checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cpo_cli.hub import push_checkpoint
+
+    assert push_checkpoint(checkpoint, training_config(hub_strategy="end"), cpo_version="t") is None
+    assert fake_hub.requests == []
+    fake_hub.override = _fail(403, "/api/")
+    training = training_config(hub_model_id="alice/run")
+    assert push_checkpoint(checkpoint, training, cpo_version="t") is None  # warned, not raised
+    err = capsys.readouterr().err
+    assert "warning: push of checkpoint-2 to the Hub failed: no write permission" in err
+    assert TOKEN not in err
+
+
+def test_push_final_resolves_the_namespace_and_raises(fake_hub: FakeHub, output_dir: Path) -> None:
+    from cpo_cli.errors import HubError
+    from cpo_cli.hub import push_final
+
+    training = training_config(hub_model_id="my-run", hub_private_repo=True)
+    url = push_final(output_dir, training, cpo_version="t")
+    assert url is not None and "/alice/my-run/commit/" in url
+    assert fake_hub.calls()[0] == "GET /api/whoami-v2"
+    assert fake_hub.calls()[-1] == "POST /api/models/alice/my-run/commit/main"
+    assert push_final(output_dir, training_config(push_to_hub=False), cpo_version="t") is None
+
+    fake_hub.override = _fail(409, "/commit/")
+    with pytest.raises(HubError, match="conflict on alice/run"):
+        push_final(output_dir, training_config(hub_model_id="alice/run"), cpo_version="t")

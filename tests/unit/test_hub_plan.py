@@ -77,7 +77,7 @@ def test_plan_lists_every_file_with_size(run_dir: Path) -> None:
     ("strategy", "expected"),
     [
         ("every_save", set()),
-        ("checkpoint", {"checkpoint-10"}),
+        ("checkpoint", {"last-checkpoint"}),
         ("all_checkpoints", {"checkpoint-1", "checkpoint-10"}),
     ],
 )
