@@ -134,6 +134,10 @@ FsdpOption = Literal[
 HalfPrecisionBackend = Literal["auto", "apex", "cpu_amp"]
 IncludeForMetrics = Literal["inputs", "loss"]
 RayScope = Literal["last", "all"]
+DdpBackend = Literal["nccl", "gloo", "mpi", "ccl", "hccl", "cncl", "mccl", "xccl"]
+TorchCompileMode = Literal[
+    "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"
+]
 
 ModelDtype = Literal["auto", "float32", "bfloat16", "float16"]
 AttnImplementation = Literal[

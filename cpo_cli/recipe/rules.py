@@ -208,6 +208,12 @@ def _optimizer(r: Recipe, errors: list[str], warnings: list[str]) -> None:
         errors.append(
             f"training.optim: got {optim!r}; the cpo engine builds {', '.join(ENGINE_OPTIMIZERS)}"
         )
+    if r.training.lr_scheduler_type == "reduce_lr_on_plateau":
+        errors.append(
+            "training.lr_scheduler_type: got 'reduce_lr_on_plateau'; not supported by the cpo "
+            "engine, which steps the schedule once per optimizer step without a metric (use "
+            "e.g. cosine or cosine_with_min_lr)"
+        )
 
 
 def _model_kwargs(r: Recipe, errors: list[str], warnings: list[str]) -> None:

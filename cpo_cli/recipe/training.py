@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cpo_cli.recipe.choices import (
+    DdpBackend,
     DebugOption,
     FsdpOption,
     HalfPrecisionBackend,
@@ -23,6 +24,7 @@ from cpo_cli.recipe.choices import (
     ReportTarget,
     SaveStrategy,
     SchedulerType,
+    TorchCompileMode,
     TruncationMode,
 )
 
@@ -234,9 +236,7 @@ class TrainingConfig(BaseModel):
     local_rank: int = Field(
         default=-1, description="Process rank, set by the distributed launcher."
     )
-    ddp_backend: str | None = Field(
-        default=None, description="torch.distributed backend (nccl, gloo, ...)."
-    )
+    ddp_backend: DdpBackend | None = Field(default=None, description="torch.distributed backend.")
     tpu_num_cores: int | None = Field(default=None, description="TPU cores (TPU only).")
     tpu_metrics_debug: bool = Field(default=False, description="Deprecated TPU debug metrics.")
     debug: str | list[DebugOption] = Field(
@@ -448,10 +448,9 @@ class TrainingConfig(BaseModel):
     torch_compile_backend: str | None = Field(
         default=None, description="`torch.compile` backend (e.g. `inductor`); setting it compiles."
     )
-    torch_compile_mode: str | None = Field(
+    torch_compile_mode: TorchCompileMode | None = Field(
         default=None,
-        description="`torch.compile` mode (`default`, `reduce-overhead`, `max-autotune`); "
-        "setting it compiles.",
+        description="`torch.compile` mode; setting it compiles.",
     )
     include_tokens_per_second: bool | None = Field(
         default=False, description="HF Trainer: add tokens/s to the speed metrics."

@@ -216,3 +216,8 @@ def test_dangerous_not_applicable_fields_are_errors(field: str, value: object) -
     assert len(errors) == 1 and errors[0].startswith(f"training.{field}: not applicable in cpo")
     assert errors[0].endswith("remove it from the recipe")
     assert "hf_x" not in errors[0]
+
+
+def test_plateau_schedule_is_refused() -> None:
+    errors, _ = load({"lr_scheduler_type": "reduce_lr_on_plateau"})
+    assert len(errors) == 1 and "not supported by the cpo engine" in errors[0]
