@@ -122,9 +122,11 @@ def _literal_options(ctx: dict[str, Any]) -> list[str]:
 def _did_you_mean_value(value: Any, options: list[str]) -> str:
     if not isinstance(value, str) or not options:
         return ""
-    close = difflib.get_close_matches(value, options, n=1, cutoff=0.6)
-    if not close:
-        close = [o for o in options if o.lower() == value.lower()]
+    lowered = value.lower()
+    close = [o for o in options if o.lower() == lowered]
+    # a prefix ("adamw" -> "adamw_torch") beats a fuzzy match ("grokadamw")
+    close = close or [o for o in options if o.startswith(lowered)][:1]
+    close = close or difflib.get_close_matches(value, options, n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 

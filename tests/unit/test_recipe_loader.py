@@ -204,3 +204,16 @@ def test_resolved_yaml_round_trips(name: str) -> None:
     again = load_recipe_text(to_yaml(first, redact=False))
     assert again.recipe.model_dump() == first.recipe.model_dump()
     assert again.warnings == []
+
+
+def test_prefix_suggestion_beats_fuzzy_match() -> None:
+    found = problems(MINIMAL + "training: {optim: adamw}\n")
+    assert found[0].endswith("(did you mean 'adamw_torch'?)")
+
+
+def test_unknown_interpolation_key() -> None:
+    found = problems(MINIMAL + "training:\n  run_name: ${training.nope}\n")
+    assert found == [
+        "training.run_name: cannot resolve the interpolation: Interpolation key "
+        "'training.nope' not found"
+    ]
