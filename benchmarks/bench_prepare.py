@@ -1,0 +1,111 @@
+"""Rows/s of `cpo`'s data preparation against TRL 1.16's own CPO dataset processing.
+
+Same data (the shipped demo pairs replicated to `--rows`), same tokenizer, one process each.
+TRL's side runs exactly what `CPOTrainer.__init__` runs on a dataset — `maybe_extract_prompt`,
+`maybe_apply_chat_template`, then `tokenize_row`, each a `Dataset.map` — calling its methods
+on a stand-in `self` so no model is needed. Ours is `prepare_dataset` from the file (reading,
+checking, template, tokenising, building the Dataset), which does strictly more work.
+
+    python benchmarks/bench_prepare.py [--rows 5000] [--tokenizer DIR] [--repeats 3]
+
+Prints figures; it is not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+from cpo_cli.assets import DEMO_DATA_DIR
+
+
+def replicate(name: str, rows: int, out: Path) -> list[dict[str, Any]]:
+    base = [json.loads(line) for line in (DEMO_DATA_DIR / name).read_text().splitlines()]
+    data = [base[i % len(base)] for i in range(rows)]
+    out.write_text("".join(json.dumps(r) + "\n" for r in data), encoding="utf-8")
+    return data
+
+
+def run_ours(path: Path, tokenizer: Any) -> int:
+    from cpo_cli.data import prepare_dataset
+
+    training = SimpleNamespace(
+        max_length=1024, max_prompt_length=512, max_completion_length=None,
+        truncation_mode="keep_end", dataset_num_proc=None, is_encoder_decoder=False,
+    )  # fmt: skip
+    return len(prepare_dataset(path, tokenizer, training).dataset)
+
+
+def run_trl(rows: list[dict[str, Any]], tokenizer: Any) -> int:
+    import datasets
+    from accelerate import PartialState
+    from trl.data_utils import maybe_apply_chat_template, maybe_extract_prompt
+    from trl.experimental.cpo.cpo_trainer import CPOTrainer
+
+    PartialState()
+    fake = SimpleNamespace(processing_class=tokenizer, is_encoder_decoder=False, max_length=1024)
+    fake.build_tokenized_answer = functools.partial(CPOTrainer.build_tokenized_answer, fake)
+    tokenize_row = functools.partial(CPOTrainer.tokenize_row, fake)
+    ds = datasets.Dataset.from_list(rows)
+    ds = ds.map(maybe_extract_prompt)
+    ds = ds.map(maybe_apply_chat_template, fn_kwargs={"processing_class": tokenizer})
+    ds = ds.map(tokenize_row)
+    return len(ds)
+
+
+def best_of(repeats: int, fn: Any, *args: Any) -> tuple[float, int]:
+    times, n = [], 0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        n = fn(*args)
+        times.append(time.perf_counter() - start)
+    return min(times), n
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=5000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--tokenizer", help="tokenizer folder (default: the tiny test tokenizer)")
+    args = parser.parse_args()
+
+    import datasets
+    from transformers import AutoTokenizer
+
+    datasets.disable_progress_bars()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_dir = Path(tmp)
+        if args.tokenizer:
+            tok_dir = Path(args.tokenizer)
+        else:
+            from cpo_cli.assets.build import build_tiny_tokenizer
+
+            tok_dir = build_tiny_tokenizer(tmp_dir / "tokenizer")
+        tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+        print(f"tokenizer: {tok_dir} ({len(tokenizer)} tokens); rows: {args.rows}; "
+              f"best of {args.repeats}")  # fmt: skip
+        print(f"{'data':<16}{'cpo rows/s':>12}{'TRL rows/s':>12}{'ratio':>8}")
+        for label, name in (("standard", "demo_train.jsonl"),
+                            ("conversational", "demo_train_conversational.jsonl")):  # fmt: skip
+            path = tmp_dir / f"{label}.jsonl"
+            rows = replicate(name, args.rows, path)
+            ours_s, ours_n = best_of(args.repeats, run_ours, path, tokenizer)
+            trl_s, trl_n = best_of(args.repeats, run_trl, rows, tokenizer)
+            assert ours_n == trl_n == args.rows, (ours_n, trl_n)
+            ours_rate, trl_rate = ours_n / ours_s, trl_n / trl_s
+            print(f"{label:<16}{ours_rate:>12,.0f}{trl_rate:>12,.0f}{ours_rate / trl_rate:>7.1f}x")
+
+
+if __name__ == "__main__":
+    main()
