@@ -39,11 +39,28 @@ def _status(word: str, rest: str) -> None:
     console.result(Text.assemble((word, style), " ", rest), soft_wrap=True)
 
 
+def _expand(paths: list[Path]) -> list[Path]:
+    """Folders become the recipes under them (recursively), so `cpo recipe validate recipes/`
+    checks subfolders too."""
+    out: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted([*path.rglob("*.yaml"), *path.rglob("*.yml")])
+            out.extend(found or [path])  # an empty folder is reported as a problem
+        else:
+            out.append(path)
+    return out
+
+
 @recipe_app.command("validate")
 def validate(
     files: Annotated[
         list[Path],
-        typer.Argument(help="Recipe files to check.", show_default=False, metavar="FILE"),
+        typer.Argument(
+            help="Recipe files to check; a folder means every .yaml/.yml under it.",
+            show_default=False,
+            metavar="FILE",
+        ),
     ],
     strict: Annotated[
         bool, typer.Option("--strict", help="Treat warnings as problems (non-zero exit).")
@@ -53,6 +70,7 @@ def validate(
     Exits 1 if any recipe is invalid."""
     from cpo_cli.recipe.loader import load_recipe
 
+    files = _expand(files)
     bad = 0
     for file in files:
         try:

@@ -40,6 +40,7 @@ class LoadedRecipe:
     recipe: Recipe
     warnings: list[str] = field(default_factory=list)
     source: str = "<recipe>"
+    #: the command-line overrides applied, secrets already replaced by *** (safe to print)
     overrides: tuple[str, ...] = ()
 
 
@@ -122,7 +123,18 @@ def _load_config(cfg: Any, overrides: Sequence[str], source: str) -> LoadedRecip
     if problems or recipe is None:
         raise RecipeError(source, problems or ["the recipe could not be validated"])
     recipe._secret_paths = frozenset(secret_paths)
-    return LoadedRecipe(recipe=recipe, warnings=warnings, source=source, overrides=tuple(overrides))
+    return LoadedRecipe(
+        recipe=recipe,
+        warnings=warnings,
+        source=source,
+        overrides=tuple(redact_text(_shown(o), data, secret_paths) for o in overrides),
+    )
+
+
+def _shown(override: str) -> str:
+    """An override as it may be printed: `training.hub_token=***` for secret-looking keys."""
+    key, sep, _ = override.partition("=")
+    return f"{key}=***" if sep and looks_secret(key.rsplit(".", 1)[-1]) else override
 
 
 def _apply_overrides(cfg: DictConfig, overrides: Sequence[str], problems: list[str]) -> DictConfig:
@@ -132,14 +144,16 @@ def _apply_overrides(cfg: DictConfig, overrides: Sequence[str], problems: list[s
         match = _OVERRIDE.match(item)
         if match is None:
             problems.append(
-                f"override {item!r}: expected key=value with a dotted key, "
+                f"override {_shown(item)!r}: expected key=value with a dotted key, "
                 "e.g. training.beta=0.2 or model.name_or_path=/some/dir"
             )
             continue
         try:
             OmegaConf.from_dotlist([item.lstrip("+")])
         except Exception as exc:
-            problems.append(f"override {item!r}: cannot parse the value ({_first_line(exc)})")
+            problems.append(
+                f"override {_shown(item)!r}: cannot parse the value ({_first_line(exc)})"
+            )
             continue
         good.append(item.lstrip("+"))
     if not good:
@@ -147,7 +161,8 @@ def _apply_overrides(cfg: DictConfig, overrides: Sequence[str], problems: list[s
     try:
         merged = OmegaConf.merge(cfg, OmegaConf.from_dotlist(good))
     except Exception as exc:
-        problems.append(f"overrides {' '.join(good)!r} cannot be applied: {_first_line(exc)}")
+        shown = " ".join(_shown(o) for o in good)
+        problems.append(f"overrides {shown!r} cannot be applied: {_first_line(exc)}")
         return cfg
     assert isinstance(merged, DictConfig)
     return merged

@@ -154,3 +154,17 @@ def test_schema_is_json_schema() -> None:
     assert schema["title"] == "cpo recipe"
     assert set(schema["properties"]) == {"model", "data", "peft", "training"}
     assert "loss_type" in schema["$defs"]["TrainingConfig"]["properties"]
+
+
+def test_validate_a_folder_recursively(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.yaml").write_text(GOOD)
+    (tmp_path / "sub" / "b.yml").write_text(BAD)
+    result = runner.invoke(app, ["recipe", "validate", str(tmp_path)])
+    assert result.exit_code == 1
+    assert f"OK {tmp_path / 'a.yaml'}" in result.stdout
+    assert f"INVALID {tmp_path / 'sub' / 'b.yml'}: 2 problems" in result.stdout
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = runner.invoke(app, ["recipe", "validate", str(empty)])
+    assert result.exit_code == 1 and "is a folder" in result.stdout

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cpo_cli.errors import RecipeError
-from cpo_cli.recipe import load_recipe_text, redacted_dict, to_yaml
+from cpo_cli.recipe import load_recipe_dict, load_recipe_text, redacted_dict, to_yaml
 from cpo_cli.recipe.secrets import looks_secret
 
 TOKEN = "hf_abcdefghijklmnop"
@@ -66,3 +68,26 @@ def test_secrets_stay_out_of_error_messages() -> None:
 def test_int_fields_named_like_tokens_are_not_redacted() -> None:
     loaded = load_recipe_text("model: {name_or_path: m}\n")
     assert redacted_dict(loaded)["training"]["label_pad_token_id"] == -100
+
+
+def test_overrides_are_kept_redacted() -> None:
+    loaded = load_recipe_text("model: {name_or_path: m}\n", [f"training.hub_token={TOKEN}"])
+    assert loaded.recipe.training.hub_token == TOKEN
+    assert loaded.overrides == ("training.hub_token=***",)
+
+
+def test_bad_secret_override_is_not_echoed() -> None:
+    with pytest.raises(RecipeError) as info:
+        load_recipe_text("model: {name_or_path: m}\n", [f"training.hub_token=[{TOKEN}"])
+    assert TOKEN not in "\n".join(info.value.lines())
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJ0123456789_", min_size=4, max_size=40))
+def test_no_token_value_survives_redaction(secret: str) -> None:
+    token = "hf_" + secret
+    loaded = load_recipe_dict(
+        {"model": {"name_or_path": "m"}, "training": {"hub_token": token, "run_name": token}}
+    )
+    assert token not in to_yaml(loaded)
+    assert token not in str(redacted_dict(loaded))
