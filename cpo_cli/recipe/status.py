@@ -54,7 +54,7 @@ HONOURED: tuple[str, ...] = (
     "hub_always_push", "hub_revision",
     # CPO
     "max_length", "max_prompt_length", "max_completion_length", "beta", "label_smoothing",
-    "loss_type", "disable_dropout", "cpo_alpha", "simpo_gamma", "label_pad_token_id",
+    "loss_type", "disable_dropout", "cpo_alpha", "simpo_gamma",
     "padding_value", "truncation_mode", "generate_during_eval", "is_encoder_decoder",
     "model_init_kwargs", "dataset_num_proc",
     # beyond CPOConfig
@@ -89,6 +89,9 @@ NOT_APPLICABLE: dict[str, FieldStatus] = {
     "past_index": _na("Transformer-XL style memories are not used"),
     "remove_unused_columns": _na("prepared data holds only the columns the engine uses"),
     "label_names": _na("labels are built from the chosen and rejected answers"),
+    "label_pad_token_id": _na(
+        "the engine selects answer tokens by position; no label padding value is used"
+    ),
     "ignore_data_skip": _na("not implemented: resuming always continues with the next batch"),
     "length_column_name": _na("`group_by_length` measures the tokenised pairs itself"),
     "skip_memory_metrics": _na("the HF Trainer memory profiler is not part of cpo"),
