@@ -120,6 +120,9 @@ ReportTarget = Literal[
     "wandb",
 ]
 
+#: trackers the engine writes to (kept in step with `cpo_cli.engine.tracking`)
+ENGINE_TRACKERS: tuple[str, ...] = ("tensorboard", "wandb")
+
 LogLevel = Literal["passive", "debug", "info", "warning", "error", "critical"]
 DebugOption = Literal["underflow_overflow", "tpu_metrics_debug"]
 FsdpOption = Literal[

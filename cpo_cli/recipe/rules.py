@@ -8,7 +8,7 @@ import difflib
 from collections.abc import Callable
 
 from cpo_cli.losses.registry import LOSSES
-from cpo_cli.recipe.choices import ENGINE_OPTIMIZERS
+from cpo_cli.recipe.choices import ENGINE_OPTIMIZERS, ENGINE_TRACKERS
 from cpo_cli.recipe.schema import Recipe
 from cpo_cli.recipe.training import TrainingConfig
 
@@ -240,6 +240,14 @@ def _reporting_and_hub(r: Recipe, errors: list[str], warnings: list[str]) -> Non
     if isinstance(t.report_to, list) and "none" in t.report_to and len(t.report_to) > 1:
         errors.append(
             f"training.report_to: got {t.report_to}; 'none' cannot be combined with trackers"
+        )
+    names = [t.report_to] if isinstance(t.report_to, str) else list(t.report_to or [])
+    unsupported = [n for n in names if n not in (*ENGINE_TRACKERS, "none", "all")]
+    if unsupported:
+        errors.append(
+            f"training.report_to: {', '.join(map(repr, unsupported))} not supported by the cpo "
+            f"engine; choose from {', '.join(ENGINE_TRACKERS)}, all or none (metrics.jsonl is "
+            "always written)"
         )
     if t.push_to_hub and not t.hub_model_id:
         errors.append(

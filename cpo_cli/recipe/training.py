@@ -343,8 +343,9 @@ class TrainingConfig(BaseModel):
     )
     report_to: ReportTarget | list[ReportTarget] | None = Field(
         default=None,
-        description="Trackers to send metrics to (`tensorboard`, `wandb`, ...); None or "
-        "`none`: only `metrics.jsonl`.",
+        description="Trackers to send metrics to: the engine writes `tensorboard` and `wandb` "
+        "(`all`: those installed); None or `none`: only `metrics.jsonl`. The other HF names "
+        "are refused when the recipe loads.",
     )
     ddp_find_unused_parameters: bool | None = Field(
         default=None, description="DDP `find_unused_parameters`."

@@ -221,3 +221,12 @@ def test_dangerous_not_applicable_fields_are_errors(field: str, value: object) -
 def test_plateau_schedule_is_refused() -> None:
     errors, _ = load({"lr_scheduler_type": "reduce_lr_on_plateau"})
     assert len(errors) == 1 and "not supported by the cpo engine" in errors[0]
+
+
+def test_unsupported_tracker_is_refused() -> None:
+    errors, _ = load({"report_to": ["wandb", "mlflow"]})
+    assert errors == [
+        "training.report_to: 'mlflow' not supported by the cpo engine; choose from tensorboard, "
+        "wandb, all or none (metrics.jsonl is always written)"
+    ]
+    assert load({"report_to": "all"}) == ([], [])
