@@ -305,6 +305,8 @@ def _cache_folder(
     """`cache_dir/<key>` for a local source (the key covers the file's size and mtime, the
     options, the lengths and the tokenizer); Hub sources are not cached here (`datasets`
     caches their download)."""
+    from cpo_cli import __version__
+
     if cache_dir is None or not is_local(spec.path):
         return None
     path = Path(spec.path).expanduser()
@@ -319,6 +321,7 @@ def _cache_folder(
         "settings": settings.as_dict(),
         "tokenizer": tok_info["fingerprint"],
         "format_version": FORMAT_VERSION,
+        "cpo": __version__,  # a new release may tokenise differently: never reuse across them
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()[:20]
     return Path(cache_dir).expanduser() / f"{path.stem}-{digest}"
