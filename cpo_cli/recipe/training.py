@@ -58,9 +58,6 @@ class TrainingConfig(BaseModel):
     do_predict: bool = Field(
         default=False, description="Legacy script flag; the command chosen decides."
     )
-    run_name: str | None = Field(
-        default=None, description="Name of the run shown by trackers (wandb, tensorboard...)."
-    )
 
     # --- evaluation -------------------------------------------------------------------------
     eval_strategy: IntervalStrategy = Field(
@@ -262,6 +259,9 @@ class TrainingConfig(BaseModel):
     )
     past_index: int = Field(
         default=-1, description="Output index of past states (Transformer-XL style)."
+    )
+    run_name: str | None = Field(
+        default=None, description="Name of the run shown by trackers (wandb, tensorboard...)."
     )
     disable_tqdm: bool | None = Field(
         default=None, description="Hide the progress bar; None: hidden when not on a terminal."
