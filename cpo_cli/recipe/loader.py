@@ -20,6 +20,7 @@ from cpo_cli.recipe.secrets import looks_secret, redact_text
 
 # `training.beta=0.2`, `data.train.columns.prompt=question`, `training.report_to=[wandb]`
 _OVERRIDE = re.compile(r"^\+?([A-Za-z_][\w\-]*(?:\.[\w\-]+|\[\d+\])*)=(.*)$", re.S)
+_NOT_A_MAPPING = "the recipe must be a mapping with the keys model, data, peft, training"
 _ENV_VAR = re.compile(r"oc\.env:\s*['\"]?([A-Za-z_][A-Za-z0-9_]*)")
 
 
@@ -65,7 +66,12 @@ def load_recipe_text(
     import yaml
 
     try:
-        cfg = OmegaConf.create(text) if text.strip() else OmegaConf.create({})
+        shape = yaml.safe_load(text)  # only to refuse a scalar or list document up front
+        if shape is not None and not isinstance(shape, dict):
+            raise RecipeError(source, [_NOT_A_MAPPING])
+        cfg = OmegaConf.create(text) if shape is not None else OmegaConf.create({})
+    except RecipeError:
+        raise
     except yaml.YAMLError as exc:
         raise RecipeError(source, [_yaml_problem(exc)]) from None
     except Exception as exc:  # OmegaConf wraps some YAML and key problems in its own errors
@@ -86,9 +92,7 @@ def load_recipe_dict(
 
 def _load_config(cfg: Any, overrides: Sequence[str], source: str) -> LoadedRecipe:
     if not isinstance(cfg, DictConfig):
-        raise RecipeError(
-            source, ["the recipe must be a mapping with the keys model, data, peft, training"]
-        )
+        raise RecipeError(source, [_NOT_A_MAPPING])
     problems: list[str] = []
     cfg = _apply_overrides(cfg, overrides, problems)
 

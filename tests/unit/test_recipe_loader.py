@@ -217,3 +217,15 @@ def test_unknown_interpolation_key() -> None:
         "training.run_name: cannot resolve the interpolation: Interpolation key "
         "'training.nope' not found"
     ]
+
+
+@pytest.mark.parametrize("text", ["hello\n", "42\n", "- a\n- b\n"])
+def test_scalar_or_list_documents_are_refused(text: str) -> None:
+    assert problems(text) == [
+        "the recipe must be a mapping with the keys model, data, peft, training"
+    ]
+
+
+def test_duplicate_keys_are_refused() -> None:
+    found = problems("model: {name_or_path: a}\nmodel: {name_or_path: b}\n")
+    assert found == ["not valid YAML: line 2, column 1: found duplicate key model"]
