@@ -4,9 +4,8 @@ TRL computes `[2B, T, V]` float32 logits and log-softmaxes all of them, although
 answer tokens are scored. Here the model body runs once (the model's own forward, asked for
 its last hidden state and for logits at a single position), the hidden states at the
 answer-predicting positions are gathered, and the LM head + float32 log-softmax run on those
-positions only, `chunk_size` at a time. When there are several chunks and gradients are needed,
-each chunk is recomputed in the backward pass instead of keeping its `[chunk, V]` softmax
-alive. Token log-probs are summed per sequence with `index_add`.
+positions only, `chunk_size` at a time (`cpo_cli.engine.chunked_head`: no `[N, V]` softmax is
+kept for the backward pass). Token log-probs are summed per sequence with `index_add`.
 
 Prefix sharing (`packed` batches, see `cpo_cli.data.collate`) runs each pair as one row
 `prompt | chosen | rejected` under a 4D additive mask (rejected never sees chosen) with
@@ -170,6 +169,8 @@ def _sequence_logps(
 ) -> SequenceLogps:
     import torch
 
+    from cpo_cli.engine.chunked_head import token_logps_and_logit_sums
+
     packed = "segment_ids" in batch
     n_seqs = batch["input_ids"].shape[0] * (2 if packed else 1)
     rows, cols = batch["target_rows"], batch["target_cols"]
@@ -178,7 +179,7 @@ def _sequence_logps(
         head, source = core.get_output_embeddings(), outputs.hidden_states[-1]
     else:
         head, source = None, outputs.logits
-    token_logps, logit_sums = _chunked_token_stats(
+    token_logps, logit_sums = token_logps_and_logit_sums(
         source[rows, cols], batch["target_ids"], head, _softcap(core), chunk_size
     )
     seqs = batch["target_seqs"]
@@ -220,50 +221,6 @@ def _run_model(
     if _router_loss_enabled(core):
         kwargs["output_router_logits"] = True
     return model(**kwargs)
-
-
-def _chunked_token_stats(
-    source: torch.Tensor,
-    targets: torch.Tensor,
-    head: nn.Module | None,
-    softcap: float | None,
-    chunk_size: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per target: log p(target) and the sum of its raw logits, `chunk_size` positions at a time.
-
-    `source` is hidden states (`head` given) or already-computed logits (`head` None).
-    """
-    import torch
-    from torch.utils.checkpoint import checkpoint
-
-    n = source.shape[0]
-    if n == 0:
-        empty = source.new_zeros(0, dtype=torch.float32)
-        return empty, empty
-    # With several chunks, recompute each in backward rather than keep n × V floats alive.
-    recompute = n > chunk_size and torch.is_grad_enabled() and source.requires_grad
-    logps, sums = [], []
-    for start in range(0, n, chunk_size):
-        args = (source[start : start + chunk_size], targets[start : start + chunk_size])
-        if recompute:
-            lp, s = checkpoint(_token_stats, *args, head, softcap, use_reentrant=False)
-        else:
-            lp, s = _token_stats(*args, head, softcap)
-        logps.append(lp)
-        sums.append(s)
-    return torch.cat(logps), torch.cat(sums)
-
-
-def _token_stats(
-    source: torch.Tensor, targets: torch.Tensor, head: nn.Module | None, softcap: float | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    import torch
-
-    logits = (head(source) if head is not None else source).float()
-    if softcap is not None and head is not None:
-        logits = torch.tanh(logits / softcap) * softcap
-    logp = logits.log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)
-    return logp, logits.detach().sum(-1)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,190 @@
+"""LM head + log-softmax at answer positions only, `chunk_size` positions at a time.
+
+For a plain `nn.Linear` head a custom autograd function does the work: the forward keeps one
+float per position (the log-sum-exp) instead of a `[positions, V]` softmax, and the backward
+recomputes each chunk's logits and writes the gradients of the hidden states, weight and bias
+directly (`∂log p(y)/∂z = onehot(y) − softmax(z)`). With a single chunk the float32 logits are
+kept instead, so small batches pay no recompute. Other heads (LoRA on the head, quantised
+heads) and precomputed logits go through autograd, with activation checkpointing per chunk
+when there are several chunks.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+def token_logps_and_logit_sums(
+    source: torch.Tensor,
+    targets: torch.Tensor,
+    head: nn.Module | None,
+    softcap: float | None,
+    chunk_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per position: float32 log p(target) and the (detached) sum of its logits over the vocab.
+
+    `source` is `[N, H]` hidden states with `head` the LM head, or `[N, V]` logits (`head`
+    None). `softcap`: Gemma-style final logit soft-capping, cap·tanh(z/cap), applied to the
+    head's output.
+    """
+    import torch
+
+    if source.shape[0] == 0:
+        empty = source.new_zeros(0, dtype=torch.float32)
+        return empty, empty
+    if head is not None and type(head) is torch.nn.Linear:
+        logps, sums = _LinearHeadLogps.apply(
+            source, head.weight, head.bias, targets, chunk_size, softcap
+        )
+        return logps, sums
+    return _autograd_chunks(source, targets, head, softcap, chunk_size)
+
+
+def _autograd_chunks(
+    source: torch.Tensor,
+    targets: torch.Tensor,
+    head: nn.Module | None,
+    softcap: float | None,
+    chunk_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    n = source.shape[0]
+    # With several chunks, recompute each in backward rather than keep n × V floats alive.
+    recompute = n > chunk_size and torch.is_grad_enabled() and source.requires_grad
+    logps, sums = [], []
+    for start in range(0, n, chunk_size):
+        args = (source[start : start + chunk_size], targets[start : start + chunk_size])
+        if recompute:
+            lp, s = checkpoint(_chunk, *args, head, softcap, use_reentrant=False)
+        else:
+            lp, s = _chunk(*args, head, softcap)
+        logps.append(lp)
+        sums.append(s)
+    return torch.cat(logps), torch.cat(sums)
+
+
+def _chunk(
+    source: torch.Tensor, targets: torch.Tensor, head: nn.Module | None, softcap: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
+    logits = _at_least_f32(head(source) if head is not None else source)
+    if softcap is not None and head is not None:
+        logits = torch.tanh(logits / softcap) * softcap
+    logp = logits.log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)
+    return logp, logits.detach().sum(-1)
+
+
+def _linear_logits(
+    h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, softcap: float | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """float32 logits of a chunk, and tanh(z/cap) when soft-capping (for the backward)."""
+    import torch
+    import torch.nn.functional as F
+
+    z = _at_least_f32(F.linear(h, weight, bias))
+    if softcap is None:
+        return z, None
+    t = torch.tanh(z / softcap)
+    return t * softcap, t
+
+
+def _at_least_f32(x: torch.Tensor) -> torch.Tensor:
+    """float32 for half types (the softmax needs it); float64 stays float64 (for gradcheck)."""
+    import torch
+
+    return x if x.dtype == torch.float64 else x.float()
+
+
+def _make_linear_head_function() -> Any:
+    import torch
+
+    class LinearHeadLogps(torch.autograd.Function):
+        @staticmethod
+        def forward(  # type: ignore[override]
+            ctx: Any,
+            hidden: torch.Tensor,
+            weight: torch.Tensor,
+            bias: torch.Tensor | None,
+            targets: torch.Tensor,
+            chunk_size: int,
+            softcap: float | None,
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            n = hidden.shape[0]
+            dtype = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+            logps = torch.empty(n, dtype=dtype, device=hidden.device)
+            sums = torch.empty_like(logps)
+            lse = torch.empty_like(logps)
+            kept = None
+            for s in range(0, n, chunk_size):
+                z, _ = _linear_logits(hidden[s : s + chunk_size], weight, bias, softcap)
+                lse[s : s + chunk_size] = torch.logsumexp(z, -1)
+                picked = z.gather(-1, targets[s : s + chunk_size, None]).squeeze(-1)
+                logps[s : s + chunk_size] = picked - lse[s : s + chunk_size]
+                sums[s : s + chunk_size] = z.sum(-1)
+                if n <= chunk_size and softcap is None:
+                    kept = z  # one chunk: keep its logits, no recompute in backward
+            ctx.save_for_backward(hidden, weight, bias, targets, lse, kept)
+            ctx.chunk_size, ctx.softcap = chunk_size, softcap
+            ctx.mark_non_differentiable(sums)
+            return logps, sums
+
+        @staticmethod
+        def backward(  # type: ignore[override]
+            ctx: Any, grad_logps: torch.Tensor, _grad_sums: torch.Tensor | None
+        ) -> tuple[torch.Tensor | None, ...]:
+            hidden, weight, bias, targets, lse, kept = ctx.saved_tensors
+            need_h, need_w, need_b = ctx.needs_input_grad[:3]
+            grad_h = torch.empty_like(hidden) if need_h else None
+            f32 = {"dtype": lse.dtype, "device": weight.device}
+            grad_w = torch.zeros(weight.shape, **f32) if need_w else None
+            grad_b = torch.zeros(weight.shape[0], **f32) if need_b and bias is not None else None
+            step = ctx.chunk_size
+            for s in range(0, hidden.shape[0], step):
+                h, y, g = hidden[s : s + step], targets[s : s + step], grad_logps[s : s + step]
+                if kept is not None:
+                    z, t = kept, None
+                else:
+                    z, t = _linear_logits(h, weight, bias, ctx.softcap)
+                # ∂(z_y − lse)/∂z = onehot(y) − softmax(z), times the incoming gradient
+                grad_z = (z - lse[s : s + step, None]).exp_().mul_(-g[:, None])
+                grad_z.scatter_add_(-1, y[:, None], g[:, None])
+                if t is not None:
+                    grad_z.mul_(1 - t * t)  # d(cap·tanh(z/cap))/dz
+                gz = grad_z.to(weight.dtype)
+                if grad_h is not None:
+                    grad_h[s : s + step] = gz @ weight
+                if grad_w is not None:
+                    grad_w.addmm_(gz.t().to(grad_w.dtype), h.to(grad_w.dtype))
+                if grad_b is not None:
+                    grad_b += grad_z.sum(0)
+            return (
+                grad_h,
+                grad_w.to(weight.dtype) if grad_w is not None else None,
+                grad_b.to(bias.dtype) if grad_b is not None else None,
+                None,
+                None,
+                None,
+            )
+
+    return LinearHeadLogps
+
+
+class _Lazy:
+    """Defers building the autograd function (and importing torch) to its first use."""
+
+    _fn: Any = None
+
+    def apply(self, *args: Any) -> Any:
+        if self._fn is None:
+            type(self)._fn = _make_linear_head_function()
+        return self._fn.apply(*args)
+
+
+_LinearHeadLogps = _Lazy()
