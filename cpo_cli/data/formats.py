@@ -63,6 +63,20 @@ class RowTexts:
     kind: RowFormat
 
 
+@dataclass(frozen=True)
+class _Chat:
+    """A checked conversational row waiting for the chat template."""
+
+    prompt: list[dict[str, str]]
+    chosen: list[dict[str, str]]
+    rejected: list[dict[str, str]]
+    kind: RowFormat
+
+    @property
+    def continues_prompt(self) -> bool:
+        return self.prompt[-1]["role"] == "assistant"
+
+
 @dataclass
 class ScoredStats:
     """What the scored-candidates builder had to decide, for the report."""
@@ -151,24 +165,59 @@ class TextNormaliser:
         self.scored = ScoredStats()
 
     def __call__(self, row: Mapping[str, Any]) -> RowTexts:
+        """One row (raises `RowProblem`); `many` is the fast path for whole datasets."""
+        result = self.many([row])[0]
+        if isinstance(result, RowProblem):
+            raise result
+        return result
+
+    def many(self, rows: Sequence[Mapping[str, Any]]) -> list[RowTexts | RowProblem]:
+        """Every row checked first, then all chat templates rendered in batched calls."""
+        results: list[RowTexts | RowProblem | _Chat] = []
+        for row in rows:
+            try:
+                results.append(self._check(row))
+            except RowProblem as problem:
+                results.append(problem)
+        chats = [(i, r) for i, r in enumerate(results) if isinstance(r, _Chat)]
+        if chats:
+            rendered = self._render_chats([chat for _, chat in chats])
+            for (i, _), texts in zip(chats, rendered, strict=True):
+                results[i] = texts
+        out: list[RowTexts | RowProblem] = []
+        for r in results:
+            assert not isinstance(r, _Chat)
+            if isinstance(r, RowTexts) and r.chosen == r.rejected:
+                r = RowProblem("identical_answers")
+            out.append(r)
+        return out
+
+    def _check(self, row: Mapping[str, Any]) -> RowTexts | _Chat:
+        kind_override: RowFormat | None = None
         if self.fmt == "scored":
             row = self._pair_from_scores(row)
+            kind_override = "scored"
         prompt = row.get("prompt", row.get("messages"))
         chosen, rejected = row.get("chosen"), row.get("rejected")
         kind = self._row_kind(prompt, chosen, rejected, "prompt" in row or "messages" in row)
         if kind == "standard":
-            texts = RowTexts(
-                _text(prompt, "prompt"), _text(chosen, "chosen"), _text(rejected, "rejected"), kind
+            return RowTexts(
+                _text(prompt, "prompt"),
+                _text(chosen, "chosen"),
+                _text(rejected, "rejected"),
+                kind_override or kind,
             )
-        else:
-            if kind == "implicit":
-                prompt, chosen, rejected = _split_implicit(chosen, rejected)
-            texts = self._apply_template(prompt, chosen, rejected, kind)
-        if texts.chosen == texts.rejected:
+        if kind == "implicit":
+            prompt, chosen, rejected = _split_implicit(chosen, rejected)
+        prompt_msgs = _messages(prompt, "prompt")
+        chosen_msgs = _messages(chosen, "chosen", answer=True)
+        rejected_msgs = _messages(rejected, "rejected", answer=True)
+        last_role = prompt_msgs[-1]["role"]
+        if last_role not in ("user", "tool", "assistant"):
+            raise RowProblem("wrong_role", f"prompt ends with a {last_role} turn")
+        if chosen_msgs == rejected_msgs:
             raise RowProblem("identical_answers")
-        if self.fmt == "scored":
-            return RowTexts(texts.prompt, texts.chosen, texts.rejected, "scored")
-        return texts
+        return _Chat(prompt_msgs, chosen_msgs, rejected_msgs, kind_override or kind)
 
     def _row_kind(self, prompt: Any, chosen: Any, rejected: Any, has_prompt: bool) -> RowFormat:
         for name, value in (("chosen", chosen), ("rejected", rejected)):
@@ -190,55 +239,67 @@ class TextNormaliser:
             return kind
         raise RowProblem("wrong_format", f"a {kind} row in a {wanted} dataset")
 
-    def _apply_template(self, prompt: Any, chosen: Any, rejected: Any, kind: RowFormat) -> RowTexts:
-        prompt_msgs = _messages(prompt, "prompt")
-        chosen_msgs = _messages(chosen, "chosen", answer=True)
-        rejected_msgs = _messages(rejected, "rejected", answer=True)
-        if not prompt_msgs:
-            raise RowProblem("empty_field", "prompt")
-        last_role = prompt_msgs[-1]["role"]
-        if last_role not in ("user", "tool", "assistant"):
-            raise RowProblem("wrong_role", f"prompt ends with a {last_role} turn")
-        render = self._render
-        continue_final = last_role == "assistant"
-        # A prompt ending with an assistant turn is continued rather than closed (as in TRL).
-        prompt_text = render(
-            prompt_msgs,
-            add_generation_prompt=not continue_final,
-            continue_final_message=continue_final,
-        )
-        full_chosen = render(prompt_msgs + chosen_msgs)
-        full_rejected = render(prompt_msgs + rejected_msgs)
-        # Some templates render the prompt differently once an answer follows (DeepSeek-R1's
-        # generation prompt): the prompt is the part all three renderings share, as in TRL.
-        prompt_text = _common_prefix(_common_prefix(prompt_text, full_chosen), full_rejected)
-        return RowTexts(
-            prompt_text, full_chosen[len(prompt_text) :], full_rejected[len(prompt_text) :], kind
-        )
-
-    def _render(
-        self,
-        messages: list[dict[str, str]],
-        *,
-        add_generation_prompt: bool = False,
-        continue_final_message: bool = False,
-    ) -> str:
+    def _render_chats(self, chats: Sequence[_Chat]) -> list[RowTexts | RowProblem]:
+        """Prompt (with the generation prompt; a prompt ending with an assistant turn is
+        continued instead, as in TRL), prompt + chosen and prompt + rejected, rendered as text.
+        Some templates render the prompt differently once an answer follows (DeepSeek-R1's
+        generation prompt): the prompt is the part all three renderings share, as in TRL."""
         if not getattr(self.tokenizer, "chat_template", None):
             raise DataError(
                 f"{self.source}: conversational rows need a chat template, and the tokenizer "
                 f"{getattr(self.tokenizer, 'name_or_path', '')!r} has none",
                 hint="set model.chat_template in the recipe or use a tokenizer that has one",
             )
-        try:
-            text = self.tokenizer.apply_chat_template(
-                messages,
-                tokenize=False,
-                add_generation_prompt=add_generation_prompt,
-                **({"continue_final_message": True} if continue_final_message else {}),
+        prompts: list[str | RowProblem] = [""] * len(chats)
+        for continued in (False, True):
+            idx = [i for i, c in enumerate(chats) if c.continues_prompt == continued]
+            texts = self._render_batch(
+                [chats[i].prompt for i in idx],
+                add_generation_prompt=not continued,
+                continue_final_message=continued,
             )
+            for i, text in zip(idx, texts, strict=True):
+                prompts[i] = text
+        fulls_c = self._render_batch([c.prompt + c.chosen for c in chats])
+        fulls_r = self._render_batch([c.prompt + c.rejected for c in chats])
+        out: list[RowTexts | RowProblem] = []
+        for chat, prompt, full_c, full_r in zip(chats, prompts, fulls_c, fulls_r, strict=True):
+            problem = next((x for x in (prompt, full_c, full_r) if isinstance(x, RowProblem)), None)
+            if problem is not None:
+                out.append(problem)
+                continue
+            assert isinstance(prompt, str) and isinstance(full_c, str) and isinstance(full_r, str)
+            shared = _common_prefix(_common_prefix(prompt, full_c), full_r)
+            out.append(RowTexts(shared, full_c[len(shared) :], full_r[len(shared) :], chat.kind))
+        return out
+
+    def _render_batch(
+        self,
+        conversations: list[list[dict[str, str]]],
+        *,
+        add_generation_prompt: bool = False,
+        continue_final_message: bool = False,
+    ) -> list[str | RowProblem]:
+        """One templating call for many conversations; if the template refuses one of them
+        (jinja `raise_exception`, e.g. on a role order), each is rendered alone to find it."""
+        if not conversations:
+            return []
+        kwargs: dict[str, Any] = {"tokenize": False, "add_generation_prompt": add_generation_prompt}
+        if continue_final_message:
+            kwargs["continue_final_message"] = True
+        try:
+            texts = self.tokenizer.apply_chat_template(conversations, **kwargs)
+        except Exception:
+            return [self._render_one(c, kwargs) for c in conversations]
+        return [str(t) for t in texts]
+
+    def _render_one(
+        self, conversation: list[dict[str, str]], kwargs: dict[str, Any]
+    ) -> str | RowProblem:
+        try:
+            return str(self.tokenizer.apply_chat_template(conversation, **kwargs))
         except Exception as exc:  # a template may reject a role order (jinja raise_exception)
-            raise RowProblem("wrong_role", f"the chat template refused the row: {exc}") from exc
-        return str(text)
+            return RowProblem("wrong_role", f"the chat template refused the row: {exc}")
 
     def _pair_from_scores(self, row: Mapping[str, Any]) -> dict[str, Any]:
         """Highest-scored candidate -> chosen, lowest -> rejected (first one wins a tie)."""

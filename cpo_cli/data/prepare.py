@@ -22,6 +22,7 @@ from typing import Any
 from cpo_cli.data.formats import (
     FORMATS,
     RowProblem,
+    RowTexts,
     TextNormaliser,
     detect_format,
     rename_columns,
@@ -132,17 +133,12 @@ def _prepare(
     normalise = TextNormaliser(tokenizer, "scored" if fmt == "scored" else spec.format, spec.path)
     texts: dict[str, list[str]] = {c: [] for c in TEXT_COLUMNS}
     kept_rows: list[int] = []
-    for index, row in enumerate(rows):
-        try:
-            pair = normalise(row)
-        except RowProblem as problem:
-            report.record_drop(problem.reason, index)
-            continue
-        texts["prompt"].append(pair.prompt)
-        texts["chosen"].append(pair.chosen)
-        texts["rejected"].append(pair.rejected)
-        report.row_formats[pair.kind] = report.row_formats.get(pair.kind, 0) + 1
-        kept_rows.append(index)
+    for start in range(0, len(rows), BATCH_SIZE):
+        for offset, pair in enumerate(normalise.many(rows[start : start + BATCH_SIZE])):
+            if isinstance(pair, RowProblem):
+                report.record_drop(pair.reason, start + offset)
+                continue
+            _keep(texts, report, kept_rows, pair, start + offset)
     if fmt == "scored":
         s = normalise.scored
         report.notes.append(
@@ -169,6 +165,20 @@ def _prepare(
     dataset = _to_dataset(columns)
     manifest = _manifest(spec, raw.identity, fmt, settings, tok_info, report)
     return PreparedData(dataset=dataset, report=report, manifest=manifest)
+
+
+def _keep(
+    texts: dict[str, list[str]],
+    report: PrepareReport,
+    kept_rows: list[int],
+    pair: RowTexts,
+    index: int,
+) -> None:
+    texts["prompt"].append(pair.prompt)
+    texts["chosen"].append(pair.chosen)
+    texts["rejected"].append(pair.rejected)
+    report.row_formats[pair.kind] = report.row_formats.get(pair.kind, 0) + 1
+    kept_rows.append(index)
 
 
 def _canonical(row: Mapping[str, Any], renamed: Mapping[str, str]) -> dict[str, Any]:
