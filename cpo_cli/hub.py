@@ -227,6 +227,16 @@ def _redact(obj: Any) -> tuple[Any, bool]:
     return obj, False
 
 
+def require_token(settings: PushSettings) -> str:
+    """The token, or the one-line error every push path gives without one."""
+    if not settings.token:
+        raise HubError(
+            "no Hugging Face token: cannot push",
+            hint="pass --token, set HF_TOKEN, set training.hub_token, or run `hf auth login`",
+        )
+    return settings.token
+
+
 def upload(
     plan: PushPlan, *, endpoint: str | None = None, commit_message: str | None = None
 ) -> str:
@@ -234,12 +244,7 @@ def upload(
 
     `endpoint` defaults to `HF_ENDPOINT` read now (huggingface_hub reads it once at import)."""
     settings = plan.settings
-    token = settings.token
-    if not token:
-        raise HubError(
-            "no Hugging Face token: cannot push",
-            hint="pass --token, set HF_TOKEN, set training.hub_token, or run `hf auth login`",
-        )
+    token = require_token(settings)
     from huggingface_hub import CommitOperationAdd, HfApi, constants
 
     if constants.is_offline_mode():

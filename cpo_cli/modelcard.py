@@ -54,6 +54,12 @@ _HYPERPARAMETERS = (
     "bf16",
     "fp16",
 )
+#: Shown only when the recipe's loss reads them (the registry's knobs).
+_LOSS_KNOBS = ("simpo_gamma", "alpha", "label_smoothing")
+#: Shown only when set to something other than "off".
+_SHOWN_WHEN_ON = ("warmup_ratio", "warmup_steps", "weight_decay", "bf16", "fp16")
+#: cpo's builtin model names and the Hub models they are (for metadata and license).
+BUILTIN_HUB_IDS = {"builtin:smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 _PEFT_FIELDS = ("r", "lora_alpha", "lora_dropout", "target_modules", "merge_at_end")
 #: Metric keys shown in the card's table (when present), in this order.
 _CARD_METRICS = (
@@ -89,6 +95,8 @@ class CardInputs:
     metrics_source: str | None = None
     license: str | None = None
     recipe_file: str | None = None
+    #: the cpo builtin name the base model was given as, e.g. builtin:smollm2-135m-instruct
+    builtin: str | None = None
 
 
 def is_hub_id(name: str | None) -> bool:
@@ -172,6 +180,13 @@ def read_base_license(model_section: Mapping[str, Any]) -> str | None:
     name = model_section.get("name_or_path")
     if not isinstance(name, str) or not name:
         return None
+    if name == "builtin:smollm2-135m-instruct":
+        try:
+            from cpo_cli.assets.smollm2 import find_smollm2_gguf
+
+            return _license_from_gguf(find_smollm2_gguf())
+        except Exception:  # the package is not installed here: license unknown
+            return None
     local = Path(name).expanduser()
     if local.is_dir():
         found = (
@@ -247,7 +262,10 @@ def collect_card_inputs(output_dir: Path, repo_id: str) -> CardInputs:
         except ValueError:
             pass
     if isinstance(model, Mapping):
-        inputs.base_model = model.get("name_or_path") or inputs.base_model
+        name = model.get("name_or_path") or inputs.base_model
+        inputs.base_model = BUILTIN_HUB_IDS.get(str(name), name)
+        if inputs.base_model != name:
+            inputs.builtin = str(name)
         inputs.base_model_revision = model.get("revision") or None
         inputs.gguf_file = model.get("gguf_file") or None
         inputs.license = read_base_license(model)
@@ -260,9 +278,7 @@ def collect_card_inputs(output_dir: Path, repo_id: str) -> CardInputs:
                     inputs.datasets.append(path)
     if isinstance(training, Mapping):
         inputs.loss_type = training.get("loss_type") or None
-        inputs.hyperparameters = {
-            k: training[k] for k in _HYPERPARAMETERS if training.get(k) is not None
-        }
+        inputs.hyperparameters = shown_hyperparameters(training)
     if isinstance(peft, Mapping):
         inputs.peft = {k: peft[k] for k in _PEFT_FIELDS if peft.get(k) is not None}
     metrics, source = read_final_metrics(output_dir)
@@ -270,6 +286,32 @@ def collect_card_inputs(output_dir: Path, repo_id: str) -> CardInputs:
     inputs.eval_metrics = {k: v for k, v in metrics.items() if k.startswith("eval_")}
     inputs.train_metrics = {k: v for k, v in metrics.items() if not k.startswith("eval_")}
     return inputs
+
+
+def shown_hyperparameters(training: Mapping[str, Any]) -> dict[str, Any]:
+    """The training fields worth a reader's time: loss knobs only for a loss that reads them,
+    warmup/decay/precision only when on, epochs or max_steps (whichever bounds the run)."""
+    from cpo_cli.losses.registry import LOSSES
+
+    spec = LOSSES.get(str(training.get("loss_type")))
+    knobs = set(spec.knobs) if spec else set(_LOSS_KNOBS)
+    max_steps = training.get("max_steps")
+    bounded_by_steps = isinstance(max_steps, int) and max_steps > 0
+    shown: dict[str, Any] = {}
+    for key in _HYPERPARAMETERS:
+        value = training.get(key)
+        if value is None:
+            continue
+        if key in _LOSS_KNOBS and key not in knobs:
+            continue
+        if key in _SHOWN_WHEN_ON and not value:
+            continue
+        if key == "max_steps" and not bounded_by_steps:
+            continue
+        if key == "num_train_epochs" and bounded_by_steps:
+            continue
+        shown[key] = value
+    return shown
 
 
 def card_tags(inputs: CardInputs) -> list[str]:
@@ -309,6 +351,11 @@ def render_model_card(inputs: CardInputs, *, cpo_version: str) -> str:
         "",
         f"- Base model: {_code_or_unknown(inputs.base_model)}"
         + (f" (revision `{inputs.base_model_revision}`)" if inputs.base_model_revision else "")
+        + (
+            f", loaded as cpo's `{inputs.builtin}` (its GGUF, dequantised)"
+            if inputs.builtin
+            else ""
+        )
         + (f", GGUF file `{inputs.gguf_file}`" if inputs.gguf_file else ""),
         f"- Datasets: {', '.join(f'`{d}`' for d in inputs.datasets) or 'not recorded'}",
         f"- License: {inputs.license or 'not known; see the base model card'}",

@@ -61,11 +61,13 @@ def push(
 ) -> None:
     """Upload a trained model with its tokenizer, resolved recipe and a generated model card."""
     from cpo_cli import __version__
-    from cpo_cli.hub import plan_push, resolve_settings, upload
+    from cpo_cli.hub import plan_push, require_token, resolve_settings, upload
 
     settings = resolve_settings(
         output_dir, repo_id=repo_id, token=token, private=private, revision=revision
     )
+    if not dry_run:
+        require_token(settings)  # before listing what would have gone up
     plan = plan_push(output_dir, settings, cpo_version=__version__)
     if card_path is not None:
         card_path.write_text(plan.card, encoding="utf-8")

