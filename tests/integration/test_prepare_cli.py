@@ -108,3 +108,27 @@ def test_errors_are_one_clear_line(tiny_model_dir: Path, tmp_path: Path) -> None
     assert code == 1 and "--strict" in output and not (tmp_path / "p").exists()
     code, output = run_process("prepare", "--dataset", "x.jsonl", "--output", str(tmp_path / "p"))
     assert code == 1 and "exactly one of --recipe and --tokenizer" in output
+
+
+def test_cpo_train_reads_the_prepared_folder_and_refuses_other_lengths(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"model:\n  name_or_path: {tiny_model_dir}\n"
+        f"data:\n  train:\n    path: {tmp_path / 'prepared'}\n"
+        f"training:\n  output_dir: {tmp_path / 'out'}\n  max_steps: 1\n"
+        "  per_device_train_batch_size: 4\n  max_length: 128\n  max_prompt_length: 64\n"
+        "  save_strategy: 'no'\n  report_to: none\n"
+    )
+    code, output = run_process(
+        "prepare", "--dataset", str(DEMO_DATA_DIR / "demo_train.jsonl"),
+        "--output", str(tmp_path / "prepared"), "--recipe", str(recipe),
+    )  # fmt: skip
+    assert code == 0, output
+    code, output = run_process("train", str(recipe))
+    assert code == 0, output
+    assert "300 pairs" in output and (tmp_path / "out" / "model.safetensors").is_file()
+    code, output = run_process("train", str(recipe), "training.max_length=256")
+    assert code == 1
+    assert "max_length: prepared with 128, this run uses 256" in output
