@@ -8,6 +8,7 @@ Arrow's schema inference; Parquet/CSV, `save_to_disk` folders and Hub names go t
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Iterator
@@ -111,7 +112,7 @@ def _load_local(path: Path, spec: SourceSpec) -> RawRows:
         return _load_saved(path, spec)
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        rows = list(_read_jsonl(path))
+        rows = list(itertools.islice(_read_jsonl(path), spec.max_rows))
     elif suffix == ".json":
         rows = _read_json(path)
     elif suffix in (".parquet", ".csv"):
@@ -214,9 +215,11 @@ def _load_hub(spec: SourceSpec) -> RawRows:
     import datasets
 
     split = spec.split or "train"
+    # `train[:N]` makes `datasets` read only the rows asked for
+    wanted = f"{split}[:{spec.max_rows}]" if spec.max_rows is not None else split
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
     try:
-        ds = datasets.load_dataset(spec.path, spec.subset, split=split, revision=spec.revision)
+        ds = datasets.load_dataset(spec.path, spec.subset, split=wanted, revision=spec.revision)
     except Exception as exc:  # network, auth, missing config/split: all user-fixable
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         where = f"{spec.path!r}" + (f" (subset {spec.subset!r})" if spec.subset else "")

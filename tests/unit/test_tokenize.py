@@ -270,3 +270,27 @@ def test_differs_from_trl_where_trl_emits_an_empty_answer(
     assert trl["chosen_labels"].count(-100) == len(trl["chosen_labels"])  # TRL: nothing to learn
     pair = one(tok, **row, max_length=max_length, max_prompt_length=max_length)
     assert pair.drop == "too_long"
+
+
+def test_conversational_differs_from_trl_only_by_the_doubled_end_marker(
+    tiny_tokenizer: Any, demo_data_dir: Path
+) -> None:
+    """TRL appends EOS after ChatML's `<|im_end|>\\n`; we end the answer at `<|im_end|>`.
+    Everything else (template, prompt, answer tokens) is identical."""
+    from trl.data_utils import maybe_apply_chat_template
+
+    from cpo_cli.data.formats import TextNormaliser
+
+    tok = tiny_tokenizer
+    path = demo_data_dir / "demo_train_conversational.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()[:40]]
+    newline = ids(tok, "\n")
+    normalise = TextNormaliser(tok, "auto", str(path))
+    for row in rows:
+        trl_text = maybe_apply_chat_template(row, tok)
+        ours_text = normalise(row)
+        assert (ours_text.prompt, ours_text.chosen) == (trl_text["prompt"], trl_text["chosen"])
+        trl = _trl_tokenize(tok, trl_text)
+        pair = one(tok, ours_text.prompt, ours_text.chosen, ours_text.rejected)
+        assert trl["prompt_input_ids"] == pair.prompt
+        assert trl["chosen_input_ids"] == pair.prompt + pair.chosen + newline + [tok.eos_token_id]
