@@ -280,3 +280,38 @@ def test_lora_adapters_equal_the_training_loops_evaluation(
     metrics = json.loads(result.stdout)["metrics"]
     for name in EVAL_METRICS:
         assert_close(metrics[name], engine_eval[name])
+
+
+def test_encoder_decoder_with_compare_generations(
+    cli: Callable[..., Result], tmp_path: Path, tiny_seq2seq_dir: Path, demo_eval_path: Path
+) -> None:
+    recipe = tmp_path / "t5.yaml"
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"name_or_path": str(tiny_seq2seq_dir)},
+                "data": {"eval": {"path": str(demo_eval_path), "max_rows": 6}},
+                "training": {"per_device_eval_batch_size": 4, "max_completion_length": 32},
+            }
+        )
+    )
+    gens = tmp_path / "gens.jsonl"
+    result = cli(
+        str(recipe),
+        "--compare",
+        str(tiny_seq2seq_dir),
+        "--generate",
+        "2",
+        "--max-new-tokens",
+        "3",
+        "--generations-out",
+        str(gens),
+        "--json",
+        "-",
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert set(EVAL_METRICS) <= set(report["metrics"]) and report["num_pairs"] == 6
+    assert all(v == 0 for v in report["compare"]["difference"].values())  # same model twice
+    rows = [json.loads(line) for line in gens.read_text().splitlines()]
+    assert len(rows) == 2 and all(r["compare_generation"] == r["generation"] for r in rows)
