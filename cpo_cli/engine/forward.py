@@ -323,10 +323,11 @@ def _close(a: torch.Tensor, b: torch.Tensor, tol: float) -> bool:
 
 
 def _core_model(model: nn.Module) -> Any:
-    """The transformers model under DDP/FSDP (`.module`) and PEFT (`get_base_model`) wrappers."""
+    """The transformers model under DDP/FSDP (`.module`), torch.compile (`._orig_mod`) and PEFT
+    (`get_base_model`) wrappers."""
     core: Any = model
-    while hasattr(core, "module") and not hasattr(core, "config"):
-        core = core.module
+    while not hasattr(core, "config") and (hasattr(core, "module") or hasattr(core, "_orig_mod")):
+        core = getattr(core, "module", None) or core._orig_mod
     if hasattr(core, "get_base_model"):
         core = core.get_base_model()
     return core

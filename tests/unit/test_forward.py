@@ -344,3 +344,29 @@ def test_moe_router_loss_is_added_on_plain_rows() -> None:
 
     pair = sigmoid_loss(out.logps[:3], out.logps[3:], beta=0.1).mean()
     torch.testing.assert_close(loss, pair + 0.05 * expected_aux, rtol=1e-5, atol=1e-6)
+
+
+def test_sliding_window_model_packs_with_the_window_in_the_mask() -> None:
+    torch.manual_seed(0)
+    cfg = transformers.MistralConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        sliding_window=4,
+        initializer_range=0.5,
+        attn_implementation="eager",
+    )
+    model = transformers.MistralForCausalLM(cfg).float()
+    assert choose_layout(model) == "packed"
+    rows = random_rows(4)  # rows up to 16 tokens: the 4-token window matters
+    ref = reference_logps(model, rows)
+    packed = sequence_logps(model, collate_pairs(rows, pad_token_id=0), chunk_size=8)
+    torch.testing.assert_close(packed.logps, ref, rtol=1e-5, atol=1e-5)
+    unwindowed = transformers.MistralForCausalLM(
+        transformers.MistralConfig(**{**cfg.to_dict(), "sliding_window": None})
+    ).float()
+    unwindowed.load_state_dict(model.state_dict())
+    assert not torch.allclose(reference_logps(unwindowed, rows), ref, rtol=1e-3)
