@@ -19,14 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cpo_cli.data.formats import (
-    FORMATS,
-    RowProblem,
-    RowTexts,
-    TextNormaliser,
-    detect_format,
-    rename_columns,
-)
+from cpo_cli.data.formats import FORMATS, detect_format, rename_columns
 from cpo_cli.data.manifest import (
     FORMAT_VERSION,
     MANIFEST_NAME,
@@ -35,17 +28,11 @@ from cpo_cli.data.manifest import (
     tokenizer_fingerprint,
     write_manifest,
 )
+from cpo_cli.data.pipeline import ID_COLUMNS, TEXT_COLUMNS, run_pipeline
 from cpo_cli.data.report import PrepareReport, length_stats
 from cpo_cli.data.sources import SourceSpec, is_local, load_rows
-from cpo_cli.data.tokenize import DEFAULT_MAX_LENGTH, LengthSettings, TokenizedBatch, tokenize_pairs
+from cpo_cli.data.tokenize import DEFAULT_MAX_LENGTH, LengthSettings
 from cpo_cli.errors import DataError
-
-#: Rows per tokenizer call: big enough for the Rust batch encoder, small enough for memory.
-BATCH_SIZE = 1000
-#: Below this many rows, worker processes cost more than they save.
-MIN_ROWS_FOR_WORKERS = 4000
-TEXT_COLUMNS = ("prompt", "chosen", "rejected")
-ID_COLUMNS = ("prompt_input_ids", "chosen_input_ids", "rejected_input_ids")
 
 
 @dataclass
@@ -130,134 +117,41 @@ def _prepare(
 
     # Under `auto` each row is read by its own shape (a stray conversation in a text dataset is
     # checked as one, not rejected wholesale); a requested format is enforced per row.
-    normalise = TextNormaliser(tokenizer, "scored" if fmt == "scored" else spec.format, spec.path)
-    texts: dict[str, list[str]] = {c: [] for c in TEXT_COLUMNS}
-    kept_rows: list[int] = []
-    for start in range(0, len(rows), BATCH_SIZE):
-        for offset, pair in enumerate(normalise.many(rows[start : start + BATCH_SIZE])):
-            if isinstance(pair, RowProblem):
-                report.record_drop(pair.reason, start + offset)
-                continue
-            _keep(texts, report, kept_rows, pair, start + offset)
-    if fmt == "scored":
-        s = normalise.scored
-        report.notes.append(
-            f"scored: {s.ties_for_best} ties for the best score and {s.ties_for_worst} for the "
-            f"worst (the first candidate is used), {s.missing_scores} candidates without a score "
-            f"skipped"
-        )
-
-    tokens = _tokenize_all(texts, tokenizer, settings, num_proc)
+    processed = run_pipeline(
+        rows,
+        tokenizer=tokenizer,
+        fmt="scored" if fmt == "scored" else spec.format,
+        source=spec.path,
+        settings=settings,
+        num_proc=num_proc,
+    )
     columns: dict[str, list[Any]] = {c: [] for c in (*TEXT_COLUMNS, *ID_COLUMNS)}
-    for i, drop in enumerate(tokens.drop):
-        if drop is not None:
-            report.record_drop(drop, kept_rows[i])
+    for i, drop in enumerate(processed["drop"]):
+        if drop:
+            report.record_drop(drop, i)
             continue
-        for c in TEXT_COLUMNS:
-            columns[c].append(texts[c][i])
-        columns["prompt_input_ids"].append(tokens.prompt_input_ids[i])
-        columns["chosen_input_ids"].append(tokens.chosen_input_ids[i])
-        columns["rejected_input_ids"].append(tokens.rejected_input_ids[i])
-        report.truncated += tokens.truncated[i]
-        report.boundary_merges += tokens.merged[i]
-    _sort_drop_examples(report)
+        for c in columns:
+            columns[c].append(processed[c][i])
+        kind = processed["kind"][i]
+        report.row_formats[kind] = report.row_formats.get(kind, 0) + 1
+        report.truncated += processed["truncated"][i]
+        report.boundary_merges += processed["merged"][i]
+    if fmt == "scored":
+        ties_best, ties_worst, missing = (
+            sum(processed[c]) for c in ("ties_for_best", "ties_for_worst", "missing_scores")
+        )
+        report.notes.append(
+            f"scored: {ties_best} ties for the best score and {ties_worst} for the worst (the "
+            f"first candidate is used), {missing} candidates without a score skipped"
+        )
     _fill_stats(report, columns)
     dataset = _to_dataset(columns)
     manifest = _manifest(spec, raw.identity, fmt, settings, tok_info, report)
     return PreparedData(dataset=dataset, report=report, manifest=manifest)
 
 
-def _keep(
-    texts: dict[str, list[str]],
-    report: PrepareReport,
-    kept_rows: list[int],
-    pair: RowTexts,
-    index: int,
-) -> None:
-    texts["prompt"].append(pair.prompt)
-    texts["chosen"].append(pair.chosen)
-    texts["rejected"].append(pair.rejected)
-    report.row_formats[pair.kind] = report.row_formats.get(pair.kind, 0) + 1
-    kept_rows.append(index)
-
-
 def _canonical(row: Mapping[str, Any], renamed: Mapping[str, str]) -> dict[str, Any]:
     return {canonical: row.get(col) for col, canonical in renamed.items() if col in row}
-
-
-def _sort_drop_examples(report: PrepareReport) -> None:
-    # Row problems are found in two passes (shape, then tokens): keep the first indices overall.
-    for reason, rows in report.dropped_rows.items():
-        report.dropped_rows[reason] = sorted(rows)
-
-
-def _tokenize_all(
-    texts: Mapping[str, list[str]], tokenizer: Any, settings: LengthSettings, num_proc: int | None
-) -> TokenizedBatch:
-    """All pairs, in batches; across `num_proc` worker processes for large datasets."""
-    n = len(texts["prompt"])
-    if num_proc and num_proc > 1 and n >= MIN_ROWS_FOR_WORKERS:
-        return _tokenize_in_workers(texts, tokenizer, settings, num_proc)
-    total = TokenizedBatch()
-    for start in range(0, n, BATCH_SIZE):
-        part = tokenize_pairs(
-            texts["prompt"][start : start + BATCH_SIZE],
-            texts["chosen"][start : start + BATCH_SIZE],
-            texts["rejected"][start : start + BATCH_SIZE],
-            tokenizer,
-            settings,
-        )
-        _extend(total, part)
-    return total
-
-
-def _extend(total: TokenizedBatch, part: TokenizedBatch) -> None:
-    total.prompt_input_ids.extend(part.prompt_input_ids)
-    total.chosen_input_ids.extend(part.chosen_input_ids)
-    total.rejected_input_ids.extend(part.rejected_input_ids)
-    total.drop.extend(part.drop)
-    total.truncated.extend(part.truncated)
-    total.merged.extend(part.merged)
-
-
-def _tokenize_batch_for_map(
-    batch: dict[str, list[Any]], tokenizer: Any, settings: LengthSettings
-) -> dict[str, list[Any]]:
-    part = tokenize_pairs(batch["prompt"], batch["chosen"], batch["rejected"], tokenizer, settings)
-    return {
-        "prompt_input_ids": part.prompt_input_ids,
-        "chosen_input_ids": part.chosen_input_ids,
-        "rejected_input_ids": part.rejected_input_ids,
-        "drop": [d or "" for d in part.drop],
-        "truncated": part.truncated,
-        "merged": part.merged,
-    }
-
-
-def _tokenize_in_workers(
-    texts: Mapping[str, list[str]], tokenizer: Any, settings: LengthSettings, num_proc: int
-) -> TokenizedBatch:
-    import datasets
-
-    ds = datasets.Dataset.from_dict({c: texts[c] for c in TEXT_COLUMNS})
-    mapped = ds.map(
-        _tokenize_batch_for_map,
-        batched=True,
-        batch_size=BATCH_SIZE,
-        num_proc=num_proc,
-        remove_columns=list(TEXT_COLUMNS),
-        fn_kwargs={"tokenizer": tokenizer, "settings": settings},
-        load_from_cache_file=False,
-        desc="tokenising",
-    )
-    return TokenizedBatch(
-        prompt_input_ids=mapped["prompt_input_ids"],
-        chosen_input_ids=mapped["chosen_input_ids"],
-        rejected_input_ids=mapped["rejected_input_ids"],
-        drop=[d or None for d in mapped["drop"]],
-        truncated=mapped["truncated"],
-        merged=mapped["merged"],
-    )
 
 
 def _fill_stats(report: PrepareReport, columns: Mapping[str, list[Any]]) -> None:

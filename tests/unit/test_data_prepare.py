@@ -204,13 +204,22 @@ def test_max_rows_and_mapping_errors(tiny_tokenizer: Any) -> None:
 
 
 def test_workers_give_the_same_result(tiny_tokenizer: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from cpo_cli.data import prepare as prepare_module
+    from cpo_cli.data import pipeline
 
     single = prepare_dataset(demo("demo_train.jsonl"), tiny_tokenizer, training())
-    monkeypatch.setattr(prepare_module, "MIN_ROWS_FOR_WORKERS", 0)
-    monkeypatch.setattr(prepare_module, "BATCH_SIZE", 100)
+    monkeypatch.setattr(pipeline, "MIN_ROWS_FOR_WORKERS", 0)
+    monkeypatch.setattr(pipeline, "BATCH_SIZE", 100)
     multi = prepare_dataset(demo("demo_train.jsonl"), tiny_tokenizer, training(dataset_num_proc=2))
     assert multi.dataset.to_dict() == single.dataset.to_dict()
+    # bad rows and scored rows survive the trip to the workers (as JSON) with the same report
+    monkeypatch.setattr(pipeline, "BATCH_SIZE", 4)
+    messy = prepare_dataset(demo("demo_messy.jsonl"), tiny_tokenizer, training(dataset_num_proc=2))
+    assert messy.report.dropped_rows == MESSY_DROPS
+    scored = SourceSpec(
+        str(demo("demo_scored.jsonl")), columns={"prompt": "source", "candidates": "translations"}
+    )
+    notes = prepare_dataset(scored, tiny_tokenizer, training(dataset_num_proc=2)).report.notes
+    assert any("4 ties for the best" in n and "6 candidates" in n for n in notes)
 
 
 # ---- saving, the manifest check, the cache ---------------------------------------------------

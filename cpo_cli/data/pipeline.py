@@ -1,0 +1,153 @@
+"""Rows -> checked, templated, tokenised pairs, batch by batch; in worker processes when the
+recipe asks for `dataset_num_proc` and the dataset is big enough to pay for them.
+
+Each batch is self-contained (its own normaliser), so the same function runs in-process and
+inside `datasets.map(num_proc=N)`. Rows travel to workers as JSON text: a column of mixed
+shapes (text here, a conversation there, a number by mistake) cannot be an Arrow column.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from cpo_cli.data.formats import RowProblem, TextNormaliser
+from cpo_cli.data.tokenize import LengthSettings, tokenize_pairs
+
+#: Rows per batch: big enough for batched templating and the Rust batch encoder.
+BATCH_SIZE = 1000
+#: Below this many rows, worker processes cost more than they save.
+MIN_ROWS_FOR_WORKERS = 4000
+
+TEXT_COLUMNS = ("prompt", "chosen", "rejected")
+ID_COLUMNS = ("prompt_input_ids", "chosen_input_ids", "rejected_input_ids")
+#: Per row: the pair (empty when dropped), why it was dropped ("" if kept), its shape, and flags;
+#: the scored-candidate counts are per batch (carried on the batch's first row).
+OUTPUT_COLUMNS = (
+    *TEXT_COLUMNS,
+    *ID_COLUMNS,
+    "drop",
+    "kind",
+    "truncated",
+    "merged",
+    "ties_for_best",
+    "ties_for_worst",
+    "missing_scores",
+)
+
+
+def process_rows(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    tokenizer: Any,
+    fmt: str,
+    source: str,
+    settings: LengthSettings,
+) -> dict[str, list[Any]]:
+    """One batch of canonical rows -> `OUTPUT_COLUMNS` (one entry per input row)."""
+    normalise = TextNormaliser(tokenizer, fmt, source)
+    out: dict[str, list[Any]] = {c: [] for c in OUTPUT_COLUMNS}
+    checked = normalise.many(rows)
+    kept = [i for i, r in enumerate(checked) if not isinstance(r, RowProblem)]
+    pairs = [checked[i] for i in kept]
+    tokens = tokenize_pairs(
+        [p.prompt for p in pairs],  # type: ignore[union-attr]
+        [p.chosen for p in pairs],  # type: ignore[union-attr]
+        [p.rejected for p in pairs],  # type: ignore[union-attr]
+        tokenizer,
+        settings,
+    )
+    position = {row: k for k, row in enumerate(kept)}
+    for i, result in enumerate(checked):
+        k = position.get(i)
+        if isinstance(result, RowProblem) or k is None:
+            reason = result.reason if isinstance(result, RowProblem) else "wrong_format"
+            _append(out, drop=reason)
+            continue
+        _append(
+            out,
+            drop=tokens.drop[k] or "",
+            kind=result.kind,
+            texts=(result.prompt, result.chosen, result.rejected),
+            ids=(
+                tokens.prompt_input_ids[k],
+                tokens.chosen_input_ids[k],
+                tokens.rejected_input_ids[k],
+            ),
+            truncated=tokens.truncated[k],
+            merged=tokens.merged[k],
+        )
+    stats = normalise.scored
+    if rows:
+        out["ties_for_best"][0] = stats.ties_for_best
+        out["ties_for_worst"][0] = stats.ties_for_worst
+        out["missing_scores"][0] = stats.missing_scores
+    return out
+
+
+def _append(
+    out: dict[str, list[Any]],
+    *,
+    drop: str,
+    kind: str = "",
+    texts: tuple[str, str, str] = ("", "", ""),
+    ids: tuple[list[int], list[int], list[int]] = ([], [], []),
+    truncated: bool = False,
+    merged: bool = False,
+) -> None:
+    for column, text in zip(TEXT_COLUMNS, texts, strict=True):
+        out[column].append(text)
+    for column, token_ids in zip(ID_COLUMNS, ids, strict=True):
+        out[column].append(token_ids)
+    out["drop"].append(drop)
+    out["kind"].append(kind)
+    out["truncated"].append(truncated)
+    out["merged"].append(merged)
+    out["ties_for_best"].append(0)
+    out["ties_for_worst"].append(0)
+    out["missing_scores"].append(0)
+
+
+def _process_json_batch(batch: dict[str, list[Any]], **kwargs: Any) -> dict[str, list[Any]]:
+    return process_rows([json.loads(r) for r in batch["row"]], **kwargs)
+
+
+def run_pipeline(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    tokenizer: Any,
+    fmt: str,
+    source: str,
+    settings: LengthSettings,
+    num_proc: int | None = None,
+) -> dict[str, list[Any]]:
+    """Every row through `process_rows`, in batches; in `num_proc` workers for big datasets."""
+    kwargs = {"tokenizer": tokenizer, "fmt": fmt, "source": source, "settings": settings}
+    if num_proc and num_proc > 1 and len(rows) >= MIN_ROWS_FOR_WORKERS:
+        return _in_workers(rows, num_proc, kwargs)
+    total: dict[str, list[Any]] = {c: [] for c in OUTPUT_COLUMNS}
+    for start in range(0, len(rows), BATCH_SIZE):
+        part = process_rows(rows[start : start + BATCH_SIZE], **kwargs)
+        for column, values in part.items():
+            total[column].extend(values)
+    return total
+
+
+def _in_workers(
+    rows: Sequence[Mapping[str, Any]], num_proc: int, kwargs: dict[str, Any]
+) -> dict[str, list[Any]]:
+    import datasets
+
+    encoded = datasets.Dataset.from_dict({"row": [json.dumps(r, default=str) for r in rows]})
+    mapped = encoded.map(
+        _process_json_batch,
+        batched=True,
+        batch_size=BATCH_SIZE,
+        num_proc=num_proc,
+        remove_columns=["row"],
+        fn_kwargs=kwargs,
+        load_from_cache_file=False,
+        desc="preparing",
+    )
+    return {column: mapped[column] for column in OUTPUT_COLUMNS}
