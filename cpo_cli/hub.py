@@ -8,6 +8,7 @@ a one-line `HubError` with the token scrubbed out. The local folder is only ever
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -21,6 +22,7 @@ from cpo_cli.errors import HubError
 from cpo_cli.modelcard import (
     collect_card_inputs,
     find_recipe_file,
+    is_hub_id,
     read_recipe_dict,
     render_model_card,
 )
@@ -138,15 +140,17 @@ def plan_push(output_dir: Path, settings: PushSettings, *, cpo_version: str) -> 
             f"{output_dir}: no config.json or adapter_config.json — not a trained model folder",
             hint="point `cpo push` at the output_dir of a finished `cpo train` run",
         )
-    card = render_model_card(
-        collect_card_inputs(output_dir, settings.repo_id), cpo_version=cpo_version
-    )
+    inputs = collect_card_inputs(output_dir, settings.repo_id)
+    card = render_model_card(inputs, cpo_version=cpo_version)
     recipe_path = find_recipe_file(output_dir)
     files: list[UploadFile] = []
     for path in sorted(_walk(output_dir, settings.hub_strategy)):
         rel = path.relative_to(output_dir).as_posix()
         if rel == "README.md":
             continue  # replaced by the generated card
+        if rel == "adapter_config.json":
+            files.append(_adapter_config(path, inputs.base_model))
+            continue
         if recipe_path is not None and path == recipe_path:
             content = redact_recipe_text(path.read_text(encoding="utf-8")).encode()
             files.append(
@@ -159,6 +163,23 @@ def plan_push(output_dir: Path, settings: PushSettings, *, cpo_version: str) -> 
         UploadFile("README.md", len(card_bytes), content=card_bytes, note="generated model card")
     )
     return PushPlan(settings=settings, files=files, card=card)
+
+
+def _adapter_config(path: Path, hub_base: str | None) -> UploadFile:
+    """LoRA adapters name their base by the local path they were trained on (e.g. the cache
+    folder of a dequantised GGUF); on the Hub that path means nothing, so the uploaded copy
+    names the base's Hub id when the card knows it. The local file is not changed."""
+    raw = path.read_bytes()
+    try:
+        config = json.loads(raw)
+    except ValueError:
+        return UploadFile(path.name, len(raw), source=path)
+    local_base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    if not hub_base or not is_hub_id(hub_base) or not local_base or is_hub_id(str(local_base)):
+        return UploadFile(path.name, len(raw), source=path)
+    config["base_model_name_or_path"] = hub_base
+    content = (json.dumps(config, indent=2) + "\n").encode()
+    return UploadFile(path.name, len(content), content=content, note=f"base model: {hub_base}")
 
 
 def _repo_path(rel: str, hub_strategy: str) -> str:

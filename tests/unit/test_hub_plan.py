@@ -100,3 +100,18 @@ def test_redact_nested_secrets_and_keeps_clean_text() -> None:
     dirty = "training:\n  hub_token: hf_x\n  push_to_hub_token: hf_y\nreport: {wandb_api_key: k}\n"
     out = redact_recipe_text(dirty)
     assert "hf_x" not in out and "hf_y" not in out and "k\n" not in out.split("wandb_api_key")[1]
+
+
+def test_adapter_config_names_the_hub_base_in_the_upload_only(tmp_path: Path) -> None:
+    import json
+
+    out = tmp_path / "run"
+    out.mkdir()
+    local = {"base_model_name_or_path": str(tmp_path / "cache" / "smollm2"), "r": 8}
+    (out / "adapter_config.json").write_text(json.dumps(local))
+    (out / "recipe.yaml").write_text("model: {name_or_path: 'builtin:smollm2-135m-instruct'}\n")
+    plan = plan_push(out, resolve_settings(out, repo_id="a/b", token="x"), cpo_version="t")
+    adapter = next(f for f in plan.files if f.path_in_repo == "adapter_config.json")
+    uploaded = json.loads(adapter.content or b"")
+    assert uploaded == {**local, "base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+    assert json.loads((out / "adapter_config.json").read_text()) == local
