@@ -6,7 +6,7 @@ TRL's side runs exactly what `CPOTrainer.__init__` runs on a dataset — `maybe_
 on a stand-in `self` so no model is needed. Ours is `prepare_dataset` from the file (reading,
 checking, template, tokenising, building the Dataset), which does strictly more work.
 
-    python benchmarks/bench_prepare.py [--rows 5000] [--tokenizer DIR] [--repeats 3]
+    python benchmarks/bench_prepare.py [--rows 5000] [--tokenizer DIR] [--repeats 3] [--num-proc N]
 
 Prints figures; it is not a test.
 """
@@ -37,17 +37,17 @@ def replicate(name: str, rows: int, out: Path) -> list[dict[str, Any]]:
     return data
 
 
-def run_ours(path: Path, tokenizer: Any) -> int:
+def run_ours(path: Path, tokenizer: Any, num_proc: int | None) -> int:
     from cpo_cli.data import prepare_dataset
 
     training = SimpleNamespace(
         max_length=1024, max_prompt_length=512, max_completion_length=None,
-        truncation_mode="keep_end", dataset_num_proc=None, is_encoder_decoder=False,
+        truncation_mode="keep_end", dataset_num_proc=num_proc, is_encoder_decoder=False,
     )  # fmt: skip
     return len(prepare_dataset(path, tokenizer, training).dataset)
 
 
-def run_trl(rows: list[dict[str, Any]], tokenizer: Any) -> int:
+def run_trl(rows: list[dict[str, Any]], tokenizer: Any, num_proc: int | None) -> int:
     import datasets
     from accelerate import PartialState
     from trl.data_utils import maybe_apply_chat_template, maybe_extract_prompt
@@ -58,9 +58,11 @@ def run_trl(rows: list[dict[str, Any]], tokenizer: Any) -> int:
     fake.build_tokenized_answer = functools.partial(CPOTrainer.build_tokenized_answer, fake)
     tokenize_row = functools.partial(CPOTrainer.tokenize_row, fake)
     ds = datasets.Dataset.from_list(rows)
-    ds = ds.map(maybe_extract_prompt)
-    ds = ds.map(maybe_apply_chat_template, fn_kwargs={"processing_class": tokenizer})
-    ds = ds.map(tokenize_row)
+    ds = ds.map(maybe_extract_prompt, num_proc=num_proc)
+    ds = ds.map(
+        maybe_apply_chat_template, fn_kwargs={"processing_class": tokenizer}, num_proc=num_proc
+    )
+    ds = ds.map(tokenize_row, num_proc=num_proc)
     return len(ds)
 
 
@@ -77,6 +79,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=5000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--num-proc", type=int, default=None, help="dataset_num_proc, both sides")
     parser.add_argument("--tokenizer", help="tokenizer folder (default: the tiny test tokenizer)")
     args = parser.parse_args()
 
@@ -94,14 +97,14 @@ def main() -> None:
             tok_dir = build_tiny_tokenizer(tmp_dir / "tokenizer")
         tokenizer = AutoTokenizer.from_pretrained(tok_dir)
         print(f"tokenizer: {tok_dir} ({len(tokenizer)} tokens); rows: {args.rows}; "
-              f"best of {args.repeats}")  # fmt: skip
+              f"best of {args.repeats}; num_proc {args.num_proc}")  # fmt: skip
         print(f"{'data':<16}{'cpo rows/s':>12}{'TRL rows/s':>12}{'ratio':>8}")
         for label, name in (("standard", "demo_train.jsonl"),
                             ("conversational", "demo_train_conversational.jsonl")):  # fmt: skip
             path = tmp_dir / f"{label}.jsonl"
             rows = replicate(name, args.rows, path)
-            ours_s, ours_n = best_of(args.repeats, run_ours, path, tokenizer)
-            trl_s, trl_n = best_of(args.repeats, run_trl, rows, tokenizer)
+            ours_s, ours_n = best_of(args.repeats, run_ours, path, tokenizer, args.num_proc)
+            trl_s, trl_n = best_of(args.repeats, run_trl, rows, tokenizer, args.num_proc)
             assert ours_n == trl_n == args.rows, (ours_n, trl_n)
             ours_rate, trl_rate = ours_n / ours_s, trl_n / trl_s
             print(f"{label:<16}{ours_rate:>12,.0f}{trl_rate:>12,.0f}{ours_rate / trl_rate:>7.1f}x")
