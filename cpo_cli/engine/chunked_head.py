@@ -1,12 +1,12 @@
 """LM head + log-softmax at answer positions only, `chunk_size` positions at a time.
 
-For a plain `nn.Linear` head a custom autograd function does the work: the forward keeps one
-float per position (the log-sum-exp) instead of a `[positions, V]` softmax, and the backward
-recomputes each chunk's logits and writes the gradients of the hidden states, weight and bias
-directly (`∂log p(y)/∂z = onehot(y) − softmax(z)`). With a single chunk the float32 logits are
-kept instead, so small batches pay no recompute. Other heads (LoRA on the head, quantised
-heads) and precomputed logits go through autograd, with activation checkpointing per chunk
-when there are several chunks.
+For a plain `nn.Linear` head a custom autograd function does the work: the forward keeps no
+`[positions, V]` tensor, and the backward recomputes each chunk's logits and writes the
+gradients of the hidden states, weight and bias directly (`∂log p(y)/∂z = onehot(y) −
+softmax(z)`). With a single chunk the float32 logits are kept instead, so small batches pay no
+recompute. Logit sums (for the `logits/*` metrics) come from h·ΣW + Σb, without a pass over V.
+Other heads (LoRA on the head, quantised heads) and precomputed logits go through autograd,
+with activation checkpointing per chunk when there are several chunks.
 """
 
 from __future__ import annotations
@@ -120,17 +120,22 @@ def _make_linear_head_function() -> Any:
             dtype = torch.float64 if hidden.dtype == torch.float64 else torch.float32
             logps = torch.empty(n, dtype=dtype, device=hidden.device)
             sums = torch.empty_like(logps)
-            lse = torch.empty_like(logps)
+            if softcap is None:
+                # Σ_v z_v = h·Σ_v W_v + Σ_v b_v: the logit sums without another pass over V
+                # (in float64, as the sum of many logits of both signs cancels).
+                w_sum = weight.double().sum(0)
+                b_sum = bias.double().sum() if bias is not None else 0.0
+                sums.copy_(hidden.double() @ w_sum + b_sum)
             kept = None
             for s in range(0, n, chunk_size):
                 z, _ = _linear_logits(hidden[s : s + chunk_size], weight, bias, softcap)
-                lse[s : s + chunk_size] = torch.logsumexp(z, -1)
-                picked = z.gather(-1, targets[s : s + chunk_size, None]).squeeze(-1)
-                logps[s : s + chunk_size] = picked - lse[s : s + chunk_size]
-                sums[s : s + chunk_size] = z.sum(-1)
+                y = targets[s : s + chunk_size, None]
+                logps[s : s + chunk_size] = z.log_softmax(-1).gather(-1, y).squeeze(-1)
+                if softcap is not None:
+                    sums[s : s + chunk_size] = z.sum(-1)
                 if n <= chunk_size and softcap is None:
                     kept = z  # one chunk: keep its logits, no recompute in backward
-            ctx.save_for_backward(hidden, weight, bias, targets, lse, kept)
+            ctx.save_for_backward(hidden, weight, bias, targets, kept)
             ctx.chunk_size, ctx.softcap = chunk_size, softcap
             ctx.mark_non_differentiable(sums)
             return logps, sums
@@ -139,10 +144,10 @@ def _make_linear_head_function() -> Any:
         def backward(  # type: ignore[override]
             ctx: Any, grad_logps: torch.Tensor, _grad_sums: torch.Tensor | None
         ) -> tuple[torch.Tensor | None, ...]:
-            hidden, weight, bias, targets, lse, kept = ctx.saved_tensors
+            hidden, weight, bias, targets, kept = ctx.saved_tensors
             need_h, need_w, need_b = ctx.needs_input_grad[:3]
             grad_h = torch.empty_like(hidden) if need_h else None
-            f32 = {"dtype": lse.dtype, "device": weight.device}
+            f32 = {"dtype": grad_logps.dtype, "device": weight.device}
             grad_w = torch.zeros(weight.shape, **f32) if need_w else None
             grad_b = torch.zeros(weight.shape[0], **f32) if need_b and bias is not None else None
             step = ctx.chunk_size
@@ -152,8 +157,8 @@ def _make_linear_head_function() -> Any:
                     z, t = kept, None
                 else:
                     z, t = _linear_logits(h, weight, bias, ctx.softcap)
-                # ∂(z_y − lse)/∂z = onehot(y) − softmax(z), times the incoming gradient
-                grad_z = (z - lse[s : s + step, None]).exp_().mul_(-g[:, None])
+                # ∂log softmax(z)_y/∂z = onehot(y) − softmax(z), times the incoming gradient
+                grad_z = z.softmax(-1).mul_(-g[:, None])
                 grad_z.scatter_add_(-1, y[:, None], g[:, None])
                 if t is not None:
                     grad_z.mul_(1 - t * t)  # d(cap·tanh(z/cap))/dz
