@@ -38,6 +38,7 @@ Layout = Literal["packed", "pair_rows"]
 
 _PROBE_TOL = {"float32": 1e-4, "float64": 1e-6}  # other dtypes (bf16, fp16): 2e-2
 _SUPPORT: weakref.WeakKeyDictionary[Any, _Support] = weakref.WeakKeyDictionary()
+_WARNED: weakref.WeakSet[Any] = weakref.WeakSet()  # models whose fallback was announced
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,10 @@ def choose_layout(model: nn.Module, *, prefix_sharing: bool = True) -> Layout:
     support = model_support(model)
     if support.packed_ok:
         return "packed"
-    console.warn(f"prefix sharing is off for this model: {support.reason}; using plain rows")
+    core = _core_model(model)
+    if core not in _WARNED:
+        _WARNED.add(core)
+        console.warn(f"prefix sharing is off for this model: {support.reason}; using plain rows")
     return "pair_rows"
 
 

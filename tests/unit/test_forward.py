@@ -209,6 +209,8 @@ def test_probe_detects_a_model_that_ignores_the_4d_mask(capsys: pytest.CaptureFi
     assert "4D attention mask" in support.reason
     assert choose_layout(bad, prefix_sharing=True) == "pair_rows"
     assert "prefix sharing is off" in capsys.readouterr().err
+    assert choose_layout(bad, prefix_sharing=True) == "pair_rows"
+    assert capsys.readouterr().err == ""  # said once per model
     assert choose_layout(good, prefix_sharing=True) == "packed"
     assert choose_layout(good, prefix_sharing=False) == "pair_rows"
 
