@@ -72,6 +72,8 @@ def ensure_smollm2(cache_dir: str | Path | None = None) -> Path:
     try:
         _convert(gguf, tmp)
         (tmp / COMPLETE_MARKER).write_text(f"converted from {gguf.name}\n", encoding="utf-8")
+        if (target / COMPLETE_MARKER).is_file():
+            return target  # another process finished first: use its folder
         if target.exists():  # a leftover without the marker: an earlier run was interrupted
             shutil.rmtree(target)
         try:

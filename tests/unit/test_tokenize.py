@@ -7,7 +7,7 @@ import functools
 import json
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -294,3 +294,25 @@ def test_conversational_differs_from_trl_only_by_the_doubled_end_marker(
         pair = one(tok, ours_text.prompt, ours_text.chosen, ours_text.rejected)
         assert trl["prompt_input_ids"] == pair.prompt
         assert trl["chosen_input_ids"] == pair.prompt + pair.chosen + newline + [tok.eos_token_id]
+
+
+class _MergingTokenizer:
+    """A stand-in tokenizer whose prompt tokens change completely once an answer follows."""
+
+    bos_token_id = None
+    eos_token_id = 0
+    vocab: ClassVar[dict[str, list[int]]] = {"ab": [1, 2], "abc": [9, 3], "abd": [1, 2, 4]}
+
+    def __call__(self, texts: list[str], **kwargs: Any) -> dict[str, list[list[int]]]:
+        return {"input_ids": [list(self.vocab[t]) for t in texts]}
+
+    def decode(self, ids: list[int], **kwargs: Any) -> str:
+        return "x"
+
+
+def test_prompt_that_changes_by_more_than_one_token_is_dropped() -> None:
+    out = tokenize_pairs(["ab"], ["c"], ["d"], _MergingTokenizer(), LengthSettings())
+    assert out.drop == ["prompt_boundary"]
+    out = tokenize_pairs(["ab"], ["d"], ["d"], _MergingTokenizer(), LengthSettings())
+    assert out.drop == ["identical_answers"]
+    assert out.chosen_input_ids[0] == [4, 0] and out.prompt_input_ids[0] == [1, 2]
