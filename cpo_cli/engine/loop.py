@@ -197,8 +197,9 @@ def train(loaded: Any, *, show_progress: bool = True) -> TrainResult:
         raise _interrupted(run, state) from None
     finally:
         tracker.close()
+    best = state.best_checkpoint if training.load_best_model_at_end else None
     final_result = TrainResult(output_dir=run.output_dir, global_step=state.global_step,
-                               metrics=final, best_checkpoint=state.best_checkpoint,
+                               metrics=final, best_checkpoint=best,
                                wall_time=time.perf_counter() - started)
     _write_summary(run, final_result)
     return final_result
@@ -214,7 +215,8 @@ def _train_loop(run: Run, state: TrainerState, tracker: Any, progress: Any) -> d
     schedule = Schedule(plan, training, has_eval=run.eval_loader is not None)
     window_means = MetricMeans()  # metrics since the last log
     last: dict[str, float] = {}
-    window_tokens, window_start = 0, time.perf_counter()
+    # tokens/s counts training time only: evaluation and saving pause the clock
+    window_tokens, window_seconds, tick = 0, 0.0, time.perf_counter()
 
     if schedule.eval_on_start and state.global_step == 0:
         last.update(_evaluate(run, state, tracker, progress))
@@ -229,6 +231,7 @@ def _train_loop(run: Run, state: TrainerState, tracker: Any, progress: Any) -> d
         window_size = min(plan.accumulation, batches_left)
         in_window = 0
 
+        tick = time.perf_counter()
         for batch, sizes in loader:
             # ---- one micro-batch: forward + backward, gradients accumulate ------------------
             with accelerator.accumulate(model):
@@ -262,10 +265,11 @@ def _train_loop(run: Run, state: TrainerState, tracker: Any, progress: Any) -> d
             window_size, in_window = min(plan.accumulation, batches_left), 0
             end_of_epoch = batches_left == 0
             progress.advance(state.global_step)
+            window_seconds += time.perf_counter() - tick
 
             # ---- log, evaluate, save: each on its own schedule ------------------------------
             if schedule.should_log(state.global_step, end_of_epoch):
-                elapsed = max(time.perf_counter() - window_start, 1e-9)
+                elapsed = max(window_seconds, 1e-9)
                 logged = {**window_means.means(accelerator),
                           "learning_rate": float(learning_rate),
                           "grad_norm": float(grad_norm),
@@ -274,11 +278,12 @@ def _train_loop(run: Run, state: TrainerState, tracker: Any, progress: Any) -> d
                 _log(run, state, tracker, progress, logged)
                 last.update(logged)
                 window_means.reset()
-                window_tokens, window_start = 0, time.perf_counter()
+                window_tokens, window_seconds = 0, 0.0
             if schedule.should_evaluate(state.global_step, end_of_epoch, epoch_float):
                 last.update(_evaluate(run, state, tracker, progress))
             if schedule.should_save(state.global_step, end_of_epoch, state):
                 _save(run, state)
+            tick = time.perf_counter()
             if state.global_step >= plan.total_steps:
                 break
         else:
