@@ -137,5 +137,5 @@ def test_model_weights_load_back_exactly(tmp_path: Path, accelerated: tuple[Any,
     for (name, a), b in zip(model.named_parameters(), fresh.parameters(), strict=True):
         assert torch.equal(a, b), name
     (path / "model.safetensors").unlink()
-    with pytest.raises(CheckpointError, match="no model.safetensors"):
+    with pytest.raises(CheckpointError, match=r"no model\.safetensors"):
         load_model_weights(fresh, path)
