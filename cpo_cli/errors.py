@@ -42,6 +42,12 @@ class RecipeError(CpoError):
         return [self.message, *(f"  - {p}" for p in self.problems)]
 
 
+class UsageError(CpoError):
+    """A command-line option given a value the command cannot use (exit 2, like click's)."""
+
+    exit_code = EXIT_USAGE
+
+
 class DataError(CpoError):
     """A dataset that cannot be loaded or prepared (file, column, row or format problems)."""
 

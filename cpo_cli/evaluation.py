@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from cpo_cli.errors import EXIT_USAGE, CpoError, DependencyMissingError, GateFailedError
+from cpo_cli.errors import DependencyMissingError, GateFailedError, UsageError
 
 #: What `cpo eval` reports, in table order: the engine's metric names with the `eval_` prefix.
 EVAL_METRICS: tuple[str, ...] = (
@@ -31,12 +31,6 @@ EVAL_METRICS: tuple[str, ...] = (
 #: The number of pairs scored, reported beside the metrics (and gateable, e.g. `=50`).
 NUM_PAIRS = "eval_num_pairs"
 REFERENCE_METRICS = ("eval_bleu", "eval_chrf")
-
-
-class EvalUsageError(CpoError):
-    """A `cpo eval` flag that cannot be used as given (a usage error: exit code 2)."""
-
-    exit_code = EXIT_USAGE
 
 
 # ----------------------------------------------------------------------------- gates
@@ -71,7 +65,7 @@ def normalise_metric_name(name: str, valid: Sequence[str]) -> str:
     for candidate in (name, f"eval_{name}"):
         if candidate in valid:
             return candidate
-    raise EvalUsageError(
+    raise UsageError(
         f"unknown metric {name!r} in a quality gate; valid metrics: {', '.join(valid)}"
     )
 
@@ -86,14 +80,14 @@ def parse_gates(
         for spec in specs:
             metric, sep, raw = spec.rpartition("=")
             if not sep or not metric:
-                raise EvalUsageError(
+                raise UsageError(
                     f"--fail-{kind} {spec!r}: expected METRIC=VALUE, "
                     f"e.g. --fail-{kind} eval_rewards/accuracies=0.6"
                 )
             try:
                 threshold = float(raw)
             except ValueError:
-                raise EvalUsageError(f"--fail-{kind} {spec!r}: {raw!r} is not a number") from None
+                raise UsageError(f"--fail-{kind} {spec!r}: {raw!r} is not a number") from None
             gates.append(Gate(normalise_metric_name(metric, valid), kind, threshold))  # type: ignore[arg-type]
     return gates
 
@@ -161,13 +155,13 @@ class GenerationSettings:
 
     def validate(self) -> None:
         if self.num_prompts < 1:
-            raise EvalUsageError("--generate must be at least 1")
+            raise UsageError("--generate must be at least 1")
         if self.max_new_tokens < 1:
-            raise EvalUsageError("--max-new-tokens must be at least 1")
+            raise UsageError("--max-new-tokens must be at least 1")
         if self.temperature < 0:
-            raise EvalUsageError("--temperature must be 0 (greedy) or positive")
+            raise UsageError("--temperature must be 0 (greedy) or positive")
         if not 0 < self.top_p <= 1:
-            raise EvalUsageError("--top-p must be in (0, 1]")
+            raise UsageError("--top-p must be in (0, 1]")
 
 
 def sample_rows(num_rows: int, n: int, seed: int) -> list[int]:
@@ -345,7 +339,7 @@ def load_eval_model(recipe: Any, model_ref: str | None) -> EvalModel:
     if folder.is_dir():
         plain["name_or_path"] = str(folder)
         if not (folder / "config.json").is_file():
-            raise EvalUsageError(
+            raise UsageError(
                 f"{model_ref}: neither config.json nor adapter_config.json found — not a model "
                 "folder (give the output_dir of a finished `cpo train` run)"
             )
@@ -374,7 +368,7 @@ def _load_adapter_model(recipe: Any, folder: Path) -> EvalModel:
     try:
         model = PeftModel.from_pretrained(base, str(folder))
     except Exception as exc:  # wrong base shapes, unreadable files...
-        raise EvalUsageError(
+        raise UsageError(
             f"cannot apply the LoRA adapters of {folder} to {recipe.model.name_or_path!r}: "
             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}",
             hint="evaluate adapters with the recipe that trained them (its model section)",
@@ -397,7 +391,7 @@ def _load_adapter_model(recipe: Any, folder: Path) -> EvalModel:
 def check_same_tokenizer(a: EvalModel, b: EvalModel) -> None:
     """`--compare` scores the same token ids with both models: their vocabularies must agree."""
     if a.tokenizer.get_vocab() != b.tokenizer.get_vocab():
-        raise EvalUsageError(
+        raise UsageError(
             f"--compare {b.label}: its tokenizer differs from that of {a.label}, so the same "
             "prepared pairs would mean different text to it",
             hint="compare models that share a tokenizer (e.g. a trained model and its base)",
@@ -425,7 +419,7 @@ def prepare_pairs(source: Any, tokenizer: Any, training: Any, *, is_encoder_deco
         for line in report.drop_lines():
             console.info(f"  {line}")
     if len(prepared.dataset) == 0:
-        raise EvalUsageError(f"{source.path}: no usable pairs to evaluate (every row dropped)")
+        raise UsageError(f"{source.path}: no usable pairs to evaluate (every row dropped)")
     return prepared.dataset
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from cpo_cli import console
+from cpo_cli.errors import UsageError
 
 if TYPE_CHECKING:
     from cpo_cli.evaluation import GateResult
@@ -118,7 +119,7 @@ def eval_cmd(
         settings = ev.GenerationSettings(generate, max_new_tokens, temperature, top_p)
         settings.validate()
     elif reference_metrics:
-        raise ev.EvalUsageError("--reference-metrics needs --generate N")
+        raise UsageError("--reference-metrics needs --generate N")
     if reference_metrics:
         ev.require_sacrebleu()  # fail now, before any model loads, when it is missing
 
@@ -225,13 +226,13 @@ def _eval_source(
 ) -> Any:
     """The recipe's `data.eval`, or a source built from --dataset/--split/--columns/--format
     (validated by the recipe's own DataSource schema)."""
-    from cpo_cli.evaluation import EvalUsageError
+    from cpo_cli.errors import UsageError
 
     if dataset is None:
         if split or columns or data_format:
-            raise EvalUsageError("--split/--columns/--format describe --dataset; add --dataset SRC")
+            raise UsageError("--split/--columns/--format describe --dataset; add --dataset SRC")
         if recipe.data.eval is None:
-            raise EvalUsageError(
+            raise UsageError(
                 "the recipe has no data.eval to evaluate on",
                 hint="pass --dataset SRC (a file, folder or Hub name), or set data.eval.path",
             )
@@ -256,7 +257,7 @@ def _eval_source(
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
-        raise EvalUsageError(f"--dataset {dataset}: {problems}") from None
+        raise UsageError(f"--dataset {dataset}: {problems}") from None
 
 
 def _fmt(value: float | None) -> str:

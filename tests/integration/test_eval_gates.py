@@ -7,11 +7,10 @@ import math
 
 import pytest
 
-from cpo_cli.errors import EXIT_GATE_FAILED, EXIT_USAGE, GateFailedError
+from cpo_cli.errors import EXIT_GATE_FAILED, EXIT_USAGE, GateFailedError, UsageError
 from cpo_cli.evaluation import (
     EVAL_METRICS,
     NUM_PAIRS,
-    EvalUsageError,
     check_gates,
     difference,
     parse_gates,
@@ -42,7 +41,7 @@ def test_parse_gates_accepts_both_spellings() -> None:
     ],
 )
 def test_bad_gate_specs_are_usage_errors(spec: str, message: str) -> None:
-    with pytest.raises(EvalUsageError, match=message) as info:
+    with pytest.raises(UsageError, match=message) as info:
         parse_gates([spec], [])
     assert info.value.exit_code == EXIT_USAGE
     if "unknown" in message:
