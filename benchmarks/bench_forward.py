@@ -1,13 +1,15 @@
 """One CPO forward + backward three ways: TRL-style full logits, chunked LM head, prefix sharing.
 
-Same tiny random Qwen2 (vocab 32k), same 8 pairs, fp32, CPU. Each variant runs in its own
-process so its peak resident memory is its own; the figure is the peak RSS growth over the
-process's state just before the first step (model and batch already built). Time is the median
+Same model (default: a tiny random Qwen2, vocab 32k; or `--model smollm2`), same 8 pairs,
+fp32. Each variant runs in its own process so its peak resident memory is its own; the figure
+is the peak RSS growth over the process's state just before the first step (model and batch
+already built). Time is the median
 of `--repeats` steps after one warm-up (wall clock, and process CPU time, which is steadier
 on a shared machine). Prints a table; asserts nothing.
 
     python benchmarks/bench_forward.py
     python benchmarks/bench_forward.py --hidden 64 --repeats 5 --shapes balanced
+    python benchmarks/bench_forward.py --model smollm2 --repeats 1
 """
 
 from __future__ import annotations
@@ -37,9 +39,38 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def run_variant(variant: str, shape: str, hidden: int, vocab: int, repeats: int) -> dict:
+def build_model(model: str, hidden: int, vocab: int):  # type: ignore[no-untyped-def]
+    """`tiny`: a random 2-layer Qwen2; `smollm2`: SmolLM2-135M-Instruct (cached conversion);
+    anything else: a local model folder."""
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    if model == "tiny":
+        config = Qwen2Config(
+            vocab_size=vocab,
+            hidden_size=hidden,
+            intermediate_size=hidden * 2,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=1024,
+            tie_word_embeddings=False,
+            attn_implementation="sdpa",
+        )
+        return Qwen2ForCausalLM(config).float()
+    if model == "smollm2":
+        from cpo_cli.assets.smollm2 import ensure_smollm2
+
+        model = str(ensure_smollm2())
+    return AutoModelForCausalLM.from_pretrained(
+        model, dtype=torch.float32, attn_implementation="sdpa"
+    )
+
+
+def run_variant(
+    variant: str, shape: str, model_name: str, hidden: int, vocab: int, repeats: int
+) -> dict:
+    import torch
 
     from cpo_cli.data.collate import collate_pairs
     from cpo_cli.engine.forward import sequence_logps
@@ -47,18 +78,9 @@ def run_variant(variant: str, shape: str, hidden: int, vocab: int, repeats: int)
 
     torch.manual_seed(0)
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
-    config = Qwen2Config(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=hidden * 2,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        tie_word_embeddings=False,
-        attn_implementation="sdpa",
-    )
-    model = Qwen2ForCausalLM(config).float()
+    model = build_model(model_name, hidden, vocab)
+    model.train()
+    vocab = int(model.get_output_embeddings().weight.shape[0])
     g = torch.Generator().manual_seed(1)
     p_len, c_len, r_len = SHAPES[shape]
     rows = [
@@ -114,30 +136,39 @@ def run_variant(variant: str, shape: str, hidden: int, vocab: int, repeats: int)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny", help="tiny | smollm2 | a local model folder")
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--one", nargs=2, metavar=("VARIANT", "SHAPE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        result = run_variant(args.one[0], args.one[1], args.hidden, args.vocab, args.repeats)
+        result = run_variant(
+            args.one[0], args.one[1], args.model, args.hidden, args.vocab, args.repeats
+        )
         print(json.dumps(result))
         return
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    print(f"tiny Qwen2: vocab {args.vocab}, hidden {args.hidden}, 2 layers, 8 pairs, fp32, CPU")
+    if args.model == "tiny":
+        print(f"tiny Qwen2: vocab {args.vocab}, hidden {args.hidden}, 2 layers, 8 pairs, fp32")
+    else:
+        print(f"{args.model}: 8 pairs, fp32")
     header = f"{'shape':<13} {'variant':<18} {'rows x width':>12} {'s/step':>7} {'cpu-s':>6}"
     print(header + f" {'peak MB':>8} {'speed-up':>8} {'memory':>7} {'loss':>11}")
     for shape in args.shapes:
         results = []
-        for variant in VARIANTS:
+        for variant in args.variants:
             cmd = [
                 sys.executable,
                 __file__,
                 "--one",
                 variant,
                 shape,
+                "--model",
+                args.model,
                 "--hidden",
                 str(args.hidden),
                 "--vocab",
