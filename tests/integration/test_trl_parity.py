@@ -110,14 +110,19 @@ def _trl_answer_logits_means(
     return means[0], means[1]
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir: Path) -> tuple[Any, Any]:
+def _load(model_dir: Path) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model.eval()
     return model, tokenizer
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir: Path) -> tuple[Any, Any]:
+    """The tiny Llama."""
+    return _load(tiny_model_dir)
 
 
 def _close(ours: float, theirs: float, name: str, scale: float = 0.0) -> None:
@@ -131,8 +136,19 @@ def _close(ours: float, theirs: float, name: str, scale: float = 0.0) -> None:
 def test_loss_and_metrics_match_trl(
     case_name: str, tiny: tuple[Any, Any], demo_data_dir: Path, tmp_path: Path
 ) -> None:
-    model, tokenizer = tiny
-    case = CASES[case_name]
+    _check_case(*tiny, CASES[case_name], demo_data_dir, tmp_path)
+
+
+@pytest.mark.parametrize("case_name", ["cpo-simpo", "conversational"])
+def test_qwen2_matches_trl(
+    case_name: str, tiny_qwen2_dir: Path, demo_data_dir: Path, tmp_path: Path
+) -> None:
+    _check_case(*_load(tiny_qwen2_dir), CASES[case_name], demo_data_dir, tmp_path)
+
+
+def _check_case(
+    model: Any, tokenizer: Any, case: dict[str, Any], demo_data_dir: Path, tmp_path: Path
+) -> None:
     rows = _rows(demo_data_dir, case.get("data", "standard"))
     trainer = _trl_trainer(model, tokenizer, rows, case, tmp_path)
     dataset = trainer.train_dataset
