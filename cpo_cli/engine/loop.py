@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,10 +100,20 @@ def build_accelerator(training: Any) -> Any:
         mixed_precision=precision,
         project_config=ProjectConfiguration(save_on_each_node=bool(training.save_on_each_node)),
         gradient_accumulation_steps=training.gradient_accumulation_steps,
-        cpu=bool(training.use_cpu),
+        # on a machine without an accelerator, say so: accelerate only forms a multi-process
+        # CPU group (torchrun, mpirun) when told it runs on the CPU
+        cpu=bool(training.use_cpu) or not _has_accelerator_device(),
     )
     set_seed(training.seed, deterministic=bool(training.full_determinism))
     return accelerator
+
+
+def _has_accelerator_device() -> bool:
+    import torch
+
+    xpu = getattr(torch, "xpu", None)
+    return bool(torch.cuda.is_available() or torch.backends.mps.is_available()
+                or (xpu is not None and xpu.is_available()))
 
 
 def output_dir_of(training: Any) -> Path:
@@ -175,7 +186,11 @@ def train(loaded: Any, *, show_progress: bool = True) -> TrainResult:
     training = loaded.recipe.training
     check_backends(training.report_to)  # a missing tracker package fails before the model loads
     started = time.perf_counter()
-    run = build_run(loaded)
+    try:
+        run = build_run(loaded)
+    except KeyboardInterrupt:
+        raise TrainingInterrupted("interrupted before training started; nothing was "
+                                  "saved") from None
     accelerator = run.accelerator
     state = TrainerState()
     resume_from = resolve_resume(training.resume_from_checkpoint, run.output_dir)
@@ -402,9 +417,16 @@ def _finish(run: Run, state: TrainerState, last: dict[str, float]) -> dict[str, 
     model = run.model
     if run.peft is not None and run.peft.merge_at_end:
         model = accelerator.unwrap_model(run.model).merge_and_unload()
-    save_model(accelerator, model, run.tokenizer, run.output_dir)
+    # written beside the output first and moved in file by file, so an interrupt never leaves
+    # a half-written model.safetensors in output_dir
+    staging = run.output_dir / ".tmp-final"
+    save_model(accelerator, model, run.tokenizer, staging)
     if accelerator.is_main_process:
-        (run.output_dir / "recipe.yaml").write_text(run.recipe_yaml, encoding="utf-8")
+        (staging / "recipe.yaml").write_text(run.recipe_yaml, encoding="utf-8")
+        for file in sorted(staging.iterdir()):
+            os.replace(file, run.output_dir / file.name)
+        staging.rmdir()
+    accelerator.wait_for_everyone()
     return ordered_metrics(last)
 
 

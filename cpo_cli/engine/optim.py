@@ -89,10 +89,11 @@ def build_optimizer(model: torch.nn.Module, training: Any) -> torch.optim.Optimi
     lr = training.learning_rate
     adam = {"lr": lr, "betas": (training.adam_beta1, training.adam_beta2),
             "eps": training.adam_epsilon}
-    if name in ("adamw_torch", "adamw_hf"):
-        return torch.optim.AdamW(groups, **{**adam, **extra})
-    if name == "adamw_torch_fused":
-        return torch.optim.AdamW(groups, **{**adam, "fused": True, **extra})
+    if name in ("adamw_torch", "adamw_hf", "adamw_torch_fused"):
+        # the same AdamW update; torch's fused kernel is ~10-30x faster than its default
+        # per-tensor loop on a CPU, so it is used wherever torch has one for the parameters
+        fused = name == "adamw_torch_fused" or _fused_adamw_available(groups)
+        return torch.optim.AdamW(groups, **{**adam, "fused": fused or None, **extra})
     if name == "sgd":
         return torch.optim.SGD(groups, **{"lr": lr, **extra})
     if name == "adagrad":
@@ -119,6 +120,14 @@ def build_optimizer(model: torch.nn.Module, training: Any) -> torch.optim.Optimi
         return cls(groups, **{**kwargs, **extra})  # type: ignore[no-any-return]
     raise RecipeError("recipe", [f"training.optim: {name!r} is not supported by cpo; "
                                  f"choose one of {', '.join(SUPPORTED_OPTIMIZERS)}"])
+
+
+def _fused_adamw_available(groups: list[dict[str, Any]]) -> bool:
+    import torch
+
+    params = [p for g in groups for p in g["params"]]
+    return all(p.device.type in ("cpu", "cuda") and p.dtype in (
+        torch.float32, torch.bfloat16, torch.float16) for p in params)
 
 
 def warmup_steps(training: Any, total_steps: int) -> int:

@@ -54,6 +54,10 @@ def test_optimizers_by_hf_name(name: str, cls: type) -> None:
     assert [g["lr"] for g in opt.param_groups] == [3e-4, 3e-4]
 
 
+def test_adamw_uses_the_fused_kernel_on_cpu() -> None:
+    assert build_optimizer(Tiny(), training(optim="adamw_torch")).defaults["fused"] is True
+
+
 def test_adam_hyperparameters_come_from_the_recipe() -> None:
     opt = build_optimizer(Tiny(), training(adam_beta1=0.8, adam_beta2=0.95, adam_epsilon=1e-6))
     group = opt.param_groups[0]

@@ -1,0 +1,136 @@
+"""`cpo train` through the real CLI: a subprocess run on the tiny model, user errors, Ctrl-C's
+exit code, `accelerate launch -m cpo_cli train`, and the quickstart on SmolLM2 (slow)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write_recipe(path: Path, model_dir: Path, out: Path, train: Path, **training: Any) -> Path:
+    recipe = {
+        "model": {"name_or_path": str(model_dir)},
+        "data": {"train": {"path": str(train), "max_rows": 8}},
+        "training": {"output_dir": str(out), "per_device_train_batch_size": 4, "max_steps": 2,
+                     "logging_steps": 1, "save_strategy": "no", "report_to": "none",
+                     **training},
+    }
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    return path
+
+
+def cli(*args: str, cwd: Path = REPO, launcher: list[str] | None = None,
+        timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
+           "TRL_EXPERIMENTAL_SILENCE": "1", "NO_COLOR": "1"}
+    command = [*(launcher or [sys.executable]), "-m", "cpo_cli", *args]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def test_cpo_train_subprocess(tiny_model_dir: Path, demo_train_path: Path,
+                              tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_model_dir, out, demo_train_path)
+    done = cli("train", str(recipe), "training.max_steps=3", "training.beta=0.2")
+    assert done.returncode == 0, done.stderr
+    assert "step 3/3" in done.stdout and "rewards/accuracies" in done.stdout
+    assert f"model saved to {out}" in done.stdout
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert "beta: 0.2" in (out / "recipe.yaml").read_text()
+    assert not list(out.glob(".tmp-*"))
+
+
+def test_quiet_prints_only_the_summary(tiny_model_dir: Path, demo_train_path: Path,
+                                       tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_model_dir, tmp_path / "out", demo_train_path)
+    done = cli("train", str(recipe), "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "step 1/2" not in done.stdout and "data.train" not in done.stdout
+    assert "model saved to" in done.stdout
+
+
+def test_a_user_mistake_is_one_line_and_exit_1(tiny_model_dir: Path, demo_train_path: Path,
+                                               tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_model_dir, tmp_path / "out", demo_train_path,
+                          resume_from_checkpoint=str(tmp_path / "missing"))
+    done = cli("train", str(recipe))
+    assert done.returncode == 1
+    assert "resume_from_checkpoint" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_interrupt_exits_130_naming_the_last_checkpoint(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import cpo_cli.engine.loop as loop
+    from cpo_cli.cli import run
+
+    def interrupted(loaded: Any, **kwargs: Any) -> Any:
+        raise loop.TrainingInterrupted("training interrupted at step 3; last complete "
+                                       "checkpoint: out/checkpoint-2")
+
+    monkeypatch.setattr(loop, "train", interrupted)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: {name_or_path: x}\n", encoding="utf-8")
+    assert run(["train", str(recipe)]) == 130
+
+
+def test_accelerate_launch_runs_the_module(tiny_model_dir: Path, demo_train_path: Path,
+                                           tmp_path: Path) -> None:
+    """The seed's `accelerate launch train_cpo.py` becomes `accelerate launch -m cpo_cli train`."""
+    out = tmp_path / "out"
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_model_dir, out, demo_train_path)
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes",
+                "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    done = cli("train", str(recipe), launcher=launcher)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (out / "model.safetensors").is_file()
+
+
+@pytest.mark.distributed
+def test_two_processes(tiny_model_dir: Path, demo_train_path: Path, tmp_path: Path) -> None:
+    """Two CPU processes (torchrun; `accelerate launch` needs mpirun for multi-CPU): one log,
+    one set of outputs, and each process's RNG state in the checkpoint."""
+    out = tmp_path / "out"
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_model_dir, out, demo_train_path,
+                          save_strategy="steps", save_steps=2, per_device_train_batch_size=2)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    done = cli("train", str(recipe), launcher=launcher)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("model saved to") == 1
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]
+    assert records[0]["epoch"] == 0.5  # 8 pairs / (2 processes x 2) = 2 steps per epoch
+    state = out / "checkpoint-2" / "accelerate"
+    assert {p.name for p in state.glob("random_states_*")} == {
+        "random_states_0.pkl", "random_states_1.pkl"}
+
+
+@pytest.mark.slow
+def test_quickstart_learns(tmp_path: Path) -> None:
+    """The README's main job on SmolLM2-135M-Instruct: held-out accuracy and margin rise."""
+    from cpo_cli.assets.smollm2 import find_smollm2_gguf
+
+    try:
+        find_smollm2_gguf()
+    except Exception as exc:  # the package holding the GGUF file is optional
+        pytest.skip(str(exc))
+    out = tmp_path / "quickstart"
+    done = cli("train", "recipes/quickstart.yaml", f"training.output_dir={out}",
+               "training.save_strategy=no", timeout=3600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    evals = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+             if "eval_loss" in r]
+    start, end = evals[0], evals[-1]
+    assert start["step"] == 0 and end["step"] == 38
+    assert end["eval_rewards/accuracies"] > start["eval_rewards/accuracies"]
+    assert end["eval_rewards/margins"] > start["eval_rewards/margins"] + 0.2
