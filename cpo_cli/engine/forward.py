@@ -114,6 +114,11 @@ def model_support(model: nn.Module) -> _Support:
     if cached is None:
         cached = _probe(model, core)
         _SUPPORT[core] = cached
+        if not cached.head_ok and not _is_encoder_decoder(core):
+            console.warn(
+                "this model's logits are not its LM head applied to its last hidden state; "
+                "log-probs use the model's full logits (exact, but more memory)"
+            )
     return cached
 
 

@@ -372,3 +372,27 @@ def test_sliding_window_model_packs_with_the_window_in_the_mask() -> None:
     ).float()
     unwindowed.load_state_dict(model.state_dict())
     assert not torch.allclose(reference_logps(unwindowed, rows), ref, rtol=1e-3)
+
+
+class ScaledLogitsLlama(transformers.LlamaForCausalLM):
+    """Logits that are not the head applied to the last hidden state (like Cohere's scale)."""
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, **kwargs):  # type: ignore[no-untyped-def]
+        out = super().forward(input_ids, attention_mask, position_ids, **kwargs)
+        out.logits = out.logits * 2.0
+        return out
+
+
+def test_unreproducible_head_falls_back_to_model_logits(capsys: pytest.CaptureFixture[str]) -> None:
+    base = tiny_causal_lm("llama")
+    model = ScaledLogitsLlama(base.config)
+    model.load_state_dict(base.state_dict())
+    support = model_support(model)
+    assert not support.head_ok and support.packed_ok
+    assert "full logits" in capsys.readouterr().err
+    rows = random_rows(3)
+    for layout in ("packed", "pair_rows"):
+        out = sequence_logps(
+            model, collate_pairs(rows, pad_token_id=0, layout=layout), chunk_size=4
+        )
+        torch.testing.assert_close(out.logps, reference_logps(model, rows), rtol=1e-5, atol=1e-5)
