@@ -29,7 +29,7 @@ from cpo_cli.engine.checkpoint import (
 )
 from cpo_cli.engine.evaluate import MetricMeans
 from cpo_cli.engine.schedule import Plan, Schedule, build_plan
-from cpo_cli.errors import EXIT_INTERRUPTED, CpoError
+from cpo_cli.errors import EXIT_INTERRUPTED, CpoError, RecipeError
 
 DEFAULT_OUTPUT_DIR = "trainer_output"
 SUMMARY_FILE = "train_results.json"
@@ -96,14 +96,19 @@ def build_accelerator(training: Any) -> Any:
         precision = "no"
     from accelerate.utils import ProjectConfiguration
 
-    accelerator = Accelerator(
-        mixed_precision=precision,
-        project_config=ProjectConfiguration(save_on_each_node=bool(training.save_on_each_node)),
-        gradient_accumulation_steps=training.gradient_accumulation_steps,
-        # on a machine without an accelerator, say so: accelerate only forms a multi-process
-        # CPU group (torchrun, mpirun) when told it runs on the CPU
-        cpu=bool(training.use_cpu) or not _has_accelerator_device(),
-    )
+    try:
+        accelerator = Accelerator(
+            mixed_precision=precision,
+            project_config=ProjectConfiguration(
+                save_on_each_node=bool(training.save_on_each_node)),
+            gradient_accumulation_steps=training.gradient_accumulation_steps,
+            # on a machine without an accelerator, say so: accelerate only forms a
+            # multi-process CPU group (torchrun, mpirun) when told it runs on the CPU
+            cpu=bool(training.use_cpu) or not _has_accelerator_device(),
+        )
+    except ValueError as exc:  # e.g. fp16 where this hardware has no fp16 mixed precision
+        raise RecipeError("recipe", [f"training.{precision if precision != 'no' else 'use_cpu'}"
+                                     f": {exc}"]) from exc
     set_seed(training.seed, deterministic=bool(training.full_determinism))
     return accelerator
 

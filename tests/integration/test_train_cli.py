@@ -84,6 +84,28 @@ def test_interrupt_exits_130_naming_the_last_checkpoint(
     assert run(["train", str(recipe)]) == 130
 
 
+def test_push_to_hub_uploads_the_output_and_never_writes_the_token(
+        tiny_model_dir: Path, demo_train_path: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import cpo_cli.hub as hub
+    from cpo_cli.cli import run
+
+    uploaded: list[Any] = []
+    monkeypatch.setattr(hub, "upload", lambda plan, **kw: uploaded.append(plan) or "http://x")
+    out = tmp_path / "out"
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_model_dir, out, demo_train_path,
+                          push_to_hub=True, hub_model_id="me/tiny-cpo",
+                          hub_token="hf_abcdefghijklmnopqrstuvwxyz")
+    assert run(["train", str(recipe), "--quiet"]) == 0
+    (plan,) = uploaded
+    assert plan.settings.repo_id == "me/tiny-cpo"
+    assert plan.settings.token == "hf_abcdefghijklmnopqrstuvwxyz"
+    assert "model.safetensors" in {f.path_in_repo for f in plan.files}
+    for file in out.rglob("*"):
+        if file.is_file() and file.suffix in (".yaml", ".json", ".jsonl"):
+            assert "hf_abcdefghijklmnopqrstuvwxyz" not in file.read_text(), file
+
+
 def test_accelerate_launch_runs_the_module(tiny_model_dir: Path, demo_train_path: Path,
                                            tmp_path: Path) -> None:
     """The seed's `accelerate launch train_cpo.py` becomes `accelerate launch -m cpo_cli train`."""
