@@ -149,9 +149,11 @@ def build_model(model_section: Any, training: Any, peft_section: Any = None) -> 
         disable_dropout(model)
     if training.gradient_checkpointing:
         model.config.use_cache = False
-        model.gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs=_as_dict(training.gradient_checkpointing_kwargs)
-            or {"use_reentrant": False})
+        options = _as_dict(training.gradient_checkpointing_kwargs) or {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # the transformers 5 name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
     if peft_section is not None:
         model = apply_lora(model, peft_section, encoder_decoder=encoder_decoder,
                            gradient_checkpointing=training.gradient_checkpointing)

@@ -275,3 +275,17 @@ def test_generate_during_eval_writes_samples(tiny_model_dir: Path, tmp_path: Pat
     samples = read_jsonl(out / "eval_samples.jsonl")
     assert len(samples) == 4
     assert set(samples[0]) == {"step", "prompt", "policy", "chosen"}
+
+
+def test_bf16_gradient_checkpointing_and_length_grouping(tiny_model_dir: Path, tmp_path: Path,
+                                                         demo_train_path: Path) -> None:
+    """The speed/memory options together: bf16 autocast (on the CPU too), activation
+    checkpointing, batches grouped by length, decoupled weight decay and a cosine schedule."""
+    out = tmp_path / "out"
+    result = run(make_recipe(tiny_model_dir, out, demo_train_path, bf16=True,
+                             gradient_checkpointing=True, group_by_length=True,
+                             weight_decay=0.1, lr_scheduler_type="cosine"))
+    assert result.global_step == 2
+    records = read_jsonl(out / "metrics.jsonl")
+    assert all(r["loss"] == r["loss"] and r["grad_norm"] > 0 for r in records)
+    assert max_abs_diff(weights(tiny_model_dir), weights(out)) > 0
