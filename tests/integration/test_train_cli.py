@@ -148,7 +148,7 @@ def test_quickstart_learns(tmp_path: Path) -> None:
         pytest.skip(str(exc))
     out = tmp_path / "quickstart"
     done = cli("train", "recipes/quickstart.yaml", f"training.output_dir={out}",
-               "training.save_strategy=no", timeout=3600)
+               "training.save_strategy='no'", timeout=3600)
     assert done.returncode == 0, done.stderr[-3000:]
     evals = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
              if "eval_loss" in r]
