@@ -94,8 +94,14 @@ def build_accelerator(training: Any) -> Any:
         precision = "fp16"
     else:
         precision = "no"
+    from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import ProjectConfiguration
 
+    # accelerate keeps its settings in process-wide singletons: a second run in the same
+    # process (a notebook, the tests, `cpo eval` after training) must be free to pick another
+    # precision or accumulation. The process group itself (PartialState) is kept.
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
     try:
         accelerator = Accelerator(
             mixed_precision=precision,

@@ -156,3 +156,29 @@ def test_quickstart_learns(tmp_path: Path) -> None:
     assert start["step"] == 0 and end["step"] == 38
     assert end["eval_rewards/accuracies"] > start["eval_rewards/accuracies"]
     assert end["eval_rewards/margins"] > start["eval_rewards/margins"] + 0.2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss_type", ["sigmoid", "hinge", "ipo", "simpo", "alphapo"])
+def test_every_loss_trains_smollm2(loss_type: str, tmp_path: Path) -> None:
+    """Each loss a few steps on the real model: finite numbers, weights saved."""
+    from cpo_cli.assets.smollm2 import find_smollm2_gguf
+
+    try:
+        find_smollm2_gguf()
+    except Exception as exc:
+        pytest.skip(str(exc))
+    out = tmp_path / loss_type
+    extra = ["training.cpo_alpha=0.0"] if loss_type in ("simpo", "alphapo") else []
+    if loss_type == "alphapo":
+        extra.append("training.alpha=0.25")
+    done = cli("train", "recipes/quickstart.yaml", f"training.output_dir={out}",
+               f"training.loss_type={loss_type}", "training.max_steps=2",
+               "training.save_strategy='no'", "training.eval_on_start=false",
+               "training.eval_strategy='no'", "data.train.max_rows=16",
+               "training.logging_steps=1", *extra, timeout=1800)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]
+    assert all(v == v for r in records for v in r.values())  # no NaN
+    assert (out / "model.safetensors").is_file()
