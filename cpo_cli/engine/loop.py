@@ -19,6 +19,7 @@ from typing import Any
 from cpo_cli import console
 from cpo_cli.engine.checkpoint import (
     TrainerState,
+    latest_checkpoint,
     load_checkpoint,
     load_model_weights,
     register_state_hooks,
@@ -208,10 +209,15 @@ def train(loaded: Any, *, show_progress: bool = True) -> TrainResult:
     if resume_from is not None:
         state = load_checkpoint(accelerator, run.model, resume_from)
         console.info(f"resumed from {resume_from} (step {state.global_step})")
+    elif latest_checkpoint(run.output_dir) is not None:
+        console.warn(f"{run.output_dir} already holds checkpoints of an earlier run; this run "
+                     "starts from scratch and may replace them (to continue that run instead, "
+                     "set training.resume_from_checkpoint=last)")
     if accelerator.is_main_process:
         run.output_dir.mkdir(parents=True, exist_ok=True)
     tracker = build_tracker(training, run.output_dir, is_main_process=accelerator.is_main_process,
-                            config=run.config_for_trackers)
+                            config=run.config_for_trackers,
+                            resume_step=state.global_step if resume_from is not None else None)
     progress = build_progress(run.plan.total_steps, state.global_step,
                               enabled=show_progress and accelerator.is_main_process,
                               disable_tqdm=training.disable_tqdm)
@@ -451,8 +457,6 @@ def _write_summary(run: Run, result: TrainResult) -> None:
 
 def _interrupted(run: Run, state: TrainerState) -> TrainingInterrupted:
     import shutil
-
-    from cpo_cli.engine.checkpoint import latest_checkpoint
 
     if run.accelerator.is_main_process and run.output_dir.is_dir():
         for partial in run.output_dir.glob(".tmp-*"):

@@ -32,11 +32,16 @@ class NullSink:
 
 
 class JsonlSink:
-    """One JSON object per log event, appended and flushed, so a crash keeps every line so far."""
+    """One JSON object per log event, appended and flushed, so a crash keeps every line so far.
 
-    def __init__(self, path: Path) -> None:
+    A fresh run starts the file anew; a resumed run keeps the lines up to the step it resumes
+    from (later ones were logged after that checkpoint and will be logged again)."""
+
+    def __init__(self, path: Path, *, resume_step: int | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        kept = _lines_up_to(path, resume_step) if resume_step is not None else []
+        path.write_text("".join(kept), encoding="utf-8")
         self._file = path.open("a", encoding="utf-8")
 
     def log(self, metrics: dict[str, float], step: int) -> None:
@@ -46,6 +51,19 @@ class JsonlSink:
 
     def close(self) -> None:
         self._file.close()
+
+
+def _lines_up_to(path: Path, step: int) -> list[str]:
+    if not path.is_file():
+        return []
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        try:
+            if int(json.loads(line).get("step", 0)) <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+        except (ValueError, AttributeError):
+            continue  # a line cut short by a crash
+    return kept
 
 
 def _json_number(value: float) -> float | str | None:
@@ -140,12 +158,13 @@ def build_tracker(
     *,
     is_main_process: bool,
     config: dict[str, Any] | None = None,
+    resume_step: int | None = None,
 ) -> Tracker:
     """The sinks for this run; only the main process writes anything."""
     names = check_backends(training.report_to)
     if not is_main_process:
         return Tracker([NullSink()])
-    sinks: list[Any] = [JsonlSink(output_dir / "metrics.jsonl")]
+    sinks: list[Any] = [JsonlSink(output_dir / "metrics.jsonl", resume_step=resume_step)]
     if "tensorboard" in names:
         log_dir = Path(training.logging_dir) if training.logging_dir else output_dir / "runs"
         sinks.append(TensorBoardSink(log_dir))

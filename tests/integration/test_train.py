@@ -121,8 +121,9 @@ def test_a_short_last_window_is_averaged_over_its_own_batches(
 def test_resume_after_interrupt_ends_with_the_same_weights(
         tiny_model_dir: Path, tmp_path: Path, demo_train_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Stopped by Ctrl-C right after the step-3 checkpoint (mid-epoch: 4 steps per epoch),
-    then resumed: the final weights equal those of an uninterrupted run."""
+    """Stopped by Ctrl-C at step 5, two steps after the step-3 checkpoint (mid-epoch: 4 steps
+    per epoch), then resumed: the final weights equal those of an uninterrupted run, and
+    metrics.jsonl holds each step once."""
     import cpo_cli.engine.loop as loop
     from cpo_cli.errors import EXIT_INTERRUPTED
 
@@ -132,20 +133,22 @@ def test_resume_after_interrupt_ends_with_the_same_weights(
               "train_rows": 32}
     run(make_recipe(tiny_model_dir, tmp_path / "whole", demo_train_path, **common))
 
-    real_save = loop._save
+    real_log = loop._log
 
-    def save_then_interrupt(run_: Any, state: Any) -> None:
-        real_save(run_, state)
-        raise KeyboardInterrupt
+    def log_then_interrupt(run_: Any, state: Any, *args: Any) -> None:
+        real_log(run_, state, *args)
+        if state.global_step == 5:
+            raise KeyboardInterrupt
 
-    monkeypatch.setattr(loop, "_save", save_then_interrupt)
+    monkeypatch.setattr(loop, "_log", log_then_interrupt)
     out = tmp_path / "split"
     with pytest.raises(loop.TrainingInterrupted) as caught:
         run(make_recipe(tiny_model_dir, out, demo_train_path, **common))
     assert caught.value.exit_code == EXIT_INTERRUPTED
     assert str(out / "checkpoint-3") in caught.value.message
     assert not list(out.glob(".tmp-*"))
-    monkeypatch.setattr(loop, "_save", real_save)
+    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3, 4, 5]
+    monkeypatch.setattr(loop, "_log", real_log)
 
     result = run(make_recipe(tiny_model_dir, out, demo_train_path,
                              resume_from_checkpoint="last", **common))
@@ -161,6 +164,9 @@ def test_save_total_limit_keeps_the_newest(tiny_model_dir: Path, tmp_path: Path,
     run(make_recipe(tiny_model_dir, out, demo_train_path, max_steps=4, save_strategy="steps",
                     save_steps=1, save_total_limit=2))
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-4"]
+    # a fresh run in the same folder starts a new metrics.jsonl
+    run(make_recipe(tiny_model_dir, out, demo_train_path, max_steps=1))
+    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [1]
     state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
     assert state["global_step"] == 4 and state["micro_step"] == 4
     assert (out / "checkpoint-4" / "accelerate" / "optimizer.bin").is_file()
