@@ -197,6 +197,7 @@ def train(loaded: Any, *, show_progress: bool = True) -> TrainResult:
 
     training = loaded.recipe.training
     check_backends(training.report_to)  # a missing tracker package fails before the model loads
+    check_best_metric(training)
     started = time.perf_counter()
     try:
         run = build_run(loaded)
@@ -381,6 +382,21 @@ def _generate(run: Run, state: TrainerState, progress: Any) -> None:
 def best_metric_name(training: Any) -> str:
     name = training.metric_for_best_model or "loss"
     return name if name.startswith("eval_") else f"eval_{name}"
+
+
+#: what evaluation reports, so metric_for_best_model can be checked before training starts
+EVAL_METRICS = ("loss", *(k for k in METRIC_ORDER[1:10]))
+
+
+def check_best_metric(training: Any) -> None:
+    if not training.metric_for_best_model:
+        return
+    allowed = {f"eval_{k}" for k in EVAL_METRICS}
+    if best_metric_name(training) not in allowed:
+        raise RecipeError("recipe", [
+            f"training.metric_for_best_model: {training.metric_for_best_model!r} is not an "
+            f"evaluation metric; choose one of {', '.join(sorted(EVAL_METRICS))} (the eval_ "
+            "prefix is optional)"])
 
 
 def _greater_is_better(training: Any) -> bool:

@@ -295,3 +295,15 @@ def test_bf16_gradient_checkpointing_and_length_grouping(tiny_model_dir: Path, t
     records = read_jsonl(out / "metrics.jsonl")
     assert all(r["loss"] == r["loss"] and r["grad_norm"] > 0 for r in records)
     assert max_abs_diff(weights(tiny_model_dir), weights(out)) > 0
+
+
+def test_unknown_best_metric_fails_before_training(tiny_model_dir: Path, tmp_path: Path,
+                                                   demo_train_path: Path,
+                                                   demo_eval_path: Path) -> None:
+    from cpo_cli.errors import RecipeError
+
+    with pytest.raises(RecipeError) as caught:
+        run(make_recipe(tiny_model_dir, tmp_path / "out", demo_train_path, demo_eval_path,
+                        eval_strategy="steps", metric_for_best_model="accuracy"))
+    assert "rewards/accuracies" in caught.value.problems[0]
+    assert not (tmp_path / "out").exists()
