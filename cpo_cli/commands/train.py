@@ -14,8 +14,10 @@ def train(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.", show_default=False)],
     overrides: Annotated[
         list[str] | None,
-        typer.Argument(help="Overrides as key=value, e.g. training.beta=0.2 "
-                       "training.max_steps=10.", show_default=False),
+        typer.Argument(
+            help="Overrides as key=value, e.g. training.beta=0.2 training.max_steps=10.",
+            show_default=False,
+        ),
     ] = None,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Only warnings, errors and the final summary.")
@@ -57,8 +59,10 @@ def summary_table(result: object) -> object:
     """The final metrics as a two-column rich table."""
     from rich.table import Table
 
-    table = Table(title=f"cpo train: {getattr(result, 'global_step', 0)} optimizer steps in "
-                  f"{getattr(result, 'wall_time', 0.0):.0f}s")
+    table = Table(
+        title=f"cpo train: {getattr(result, 'global_step', 0)} optimizer steps in "
+        f"{getattr(result, 'wall_time', 0.0):.0f}s"
+    )
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in getattr(result, "metrics", {}).items():

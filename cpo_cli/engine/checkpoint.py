@@ -76,8 +76,11 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
     """Complete checkpoints in `output_dir`, oldest first."""
     if not output_dir.is_dir():
         return []
-    found = [p for p in output_dir.iterdir()
-             if p.is_dir() and checkpoint_step(p) is not None and (p / STATE_FILE).is_file()]
+    found = [
+        p
+        for p in output_dir.iterdir()
+        if p.is_dir() and checkpoint_step(p) is not None and (p / STATE_FILE).is_file()
+    ]
     return sorted(found, key=lambda p: checkpoint_step(p) or 0)
 
 
@@ -90,8 +93,11 @@ def resolve_resume(resume_from_checkpoint: Any, output_dir: Path) -> Path | None
     """`resume_from_checkpoint`: None/false → start fresh; true/"last"/"latest" → the newest
     complete checkpoint in output_dir; anything else is a path to a checkpoint folder."""
     value = resume_from_checkpoint
-    if value is None or value is False or (isinstance(value, str) and
-                                           value.strip().lower() in ("", "false", "none")):
+    if (
+        value is None
+        or value is False
+        or (isinstance(value, str) and value.strip().lower() in ("", "false", "none"))
+    ):
         return None
     latest_words = ("true", "last", "latest")
     if value is True or (isinstance(value, str) and value.strip().lower() in latest_words):
@@ -131,7 +137,10 @@ def _owns_model_weights(accelerator: Accelerator) -> bool:
     from accelerate.utils import DistributedType
 
     return accelerator.distributed_type not in (
-        DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM)
+        DistributedType.FSDP,
+        DistributedType.DEEPSPEED,
+        DistributedType.MEGATRON_LM,
+    )
 
 
 def register_state_hooks(accelerator: Accelerator) -> None:
@@ -219,8 +228,9 @@ def load_checkpoint(accelerator: Accelerator, model: Any, path: Path) -> Trainer
     if has_state:
         accelerator.load_state(str(path / "accelerate"))
     elif not _owns_model_weights(accelerator):
-        raise CheckpointError(f"{path} was saved with save_only_model and cannot be resumed "
-                              "under FSDP/DeepSpeed")
+        raise CheckpointError(
+            f"{path} was saved with save_only_model and cannot be resumed under FSDP/DeepSpeed"
+        )
     return state
 
 
@@ -243,12 +253,15 @@ def load_model_weights(model: Any, directory: Path) -> None:
         state.update(load_file(str(file)))
     result = model.load_state_dict(state, strict=False)
     if result.unexpected_keys:
-        raise CheckpointError(f"{directory}: weights that the model does not have: "
-                              f"{', '.join(result.unexpected_keys[:5])}")
+        raise CheckpointError(
+            f"{directory}: weights that the model does not have: "
+            f"{', '.join(result.unexpected_keys[:5])}"
+        )
     missing = [k for k in result.missing_keys if not _is_tied(model, k)]
     if missing:
-        raise CheckpointError(f"{directory}: weights missing from the checkpoint: "
-                              f"{', '.join(missing[:5])}")
+        raise CheckpointError(
+            f"{directory}: weights missing from the checkpoint: {', '.join(missing[:5])}"
+        )
 
 
 def _weight_files(directory: Path) -> list[Path]:

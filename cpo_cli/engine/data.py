@@ -29,8 +29,15 @@ class EpochSampler:
     The epoch is set with `use_epoch`, deliberately not `set_epoch`: accelerate calls
     `set_epoch(<its own iteration count>)` on samplers, which restarts at 0 after a resume."""
 
-    def __init__(self, num_rows: int, *, seed: int, shuffle: bool = True,
-                 lengths: Sequence[int] | None = None, batch_size: int = 1) -> None:
+    def __init__(
+        self,
+        num_rows: int,
+        *,
+        seed: int,
+        shuffle: bool = True,
+        lengths: Sequence[int] | None = None,
+        batch_size: int = 1,
+    ) -> None:
         self.num_rows = num_rows
         self.seed = seed
         self.shuffle = shuffle
@@ -55,7 +62,7 @@ class EpochSampler:
         lengths = self.lengths
         out: list[int] = []
         for start in range(0, len(perm), size):
-            out.extend(sorted(perm[start:start + size], key=lambda i: -lengths[i]))
+            out.extend(sorted(perm[start : start + size], key=lambda i: -lengths[i]))
         return out
 
     def __iter__(self) -> Iterator[int]:
@@ -65,23 +72,35 @@ class EpochSampler:
         return self.num_rows
 
 
-def _collate(rows: list[dict[str, Any]], *, pad_token_id: int, layout: str,
-              is_encoder_decoder: bool,
-              decoder_start_token_id: int | None) -> tuple[dict[str, Any], dict[str, int]]:
+def _collate(
+    rows: list[dict[str, Any]],
+    *,
+    pad_token_id: int,
+    layout: str,
+    is_encoder_decoder: bool,
+    decoder_start_token_id: int | None,
+) -> tuple[dict[str, Any], dict[str, int]]:
     """The padded batch plus its size (pairs, real tokens), counted here where it is cheap:
     the loop needs them for weighted averages and tokens/s."""
     from cpo_cli.data.collate import collate_pairs
 
-    batch = collate_pairs(rows, pad_token_id=pad_token_id, layout=layout,  # type: ignore[arg-type]
-                          is_encoder_decoder=is_encoder_decoder,
-                          decoder_start_token_id=decoder_start_token_id)
-    tokens = sum(len(r["prompt_input_ids"]) + len(r["chosen_input_ids"])
-                 + len(r["rejected_input_ids"]) for r in rows)
+    batch = collate_pairs(
+        rows,
+        pad_token_id=pad_token_id,
+        layout=layout,  # type: ignore[arg-type]
+        is_encoder_decoder=is_encoder_decoder,
+        decoder_start_token_id=decoder_start_token_id,
+    )
+    tokens = sum(
+        len(r["prompt_input_ids"]) + len(r["chosen_input_ids"]) + len(r["rejected_input_ids"])
+        for r in rows
+    )
     return batch, {"pairs": len(rows), "tokens": tokens}
 
 
-def _loader(dataset: Any, *, batch_size: int, sampler: Any, training: Any, collate: Any,
-            drop_last: bool) -> Any:
+def _loader(
+    dataset: Any, *, batch_size: int, sampler: Any, training: Any, collate: Any, drop_last: bool
+) -> Any:
     import torch
     from torch.utils.data import DataLoader
 
@@ -114,36 +133,65 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def build_train_dataloader(dataset: Any, training: Any, *, pad_token_id: int,
-                           is_encoder_decoder: bool, layout: str,
-                           decoder_start_token_id: int | None = None,
-                           ) -> tuple[Any, EpochSampler]:
+def build_train_dataloader(
+    dataset: Any,
+    training: Any,
+    *,
+    pad_token_id: int,
+    is_encoder_decoder: bool,
+    layout: str,
+    decoder_start_token_id: int | None = None,
+) -> tuple[Any, EpochSampler]:
     """The training loader and its sampler (the loop sets the epoch on it)."""
     seed = training.data_seed if training.data_seed is not None else training.seed
     lengths = pair_lengths(dataset) if training.group_by_length else None
-    sampler = EpochSampler(len(dataset), seed=seed, lengths=lengths,
-                           batch_size=training.per_device_train_batch_size)
-    collate = partial(_collate, pad_token_id=pad_token_id,
-                      layout="pair_rows" if is_encoder_decoder else layout,
-                      is_encoder_decoder=is_encoder_decoder,
-                      decoder_start_token_id=decoder_start_token_id)
-    loader = _loader(dataset, batch_size=training.per_device_train_batch_size, sampler=sampler,
-                     training=training, collate=collate,
-                     drop_last=bool(training.dataloader_drop_last))
+    sampler = EpochSampler(
+        len(dataset), seed=seed, lengths=lengths, batch_size=training.per_device_train_batch_size
+    )
+    collate = partial(
+        _collate,
+        pad_token_id=pad_token_id,
+        layout="pair_rows" if is_encoder_decoder else layout,
+        is_encoder_decoder=is_encoder_decoder,
+        decoder_start_token_id=decoder_start_token_id,
+    )
+    loader = _loader(
+        dataset,
+        batch_size=training.per_device_train_batch_size,
+        sampler=sampler,
+        training=training,
+        collate=collate,
+        drop_last=bool(training.dataloader_drop_last),
+    )
     return loader, sampler
 
 
-def build_eval_dataloader(dataset: Any, training: Any, *, pad_token_id: int,
-                          is_encoder_decoder: bool, layout: str,
-                          decoder_start_token_id: int | None = None) -> Any:
+def build_eval_dataloader(
+    dataset: Any,
+    training: Any,
+    *,
+    pad_token_id: int,
+    is_encoder_decoder: bool,
+    layout: str,
+    decoder_start_token_id: int | None = None,
+) -> Any:
     """In dataset order, never dropping rows: every held-out pair is scored once."""
     sampler = EpochSampler(len(dataset), seed=0, shuffle=False)
-    collate = partial(_collate, pad_token_id=pad_token_id,
-                      layout="pair_rows" if is_encoder_decoder else layout,
-                      is_encoder_decoder=is_encoder_decoder,
-                      decoder_start_token_id=decoder_start_token_id)
-    return _loader(dataset, batch_size=training.per_device_eval_batch_size, sampler=sampler,
-                   training=training, collate=collate, drop_last=False)
+    collate = partial(
+        _collate,
+        pad_token_id=pad_token_id,
+        layout="pair_rows" if is_encoder_decoder else layout,
+        is_encoder_decoder=is_encoder_decoder,
+        decoder_start_token_id=decoder_start_token_id,
+    )
+    return _loader(
+        dataset,
+        batch_size=training.per_device_eval_batch_size,
+        sampler=sampler,
+        training=training,
+        collate=collate,
+        drop_last=False,
+    )
 
 
 def prepared_cache_dir() -> Path:
@@ -161,16 +209,21 @@ def load_datasets(recipe: Any, tokenizer: Any, is_encoder_decoder: bool) -> tupl
     from cpo_cli.errors import RecipeError
 
     if recipe.data.train is None:
-        raise RecipeError("recipe", ["data.train: cpo train needs a training dataset "
-                                     "(data.train.path)"])
-    out = []
+        raise RecipeError(
+            "recipe", ["data.train: cpo train needs a training dataset (data.train.path)"]
+        )
+    out: list[Any] = []
     for name, source in (("train", recipe.data.train), ("eval", recipe.data.eval)):
         if source is None:
             out.append(None)
             continue
-        prepared = prepare_dataset(source, tokenizer, recipe.training,
-                                   cache_dir=prepared_cache_dir(),
-                                   is_encoder_decoder=is_encoder_decoder)
+        prepared = prepare_dataset(
+            source,
+            tokenizer,
+            recipe.training,
+            cache_dir=prepared_cache_dir(),
+            is_encoder_decoder=is_encoder_decoder,
+        )
         report = prepared.report
         dropped = f", {report.rows_dropped} dropped" if report.rows_dropped else ""
         console.info(f"data.{name}: {report.rows_kept} pairs from {source.path}{dropped}")

@@ -26,7 +26,8 @@ class MetricMeans:
             import torch
 
             reduced = accelerator.reduce(
-                torch.tensor(values, dtype=torch.float64, device=accelerator.device), "sum")
+                torch.tensor(values, dtype=torch.float64, device=accelerator.device), "sum"
+            )
             values = reduced.tolist()
         total = values[-1]
         if total == 0:

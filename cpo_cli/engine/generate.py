@@ -13,8 +13,13 @@ MAX_NEW_TOKENS = 64
 
 
 def generate_samples(
-    model: Any, tokenizer: Any, eval_dataset: Any, training: Any, *,
-    is_encoder_decoder: bool, num_samples: int = NUM_SAMPLES,
+    model: Any,
+    tokenizer: Any,
+    eval_dataset: Any,
+    training: Any,
+    *,
+    is_encoder_decoder: bool,
+    num_samples: int = NUM_SAMPLES,
 ) -> list[dict[str, str]]:
     """Greedy answers of the policy to the first `num_samples` eval prompts."""
     import torch
@@ -36,12 +41,14 @@ def generate_samples(
                     do_sample=False,
                     pad_token_id=tokenizer.pad_token_id,
                 )
-                answer_ids = out[0] if is_encoder_decoder else out[0, ids.shape[1]:]
-                samples.append({
-                    "prompt": str(row.get("prompt", tokenizer.decode(row["prompt_input_ids"]))),
-                    "policy": tokenizer.decode(answer_ids, skip_special_tokens=True),
-                    "chosen": str(row.get("chosen", tokenizer.decode(row["chosen_input_ids"]))),
-                })
+                answer_ids = out[0] if is_encoder_decoder else out[0, ids.shape[1] :]
+                samples.append(
+                    {
+                        "prompt": str(row.get("prompt", tokenizer.decode(row["prompt_input_ids"]))),
+                        "policy": tokenizer.decode(answer_ids, skip_special_tokens=True),
+                        "chosen": str(row.get("chosen", tokenizer.decode(row["chosen_input_ids"]))),
+                    }
+                )
     finally:
         if was_training:
             model.train()

@@ -36,9 +36,20 @@ DEFAULT_OUTPUT_DIR = "trainer_output"
 SUMMARY_FILE = "train_results.json"
 #: order of the columns in log lines and the final table
 METRIC_ORDER = (
-    "loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
-    "logps/chosen", "logps/rejected", "logits/chosen", "logits/rejected", "nll_loss",
-    "learning_rate", "grad_norm", "epoch", "tokens/s",
+    "loss",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/accuracies",
+    "rewards/margins",
+    "logps/chosen",
+    "logps/rejected",
+    "logits/chosen",
+    "logits/rejected",
+    "nll_loss",
+    "learning_rate",
+    "grad_norm",
+    "epoch",
+    "tokens/s",
 )
 
 
@@ -106,16 +117,16 @@ def build_accelerator(training: Any) -> Any:
     try:
         accelerator = Accelerator(
             mixed_precision=precision,
-            project_config=ProjectConfiguration(
-                save_on_each_node=bool(training.save_on_each_node)),
+            project_config=ProjectConfiguration(save_on_each_node=bool(training.save_on_each_node)),
             gradient_accumulation_steps=training.gradient_accumulation_steps,
             # on a machine without an accelerator, say so: accelerate only forms a
             # multi-process CPU group (torchrun, mpirun) when told it runs on the CPU
             cpu=bool(training.use_cpu) or not _has_accelerator_device(),
         )
     except ValueError as exc:  # e.g. fp16 where this hardware has no fp16 mixed precision
-        raise RecipeError("recipe", [f"training.{precision if precision != 'no' else 'use_cpu'}"
-                                     f": {exc}"]) from exc
+        raise RecipeError(
+            "recipe", [f"training.{precision if precision != 'no' else 'use_cpu'}: {exc}"]
+        ) from exc
     set_seed(training.seed, deterministic=bool(training.full_determinism))
     return accelerator
 
@@ -124,8 +135,11 @@ def _has_accelerator_device() -> bool:
     import torch
 
     xpu = getattr(torch, "xpu", None)
-    return bool(torch.cuda.is_available() or torch.backends.mps.is_available()
-                or (xpu is not None and xpu.is_available()))
+    return bool(
+        torch.cuda.is_available()
+        or torch.backends.mps.is_available()
+        or (xpu is not None and xpu.is_available())
+    )
 
 
 def output_dir_of(training: Any) -> Path:
@@ -152,15 +166,26 @@ def build_run(loaded: Any) -> Run:
         train_dataset, eval_dataset = load_datasets(recipe, tokenizer, encoder_decoder)
     model = build_model(recipe.model, training, recipe.peft)
     start_id = getattr(getattr(model, "config", None), "decoder_start_token_id", None)
-    layout = ("pair_rows" if encoder_decoder
-              else choose_layout(model, prefix_sharing=training.prefix_sharing))
-    pad_id = training.padding_value if training.padding_value is not None \
-        else tokenizer.pad_token_id
-    loader_kwargs = {"pad_token_id": pad_id, "layout": layout,
-                     "is_encoder_decoder": encoder_decoder, "decoder_start_token_id": start_id}
+    layout = (
+        "pair_rows"
+        if encoder_decoder
+        else choose_layout(model, prefix_sharing=training.prefix_sharing)
+    )
+    pad_id = (
+        training.padding_value if training.padding_value is not None else tokenizer.pad_token_id
+    )
+    loader_kwargs = {
+        "pad_token_id": pad_id,
+        "layout": layout,
+        "is_encoder_decoder": encoder_decoder,
+        "decoder_start_token_id": start_id,
+    }
     train_loader, sampler = build_train_dataloader(train_dataset, training, **loader_kwargs)
-    eval_loader = (build_eval_dataloader(eval_dataset, training, **loader_kwargs)
-                   if eval_dataset is not None else None)
+    eval_loader = (
+        build_eval_dataloader(eval_dataset, training, **loader_kwargs)
+        if eval_dataset is not None
+        else None
+    )
 
     model, train_loader = accelerator.prepare(model, train_loader)
     plan = build_plan(len(train_loader), training)
@@ -172,11 +197,21 @@ def build_run(loaded: Any) -> Run:
         eval_loader = accelerator.prepare(eval_loader)
     register_state_hooks(accelerator)
     return Run(
-        accelerator=accelerator, model=model, tokenizer=tokenizer, optimizer=optimizer,
-        scheduler=scheduler, train_loader=train_loader, sampler=sampler,
-        eval_loader=eval_loader, eval_dataset=eval_dataset, training=training, plan=plan,
-        output_dir=output_dir_of(training), recipe_yaml=to_yaml(recipe, redact=True),
-        is_encoder_decoder=encoder_decoder, peft=recipe.peft,
+        accelerator=accelerator,
+        model=model,
+        tokenizer=tokenizer,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        train_loader=train_loader,
+        sampler=sampler,
+        eval_loader=eval_loader,
+        eval_dataset=eval_dataset,
+        training=training,
+        plan=plan,
+        output_dir=output_dir_of(training),
+        recipe_yaml=to_yaml(recipe, redact=True),
+        is_encoder_decoder=encoder_decoder,
+        peft=recipe.peft,
         config_for_trackers=_redacted_dict(recipe),
     )
 
@@ -202,8 +237,9 @@ def train(loaded: Any, *, show_progress: bool = True) -> TrainResult:
     try:
         run = build_run(loaded)
     except KeyboardInterrupt:
-        raise TrainingInterrupted("interrupted before training started; nothing was "
-                                  "saved") from None
+        raise TrainingInterrupted(
+            "interrupted before training started; nothing was saved"
+        ) from None
     accelerator = run.accelerator
     state = TrainerState()
     resume_from = resolve_resume(training.resume_from_checkpoint, run.output_dir)
@@ -211,17 +247,26 @@ def train(loaded: Any, *, show_progress: bool = True) -> TrainResult:
         state = load_checkpoint(accelerator, run.model, resume_from)
         console.info(f"resumed from {resume_from} (step {state.global_step})")
     elif latest_checkpoint(run.output_dir) is not None:
-        console.warn(f"{run.output_dir} already holds checkpoints of an earlier run; this run "
-                     "starts from scratch and may replace them (to continue that run instead, "
-                     "set training.resume_from_checkpoint=last)")
+        console.warn(
+            f"{run.output_dir} already holds checkpoints of an earlier run; this run "
+            "starts from scratch and may replace them (to continue that run instead, "
+            "set training.resume_from_checkpoint=last)"
+        )
     if accelerator.is_main_process:
         run.output_dir.mkdir(parents=True, exist_ok=True)
-    tracker = build_tracker(training, run.output_dir, is_main_process=accelerator.is_main_process,
-                            config=run.config_for_trackers,
-                            resume_step=state.global_step if resume_from is not None else None)
-    progress = build_progress(run.plan.total_steps, state.global_step,
-                              enabled=show_progress and accelerator.is_main_process,
-                              disable_tqdm=training.disable_tqdm)
+    tracker = build_tracker(
+        training,
+        run.output_dir,
+        is_main_process=accelerator.is_main_process,
+        config=run.config_for_trackers,
+        resume_step=state.global_step if resume_from is not None else None,
+    )
+    progress = build_progress(
+        run.plan.total_steps,
+        state.global_step,
+        enabled=show_progress and accelerator.is_main_process,
+        disable_tqdm=training.disable_tqdm,
+    )
     try:
         with progress:
             last_metrics = _train_loop(run, state, tracker, progress)
@@ -231,9 +276,13 @@ def train(loaded: Any, *, show_progress: bool = True) -> TrainResult:
     finally:
         tracker.close()
     best = state.best_checkpoint if training.load_best_model_at_end else None
-    final_result = TrainResult(output_dir=run.output_dir, global_step=state.global_step,
-                               metrics=final, best_checkpoint=best,
-                               wall_time=time.perf_counter() - started)
+    final_result = TrainResult(
+        output_dir=run.output_dir,
+        global_step=state.global_step,
+        metrics=final,
+        best_checkpoint=best,
+        wall_time=time.perf_counter() - started,
+    )
     _write_summary(run, final_result)
     return final_result
 
@@ -282,8 +331,10 @@ def _train_loop(run: Run, state: TrainerState, tracker: Any, progress: Any) -> d
             if in_window < window_size:
                 continue
             if not accelerator.sync_gradients:
-                raise RuntimeError("internal error: gradient accumulation out of step with "
-                                   "accelerate (please report)")
+                raise RuntimeError(
+                    "internal error: gradient accumulation out of step with "
+                    "accelerate (please report)"
+                )
 
             # ---- one optimizer step -------------------------------------------------------
             max_norm = training.max_grad_norm if training.max_grad_norm > 0 else math.inf
@@ -303,11 +354,13 @@ def _train_loop(run: Run, state: TrainerState, tracker: Any, progress: Any) -> d
             # ---- log, evaluate, save: each on its own schedule ------------------------------
             if schedule.should_log(state.global_step, end_of_epoch):
                 elapsed = max(window_seconds, 1e-9)
-                logged = {**window_means.means(accelerator),
-                          "learning_rate": float(learning_rate),
-                          "grad_norm": float(grad_norm),
-                          "epoch": round(epoch_float, 4),
-                          "tokens/s": _tokens_per_second(accelerator, window_tokens, elapsed)}
+                logged = {
+                    **window_means.means(accelerator),
+                    "learning_rate": float(learning_rate),
+                    "grad_norm": float(grad_norm),
+                    "epoch": round(epoch_float, 4),
+                    "tokens/s": _tokens_per_second(accelerator, window_tokens, elapsed),
+                }
                 _log(run, state, tracker, progress, logged)
                 last.update(logged)
                 window_means.reset()
@@ -346,8 +399,9 @@ def ordered_metrics(metrics: dict[str, float]) -> dict[str, float]:
     return ordered
 
 
-def _log(run: Run, state: TrainerState, tracker: Any, progress: Any,
-         metrics: dict[str, float]) -> None:
+def _log(
+    run: Run, state: TrainerState, tracker: Any, progress: Any, metrics: dict[str, float]
+) -> None:
     ordered = ordered_metrics(metrics)
     tracker.log(ordered, state.global_step)
     state.log_history.append({"step": state.global_step, **ordered})
@@ -358,7 +412,8 @@ def _evaluate(run: Run, state: TrainerState, tracker: Any, progress: Any) -> dic
     from cpo_cli.engine.evaluate import evaluate_model
 
     metrics = ordered_metrics(
-        evaluate_model(run.model, run.eval_loader, run.training, run.accelerator))
+        evaluate_model(run.model, run.eval_loader, run.training, run.accelerator)
+    )
     tracker.log(metrics, state.global_step)
     state.log_history.append({"step": state.global_step, **metrics})
     progress.show_metrics(state.global_step, metrics)
@@ -373,8 +428,13 @@ def _generate(run: Run, state: TrainerState, progress: Any) -> None:
     from cpo_cli.engine.generate import generate_samples, samples_table, write_samples
 
     model = run.accelerator.unwrap_model(run.model)
-    samples = generate_samples(model, run.tokenizer, run.eval_dataset, run.training,
-                               is_encoder_decoder=run.is_encoder_decoder)
+    samples = generate_samples(
+        model,
+        run.tokenizer,
+        run.eval_dataset,
+        run.training,
+        is_encoder_decoder=run.is_encoder_decoder,
+    )
     write_samples(samples, run.output_dir / "eval_samples.jsonl", state.global_step)
     progress.print(samples_table(samples, state.global_step))
 
@@ -393,10 +453,14 @@ def check_best_metric(training: Any) -> None:
         return
     allowed = {f"eval_{k}" for k in EVAL_METRICS}
     if best_metric_name(training) not in allowed:
-        raise RecipeError("recipe", [
-            f"training.metric_for_best_model: {training.metric_for_best_model!r} is not an "
-            f"evaluation metric; choose one of {', '.join(sorted(EVAL_METRICS))} (the eval_ "
-            "prefix is optional)"])
+        raise RecipeError(
+            "recipe",
+            [
+                f"training.metric_for_best_model: {training.metric_for_best_model!r} is not an "
+                f"evaluation metric; choose one of {', '.join(sorted(EVAL_METRICS))} (the eval_ "
+                "prefix is optional)"
+            ],
+        )
 
 
 def _greater_is_better(training: Any) -> bool:
@@ -410,13 +474,15 @@ def _track_best(run: Run, state: TrainerState, metrics: dict[str, float]) -> Non
     name = best_metric_name(run.training)
     if name not in metrics:
         if run.training.load_best_model_at_end or run.training.metric_for_best_model:
-            raise CpoError(f"training.metric_for_best_model: evaluation has no {name!r}; "
-                           f"it has {', '.join(sorted(metrics))}")
+            raise CpoError(
+                f"training.metric_for_best_model: evaluation has no {name!r}; "
+                f"it has {', '.join(sorted(metrics))}"
+            )
         return
     value = metrics[name]
-    better = (state.best_metric is None or
-              (value > state.best_metric if _greater_is_better(run.training)
-               else value < state.best_metric))
+    better = state.best_metric is None or (
+        value > state.best_metric if _greater_is_better(run.training) else value < state.best_metric
+    )
     if better:
         state.best_metric = value
         state.best_step = state.global_step
@@ -427,12 +493,19 @@ def _save(run: Run, state: TrainerState) -> None:
 
     if state.best_step == state.global_step:
         state.best_checkpoint = str(run.output_dir / f"{PREFIX}{state.global_step}")
-    path = save_checkpoint(run.accelerator, run.model, run.tokenizer, state, run.output_dir,
-                           recipe_yaml=run.recipe_yaml,
-                           save_only_model=run.training.save_only_model)
+    path = save_checkpoint(
+        run.accelerator,
+        run.model,
+        run.tokenizer,
+        state,
+        run.output_dir,
+        recipe_yaml=run.recipe_yaml,
+        save_only_model=run.training.save_only_model,
+    )
     if run.accelerator.is_main_process:
-        rotate_checkpoints(run.output_dir, run.training.save_total_limit,
-                           keep=state.best_checkpoint)
+        rotate_checkpoints(
+            run.output_dir, run.training.save_total_limit, keep=state.best_checkpoint
+        )
     console.info(f"saved {path}")
 
 
@@ -445,8 +518,10 @@ def _finish(run: Run, state: TrainerState, last: dict[str, float]) -> dict[str, 
     accelerator.wait_for_everyone()
     if run.training.load_best_model_at_end and state.best_checkpoint:
         load_model_weights(accelerator.unwrap_model(run.model), Path(state.best_checkpoint))
-        console.info(f"loaded the best model ({best_metric_name(run.training)}="
-                     f"{state.best_metric:.4g}) from {state.best_checkpoint}")
+        console.info(
+            f"loaded the best model ({best_metric_name(run.training)}="
+            f"{state.best_metric:.4g}) from {state.best_checkpoint}"
+        )
     model = run.model
     if run.peft is not None and run.peft.merge_at_end:
         model = accelerator.unwrap_model(run.model).merge_and_unload()
@@ -466,8 +541,12 @@ def _finish(run: Run, state: TrainerState, last: dict[str, float]) -> dict[str, 
 def _write_summary(run: Run, result: TrainResult) -> None:
     if not run.accelerator.is_main_process:
         return
-    summary = {"global_step": result.global_step, "wall_time_s": round(result.wall_time, 2),
-               "best_checkpoint": result.best_checkpoint, "metrics": result.metrics}
+    summary = {
+        "global_step": result.global_step,
+        "wall_time_s": round(result.wall_time, 2),
+        "best_checkpoint": result.best_checkpoint,
+        "metrics": result.metrics,
+    }
     (run.output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2), encoding="utf-8")
 
 
@@ -478,6 +557,9 @@ def _interrupted(run: Run, state: TrainerState) -> TrainingInterrupted:
         for partial in run.output_dir.glob(".tmp-*"):
             shutil.rmtree(partial, ignore_errors=True)
     last = latest_checkpoint(run.output_dir)
-    where = (f"last complete checkpoint: {last} (resume with "
-             f"training.resume_from_checkpoint=last)" if last else "no checkpoint was saved")
+    where = (
+        f"last complete checkpoint: {last} (resume with training.resume_from_checkpoint=last)"
+        if last
+        else "no checkpoint was saved"
+    )
     return TrainingInterrupted(f"training interrupted at step {state.global_step}; {where}")

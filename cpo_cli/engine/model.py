@@ -22,15 +22,18 @@ def resolve_model_source(name_or_path: str) -> str:
     """A loadable name or folder for `model.name_or_path` (builtin names converted on first use)."""
     if not name_or_path.startswith(BUILTIN_PREFIX):
         return name_or_path
-    name = name_or_path[len(BUILTIN_PREFIX):].strip().lower()
+    name = name_or_path[len(BUILTIN_PREFIX) :].strip().lower()
     if name == "smollm2-135m-instruct":
         from cpo_cli.assets.smollm2 import ensure_smollm2
 
         return str(ensure_smollm2())
-    raise RecipeError("recipe", [
-        f"model.name_or_path: {name_or_path!r} is not a builtin model; builtin models: "
-        + ", ".join(BUILTIN_PREFIX + n for n in BUILTIN_MODELS)
-    ])
+    raise RecipeError(
+        "recipe",
+        [
+            f"model.name_or_path: {name_or_path!r} is not a builtin model; builtin models: "
+            + ", ".join(BUILTIN_PREFIX + n for n in BUILTIN_MODELS)
+        ],
+    )
 
 
 def _hub_kwargs(section: Any) -> dict[str, Any]:
@@ -66,9 +69,11 @@ def build_tokenizer(model_section: Any) -> Any:
     template = getattr(model_section, "chat_template", None)
     if template:
         candidate = Path(str(template)).expanduser()
-        tokenizer.chat_template = (candidate.read_text(encoding="utf-8")
-                                   if len(str(template)) < 4096 and candidate.is_file()
-                                   else str(template))
+        tokenizer.chat_template = (
+            candidate.read_text(encoding="utf-8")
+            if len(str(template)) < 4096 and candidate.is_file()
+            else str(template)
+        )
     return tokenizer
 
 
@@ -82,12 +87,18 @@ def resolve_dtype(name: str | None) -> Any:
     training.bf16/fp16), or `auto` for the checkpoint's own."""
     import torch
 
-    table = {None: torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16,
-             "float16": torch.float16, "auto": "auto"}
+    table = {
+        None: torch.float32,
+        "float32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "float16": torch.float16,
+        "auto": "auto",
+    }
     key = None if name is None else str(name)
     if key not in table:
-        raise RecipeError("recipe", [f"model.dtype: {name!r} is not one of auto, float32, "
-                                     "bfloat16, float16"])
+        raise RecipeError(
+            "recipe", [f"model.dtype: {name!r} is not one of auto, float32, bfloat16, float16"]
+        )
     return table[key]
 
 
@@ -102,12 +113,12 @@ def is_encoder_decoder_model(model_section: Any, training: Any) -> bool:
     if getattr(model_section, "gguf_file", None):
         kwargs["gguf_file"] = model_section.gguf_file
     try:
-        config = AutoConfig.from_pretrained(resolve_model_source(model_section.name_or_path),
-                                            **kwargs)
+        config = AutoConfig.from_pretrained(
+            resolve_model_source(model_section.name_or_path), **kwargs
+        )
     except Exception as exc:
         raise ModelLoadError(
-            f"cannot read the model config of {model_section.name_or_path!r}: "
-            f"{_first_line(exc)}",
+            f"cannot read the model config of {model_section.name_or_path!r}: {_first_line(exc)}",
             hint="check model.name_or_path (the Hub is unreachable offline: use a local folder)",
         ) from exc
     return bool(getattr(config, "is_encoder_decoder", False))
@@ -155,15 +166,22 @@ def build_model(model_section: Any, training: Any, peft_section: Any = None) -> 
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
     if peft_section is not None:
-        model = apply_lora(model, peft_section, encoder_decoder=encoder_decoder,
-                           gradient_checkpointing=training.gradient_checkpointing)
+        model = apply_lora(
+            model,
+            peft_section,
+            encoder_decoder=encoder_decoder,
+            gradient_checkpointing=training.gradient_checkpointing,
+        )
     if training.neftune_noise_alpha:
         add_neftune_noise(model, float(training.neftune_noise_alpha))
     if training.torch_compile:
         import torch
 
-        model = torch.compile(model, backend=training.torch_compile_backend or "inductor",
-                              mode=training.torch_compile_mode)
+        model = torch.compile(
+            model,
+            backend=training.torch_compile_backend or "inductor",
+            mode=training.torch_compile_mode,
+        )
     return model
 
 
@@ -186,8 +204,9 @@ def disable_dropout(model: Any) -> None:
             module.p = 0.0
 
 
-def apply_lora(model: Any, peft_section: Any, *, encoder_decoder: bool,
-               gradient_checkpointing: bool) -> Any:
+def apply_lora(
+    model: Any, peft_section: Any, *, encoder_decoder: bool, gradient_checkpointing: bool
+) -> Any:
     """Wrap the model with LoRA adapters; only the adapters (and `modules_to_save`) train."""
     try:
         from peft import LoraConfig, TaskType, get_peft_model

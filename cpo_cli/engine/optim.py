@@ -29,8 +29,15 @@ _BNB_OPTIMIZERS: dict[str, tuple[str, dict[str, Any]]] = {
     "rmsprop_bnb_8bit": ("RMSprop8bit", {}),
     "rmsprop_bnb_32bit": ("RMSprop32bit", {}),
 }
-_TORCH_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_hf", "adafactor", "sgd",
-                     "adagrad", "rmsprop")
+_TORCH_OPTIMIZERS = (
+    "adamw_torch",
+    "adamw_torch_fused",
+    "adamw_hf",
+    "adafactor",
+    "sgd",
+    "adagrad",
+    "rmsprop",
+)
 SUPPORTED_OPTIMIZERS: tuple[str, ...] = _TORCH_OPTIMIZERS + tuple(_BNB_OPTIMIZERS)
 
 
@@ -43,8 +50,13 @@ def parse_optim_args(optim_args: str | None) -> dict[str, Any]:
         if not item.strip():
             continue
         if "=" not in item:
-            raise RecipeError("recipe", [f"training.optim_args: {item!r} is not key=value "
-                                         "(write e.g. 'momentum=0.9,nesterov=True')"])
+            raise RecipeError(
+                "recipe",
+                [
+                    f"training.optim_args: {item!r} is not key=value "
+                    "(write e.g. 'momentum=0.9,nesterov=True')"
+                ],
+            )
         key, raw = (s.strip() for s in item.split("=", 1))
         out[key] = _typed(raw)
     return out
@@ -71,8 +83,10 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[s
         if not param.requires_grad:
             continue
         (decay if param.ndim >= 2 else no_decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     return [g for g in groups if g["params"]]
 
 
@@ -83,12 +97,16 @@ def build_optimizer(model: torch.nn.Module, training: Any) -> torch.optim.Optimi
     name = "adafactor" if getattr(training, "adafactor", False) else str(training.optim)
     groups = parameter_groups(model, training.weight_decay)
     if not groups:
-        raise RecipeError("recipe", ["the model has no trainable parameters (check peft and "
-                                     "model settings)"])
+        raise RecipeError(
+            "recipe", ["the model has no trainable parameters (check peft and model settings)"]
+        )
     extra = parse_optim_args(getattr(training, "optim_args", None))
     lr = training.learning_rate
-    adam = {"lr": lr, "betas": (training.adam_beta1, training.adam_beta2),
-            "eps": training.adam_epsilon}
+    adam = {
+        "lr": lr,
+        "betas": (training.adam_beta1, training.adam_beta2),
+        "eps": training.adam_epsilon,
+    }
     if name in ("adamw_torch", "adamw_hf", "adamw_torch_fused"):
         # the same AdamW update; torch's fused kernel is ~10-30x faster than its default
         # per-tensor loop on a CPU, so it is used wherever torch has one for the parameters
@@ -118,16 +136,24 @@ def build_optimizer(model: torch.nn.Module, training: Any) -> torch.optim.Optimi
         if "adam" in name:
             kwargs.update(betas=adam["betas"], eps=adam["eps"])
         return cls(groups, **{**kwargs, **extra})  # type: ignore[no-any-return]
-    raise RecipeError("recipe", [f"training.optim: {name!r} is not supported by cpo; "
-                                 f"choose one of {', '.join(SUPPORTED_OPTIMIZERS)}"])
+    raise RecipeError(
+        "recipe",
+        [
+            f"training.optim: {name!r} is not supported by cpo; "
+            f"choose one of {', '.join(SUPPORTED_OPTIMIZERS)}"
+        ],
+    )
 
 
 def _fused_adamw_available(groups: list[dict[str, Any]]) -> bool:
     import torch
 
     params = [p for g in groups for p in g["params"]]
-    return all(p.device.type in ("cpu", "cuda") and p.dtype in (
-        torch.float32, torch.bfloat16, torch.float16) for p in params)
+    return all(
+        p.device.type in ("cpu", "cuda")
+        and p.dtype in (torch.float32, torch.bfloat16, torch.float16)
+        for p in params
+    )
 
 
 def warmup_steps(training: Any, total_steps: int) -> int:
@@ -158,7 +184,10 @@ def build_scheduler(optimizer: torch.optim.Optimizer, training: Any, total_steps
             scheduler_specific_kwargs=dict(kwargs),
         )
     except (TypeError, ValueError) as exc:
-        raise RecipeError("recipe", [
-            f"training.lr_scheduler_type={training.lr_scheduler_type!r} with "
-            f"lr_scheduler_kwargs={dict(kwargs)!r}: {exc}"
-        ]) from exc
+        raise RecipeError(
+            "recipe",
+            [
+                f"training.lr_scheduler_type={training.lr_scheduler_type!r} with "
+                f"lr_scheduler_kwargs={dict(kwargs)!r}: {exc}"
+            ],
+        ) from exc

@@ -79,9 +79,15 @@ class RichProgress(NullProgress):
 
         self.total = total
         self._progress = Progress(
-            TextColumn("step"), MofNCompleteColumn(), BarColumn(),
-            TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("eta"),
-            TimeRemainingColumn(), console=console.console, transient=False,
+            TextColumn("step"),
+            MofNCompleteColumn(),
+            BarColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=console.console,
+            transient=False,
         )
         self._task = self._progress.add_task("train", total=total, completed=start, stats="")
 
@@ -96,21 +102,25 @@ class RichProgress(NullProgress):
         self._progress.update(self._task, completed=step)
 
     def show_metrics(self, step: int, metrics: dict[str, float]) -> None:
-        self._progress.console.print(format_metrics(step, self.total, metrics),
-                                     markup=False, highlight=False)
+        self._progress.console.print(
+            format_metrics(step, self.total, metrics), markup=False, highlight=False
+        )
         if "loss" in metrics:  # training metrics update the bar; eval ones only print
-            stats = (f"loss {_fmt(metrics['loss'])}"
-                     f"  acc {_fmt(metrics.get('rewards/accuracies', float('nan')))}"
-                     f"  lr {metrics.get('learning_rate', 0.0):.2e}"
-                     f"  {metrics.get('tokens/s', 0.0):.0f} tok/s")
+            stats = (
+                f"loss {_fmt(metrics['loss'])}"
+                f"  acc {_fmt(metrics.get('rewards/accuracies', float('nan')))}"
+                f"  lr {metrics.get('learning_rate', 0.0):.2e}"
+                f"  {metrics.get('tokens/s', 0.0):.0f} tok/s"
+            )
             self._progress.update(self._task, stats=stats)
 
     def print(self, renderable: Any) -> None:
         self._progress.console.print(renderable)
 
 
-def build_progress(total: int, start: int, *, enabled: bool,
-                   disable_tqdm: bool | None) -> NullProgress:
+def build_progress(
+    total: int, start: int, *, enabled: bool, disable_tqdm: bool | None
+) -> NullProgress:
     if not enabled or console.is_quiet() or not console.is_main_process():
         return NullProgress()
     if disable_tqdm or not console.console.is_terminal:

@@ -25,10 +25,14 @@ def build_plan(batches_per_epoch: int, training: Any) -> Plan:
     """`max_steps` (> 0) wins over `num_train_epochs`, which may be fractional (0.5 = half an
     epoch). The last accumulation window of an epoch may be short: it still makes a step."""
     if batches_per_epoch <= 0:
-        raise RecipeError("recipe", [
-            "data.train: no complete batch of pairs (fewer rows than "
-            "training.per_device_train_batch_size with dataloader_drop_last, or an empty dataset)"
-        ])
+        raise RecipeError(
+            "recipe",
+            [
+                "data.train: no complete batch of pairs (fewer rows than "
+                "training.per_device_train_batch_size with dataloader_drop_last, "
+                "or an empty dataset)"
+            ],
+        )
     accumulation = max(1, int(training.gradient_accumulation_steps))
     steps_per_epoch = math.ceil(batches_per_epoch / accumulation)
     if training.max_steps and training.max_steps > 0:
@@ -57,8 +61,9 @@ class Schedule:
         self.training = training
         self.has_eval = has_eval
         self.log_every = every(training.logging_steps, plan.total_steps)
-        eval_steps = training.eval_steps if training.eval_steps is not None \
-            else training.logging_steps
+        eval_steps = (
+            training.eval_steps if training.eval_steps is not None else training.logging_steps
+        )
         self.eval_every = every(eval_steps, plan.total_steps)
         self.save_every = every(training.save_steps, plan.total_steps)
         self.eval_on_start = bool(training.eval_on_start) and has_eval
@@ -96,5 +101,8 @@ class Schedule:
 
     def evaluate_at_end(self, state: Any) -> bool:
         """One last evaluation when evaluation is on and the final step was not evaluated."""
-        return (self.has_eval and str(self.training.eval_strategy) != "no"
-                and state.last_eval_step != state.global_step)
+        return (
+            self.has_eval
+            and str(self.training.eval_strategy) != "no"
+            and state.last_eval_step != state.global_step
+        )

@@ -83,8 +83,9 @@ class TensorBoardSink:
         for key, value in metrics.items():
             # TensorBoard groups by the first path component; "train/" and "eval/" read better
             name = key[5:] if key.startswith("eval_") else key
-            self._writer.add_scalar(f"{'eval' if key.startswith('eval_') else 'train'}/{name}",
-                                    value, step)
+            self._writer.add_scalar(
+                f"{'eval' if key.startswith('eval_') else 'train'}/{name}", value, step
+            )
         self._writer.flush()
 
     def close(self) -> None:
@@ -95,8 +96,7 @@ class WandbSink:
     def __init__(self, run_name: str | None, config: dict[str, Any], output_dir: Path) -> None:
         import wandb  # type: ignore[import-not-found]
 
-        self._run = wandb.init(name=run_name, config=config, dir=str(output_dir),
-                               reinit=True)
+        self._run = wandb.init(name=run_name, config=config, dir=str(output_dir), reinit=True)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         self._run.log(metrics, step=step)
@@ -132,9 +132,14 @@ def requested_backends(report_to: Any) -> list[str]:
         return [b for b, pkg in BACKENDS.items() if importlib.util.find_spec(pkg) is not None]
     unknown = [n for n in names if n not in BACKENDS]
     if unknown:
-        raise RecipeError("recipe", [f"training.report_to: {', '.join(map(repr, unknown))} "
-                                     f"is not supported by cpo; choose from "
-                                     f"{', '.join(BACKENDS)}, all or none"])
+        raise RecipeError(
+            "recipe",
+            [
+                f"training.report_to: {', '.join(map(repr, unknown))} "
+                f"is not supported by cpo; choose from "
+                f"{', '.join(BACKENDS)}, all or none"
+            ],
+        )
     return names
 
 

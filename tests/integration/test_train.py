@@ -12,36 +12,65 @@ from typing import Any
 import pytest
 
 TRAIN_KEYS = {
-    "loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
-    "logps/chosen", "logps/rejected", "logits/chosen", "logits/rejected", "nll_loss",
-    "learning_rate", "grad_norm", "epoch", "tokens/s",
+    "loss",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/accuracies",
+    "rewards/margins",
+    "logps/chosen",
+    "logps/rejected",
+    "logits/chosen",
+    "logits/rejected",
+    "nll_loss",
+    "learning_rate",
+    "grad_norm",
+    "epoch",
+    "tokens/s",
 }
 EVAL_KEYS = {f"eval_{k}" for k in TRAIN_KEYS - {"learning_rate", "grad_norm", "epoch", "tokens/s"}}
 
 
 @pytest.fixture(autouse=True)
-def _private_cache(tmp_path_factory: pytest.TempPathFactory,
-                   monkeypatch: pytest.MonkeyPatch) -> None:
+def _private_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Prepared-data caches go to a temporary folder, not ~/.cache."""
     monkeypatch.setenv("CPO_CACHE", str(tmp_path_factory.getbasetemp() / "cpo_cache"))
 
 
-def make_recipe(model_dir: Path, out: Path, demo_train: Path, demo_eval: Path | None = None,
-                *, train_rows: int = 16, **training: Any) -> Any:
+def make_recipe(
+    model_dir: Path,
+    out: Path,
+    demo_train: Path,
+    demo_eval: Path | None = None,
+    *,
+    train_rows: int = 16,
+    **training: Any,
+) -> Any:
     from cpo_cli.recipe import load_recipe_dict
 
     data: dict[str, Any] = {"train": {"path": str(demo_train), "max_rows": train_rows}}
     if demo_eval is not None:
         data["eval"] = {"path": str(demo_eval), "max_rows": 8}
     settings = {
-        "output_dir": str(out), "per_device_train_batch_size": 4,
-        "per_device_eval_batch_size": 8, "max_steps": 2, "learning_rate": 1e-3,
-        "logging_steps": 1, "save_strategy": "no", "report_to": "none",
-        "disable_tqdm": True, "max_length": 128, "max_prompt_length": 64,
+        "output_dir": str(out),
+        "per_device_train_batch_size": 4,
+        "per_device_eval_batch_size": 8,
+        "max_steps": 2,
+        "learning_rate": 1e-3,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "disable_tqdm": True,
+        "max_length": 128,
+        "max_prompt_length": 64,
         **training,
     }
-    recipe: dict[str, Any] = {"model": {"name_or_path": str(model_dir)}, "data": data,
-                              "training": settings}
+    recipe: dict[str, Any] = {
+        "model": {"name_or_path": str(model_dir)},
+        "data": data,
+        "training": settings,
+    }
     peft = settings.pop("peft", None)
     if peft is not None:
         recipe["peft"] = peft
@@ -70,8 +99,9 @@ def max_abs_diff(a: dict[str, Any], b: dict[str, Any]) -> float:
 
 
 @pytest.mark.parametrize("loss_type", ["sigmoid", "hinge", "ipo", "simpo", "alphapo"])
-def test_every_loss_type_trains(loss_type: str, tiny_model_dir: Path, tmp_path: Path,
-                                demo_train_path: Path) -> None:
+def test_every_loss_type_trains(
+    loss_type: str, tiny_model_dir: Path, tmp_path: Path, demo_train_path: Path
+) -> None:
     extra: dict[str, Any] = {"loss_type": loss_type}
     if loss_type in ("simpo", "alphapo"):
         extra["cpo_alpha"] = 0.0
@@ -93,16 +123,33 @@ def test_every_loss_type_trains(loss_type: str, tiny_model_dir: Path, tmp_path: 
     assert summary["global_step"] == 2 and "loss" in summary["metrics"]
 
 
-def test_gradient_accumulation_matches_a_larger_batch(tiny_model_dir: Path, tmp_path: Path,
-                                                      demo_train_path: Path) -> None:
+def test_gradient_accumulation_matches_a_larger_batch(
+    tiny_model_dir: Path, tmp_path: Path, demo_train_path: Path
+) -> None:
     """2 micro-batches of 2 pairs accumulate to the same step as one batch of 4 (the CPO loss
     is a mean over pairs; cpo_alpha=0 keeps the token-mean NLL out of it). Plain SGD, so the
     comparison is not blurred by Adam's normalisation of near-zero gradients."""
     common = {"max_steps": 3, "cpo_alpha": 0.0, "optim": "sgd", "learning_rate": 0.5}
-    run(make_recipe(tiny_model_dir, tmp_path / "big", demo_train_path,
-                    per_device_train_batch_size=4, gradient_accumulation_steps=1, **common))
-    run(make_recipe(tiny_model_dir, tmp_path / "acc", demo_train_path,
-                    per_device_train_batch_size=2, gradient_accumulation_steps=2, **common))
+    run(
+        make_recipe(
+            tiny_model_dir,
+            tmp_path / "big",
+            demo_train_path,
+            per_device_train_batch_size=4,
+            gradient_accumulation_steps=1,
+            **common,
+        )
+    )
+    run(
+        make_recipe(
+            tiny_model_dir,
+            tmp_path / "acc",
+            demo_train_path,
+            per_device_train_batch_size=2,
+            gradient_accumulation_steps=2,
+            **common,
+        )
+    )
     assert max_abs_diff(weights(tmp_path / "big"), weights(tmp_path / "acc")) < 1e-5
     big = read_jsonl(tmp_path / "big" / "metrics.jsonl")
     acc = read_jsonl(tmp_path / "acc" / "metrics.jsonl")
@@ -110,27 +157,42 @@ def test_gradient_accumulation_matches_a_larger_batch(tiny_model_dir: Path, tmp_
 
 
 def test_a_short_last_window_is_averaged_over_its_own_batches(
-        tiny_model_dir: Path, tmp_path: Path, demo_train_path: Path) -> None:
+    tiny_model_dir: Path, tmp_path: Path, demo_train_path: Path
+) -> None:
     """16 pairs in batches of 4 with accumulation 3: windows of 3 and 1 micro-batches."""
-    result = run(make_recipe(tiny_model_dir, tmp_path / "out", demo_train_path,
-                             gradient_accumulation_steps=3, num_train_epochs=1, max_steps=-1))
+    result = run(
+        make_recipe(
+            tiny_model_dir,
+            tmp_path / "out",
+            demo_train_path,
+            gradient_accumulation_steps=3,
+            num_train_epochs=1,
+            max_steps=-1,
+        )
+    )
     assert result.global_step == 2
     assert read_jsonl(tmp_path / "out" / "metrics.jsonl")[-1]["epoch"] == 1.0
 
 
 def test_resume_after_interrupt_ends_with_the_same_weights(
-        tiny_model_dir: Path, tmp_path: Path, demo_train_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    tiny_model_dir: Path, tmp_path: Path, demo_train_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Stopped by Ctrl-C at step 5, two steps after the step-3 checkpoint (mid-epoch: 4 steps
     per epoch), then resumed: the final weights equal those of an uninterrupted run, and
     metrics.jsonl holds each step once."""
     import cpo_cli.engine.loop as loop
     from cpo_cli.errors import EXIT_INTERRUPTED
 
-    common = {"max_steps": 6, "gradient_accumulation_steps": 2, "save_strategy": "steps",
-              "save_steps": 3, "lr_scheduler_type": "cosine", "warmup_steps": 2,
-              "neftune_noise_alpha": 5.0,  # NEFTune noise: the RNG state must resume too
-              "train_rows": 32}
+    common = {
+        "max_steps": 6,
+        "gradient_accumulation_steps": 2,
+        "save_strategy": "steps",
+        "save_steps": 3,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": 2,
+        "neftune_noise_alpha": 5.0,  # NEFTune noise: the RNG state must resume too
+        "train_rows": 32,
+    }
     run(make_recipe(tiny_model_dir, tmp_path / "whole", demo_train_path, **common))
 
     real_log = loop._log
@@ -150,19 +212,30 @@ def test_resume_after_interrupt_ends_with_the_same_weights(
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3, 4, 5]
     monkeypatch.setattr(loop, "_log", real_log)
 
-    result = run(make_recipe(tiny_model_dir, out, demo_train_path,
-                             resume_from_checkpoint="last", **common))
+    result = run(
+        make_recipe(tiny_model_dir, out, demo_train_path, resume_from_checkpoint="last", **common)
+    )
     assert result.global_step == 6
     assert max_abs_diff(weights(tmp_path / "whole"), weights(out)) < 1e-6
     steps = [r["step"] for r in read_jsonl(out / "metrics.jsonl")]
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
-def test_save_total_limit_keeps_the_newest(tiny_model_dir: Path, tmp_path: Path,
-                                           demo_train_path: Path) -> None:
+def test_save_total_limit_keeps_the_newest(
+    tiny_model_dir: Path, tmp_path: Path, demo_train_path: Path
+) -> None:
     out = tmp_path / "out"
-    run(make_recipe(tiny_model_dir, out, demo_train_path, max_steps=4, save_strategy="steps",
-                    save_steps=1, save_total_limit=2))
+    run(
+        make_recipe(
+            tiny_model_dir,
+            out,
+            demo_train_path,
+            max_steps=4,
+            save_strategy="steps",
+            save_steps=1,
+            save_total_limit=2,
+        )
+    )
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-4"]
     # a fresh run in the same folder starts a new metrics.jsonl
     run(make_recipe(tiny_model_dir, out, demo_train_path, max_steps=1))
@@ -173,25 +246,47 @@ def test_save_total_limit_keeps_the_newest(tiny_model_dir: Path, tmp_path: Path,
     assert "output_dir" in (out / "checkpoint-4" / "recipe.yaml").read_text()
 
 
-def test_save_only_model_writes_no_optimizer(tiny_model_dir: Path, tmp_path: Path,
-                                             demo_train_path: Path) -> None:
+def test_save_only_model_writes_no_optimizer(
+    tiny_model_dir: Path, tmp_path: Path, demo_train_path: Path
+) -> None:
     out = tmp_path / "out"
-    run(make_recipe(tiny_model_dir, out, demo_train_path, save_strategy="steps", save_steps=2,
-                    save_only_model=True))
+    run(
+        make_recipe(
+            tiny_model_dir,
+            out,
+            demo_train_path,
+            save_strategy="steps",
+            save_steps=2,
+            save_only_model=True,
+        )
+    )
     assert (out / "checkpoint-2" / "model.safetensors").is_file()
     assert not (out / "checkpoint-2" / "accelerate").exists()
 
 
-def test_load_best_model_at_end(tiny_model_dir: Path, tmp_path: Path, demo_train_path: Path,
-                                demo_eval_path: Path) -> None:
+def test_load_best_model_at_end(
+    tiny_model_dir: Path, tmp_path: Path, demo_train_path: Path, demo_eval_path: Path
+) -> None:
     """Evaluated and saved every step; the best eval_rewards/margins checkpoint survives
     rotation and its weights are the final model."""
     out = tmp_path / "out"
-    result = run(make_recipe(
-        tiny_model_dir, out, demo_train_path, demo_eval_path, max_steps=4,
-        learning_rate=3e-3, eval_strategy="steps", eval_steps=1, save_strategy="steps",
-        save_steps=1, save_total_limit=1, load_best_model_at_end=True,
-        metric_for_best_model="rewards/margins"))
+    result = run(
+        make_recipe(
+            tiny_model_dir,
+            out,
+            demo_train_path,
+            demo_eval_path,
+            max_steps=4,
+            learning_rate=3e-3,
+            eval_strategy="steps",
+            eval_steps=1,
+            save_strategy="steps",
+            save_steps=1,
+            save_total_limit=1,
+            load_best_model_at_end=True,
+            metric_for_best_model="rewards/margins",
+        )
+    )
     evals = [r for r in read_jsonl(out / "metrics.jsonl") if "eval_loss" in r]
     assert [r["step"] for r in evals] == [1, 2, 3, 4]
     assert set(evals[0]) == EVAL_KEYS | {"step"}
@@ -202,19 +297,31 @@ def test_load_best_model_at_end(tiny_model_dir: Path, tmp_path: Path, demo_train
     assert max_abs_diff(weights(out), weights(Path(result.best_checkpoint))) == 0
 
 
-def test_eval_on_start_and_delay(tiny_model_dir: Path, tmp_path: Path, demo_train_path: Path,
-                                 demo_eval_path: Path) -> None:
+def test_eval_on_start_and_delay(
+    tiny_model_dir: Path, tmp_path: Path, demo_train_path: Path, demo_eval_path: Path
+) -> None:
     out = tmp_path / "out"
-    run(make_recipe(tiny_model_dir, out, demo_train_path, demo_eval_path, max_steps=4,
-                    eval_strategy="steps", eval_steps=1, eval_delay=3, eval_on_start=True,
-                    logging_strategy="no"))
+    run(
+        make_recipe(
+            tiny_model_dir,
+            out,
+            demo_train_path,
+            demo_eval_path,
+            max_steps=4,
+            eval_strategy="steps",
+            eval_steps=1,
+            eval_delay=3,
+            eval_on_start=True,
+            logging_strategy="no",
+        )
+    )
     evals = [r["step"] for r in read_jsonl(out / "metrics.jsonl") if "eval_loss" in r]
     assert evals == [0, 3, 4]
 
 
 def test_missing_tracker_package_fails_before_training(
-        tiny_model_dir: Path, tmp_path: Path, demo_train_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    tiny_model_dir: Path, tmp_path: Path, demo_train_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from cpo_cli.errors import DependencyMissingError
 
     if importlib.util.find_spec("wandb") is not None:
@@ -225,21 +332,36 @@ def test_missing_tracker_package_fails_before_training(
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="no tensorboard")
-def test_tensorboard_sink_writes_events(tiny_model_dir: Path, tmp_path: Path,
-                                        demo_train_path: Path) -> None:
+def test_tensorboard_sink_writes_events(
+    tiny_model_dir: Path, tmp_path: Path, demo_train_path: Path
+) -> None:
     out = tmp_path / "out"
     run(make_recipe(tiny_model_dir, out, demo_train_path, report_to="tensorboard"))
     assert list((out / "runs").glob("events.out.tfevents.*"))
 
 
 @pytest.mark.parametrize("merge", [False, True])
-def test_lora_run(merge: bool, tiny_model_dir: Path, tmp_path: Path,
-                  demo_train_path: Path) -> None:
+def test_lora_run(merge: bool, tiny_model_dir: Path, tmp_path: Path, demo_train_path: Path) -> None:
     out = tmp_path / "out"
-    peft = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0,
-            "target_modules": ["q_proj", "v_proj"], "merge_at_end": merge}
-    run(make_recipe(tiny_model_dir, out, demo_train_path, peft=peft, learning_rate=1e-2,
-                    save_strategy="steps", save_steps=1, max_steps=2))
+    peft = {
+        "r": 4,
+        "lora_alpha": 8,
+        "lora_dropout": 0.0,
+        "target_modules": ["q_proj", "v_proj"],
+        "merge_at_end": merge,
+    }
+    run(
+        make_recipe(
+            tiny_model_dir,
+            out,
+            demo_train_path,
+            peft=peft,
+            learning_rate=1e-2,
+            save_strategy="steps",
+            save_steps=1,
+            max_steps=2,
+        )
+    )
     assert (out / "checkpoint-1" / "adapter_model.safetensors").is_file()
     if merge:
         merged = weights(out)
@@ -250,60 +372,114 @@ def test_lora_run(merge: bool, tiny_model_dir: Path, tmp_path: Path,
         assert not (out / "model.safetensors").exists()
 
 
-def test_lora_resume_continues(tiny_model_dir: Path, tmp_path: Path,
-                               demo_train_path: Path) -> None:
+def test_lora_resume_continues(tiny_model_dir: Path, tmp_path: Path, demo_train_path: Path) -> None:
     out = tmp_path / "out"
     peft = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj"]}
-    run(make_recipe(tiny_model_dir, out, demo_train_path, peft=peft, save_strategy="steps",
-                    save_steps=1, max_steps=2))
-    result = run(make_recipe(tiny_model_dir, out, demo_train_path, peft=peft, max_steps=3,
-                             resume_from_checkpoint=str(out / "checkpoint-2")))
+    run(
+        make_recipe(
+            tiny_model_dir,
+            out,
+            demo_train_path,
+            peft=peft,
+            save_strategy="steps",
+            save_steps=1,
+            max_steps=2,
+        )
+    )
+    result = run(
+        make_recipe(
+            tiny_model_dir,
+            out,
+            demo_train_path,
+            peft=peft,
+            max_steps=3,
+            resume_from_checkpoint=str(out / "checkpoint-2"),
+        )
+    )
     assert result.global_step == 3
 
 
-def test_encoder_decoder_trains(tiny_seq2seq_dir: Path, tmp_path: Path, demo_train_path: Path,
-                                demo_eval_path: Path) -> None:
+def test_encoder_decoder_trains(
+    tiny_seq2seq_dir: Path, tmp_path: Path, demo_train_path: Path, demo_eval_path: Path
+) -> None:
     out = tmp_path / "out"
-    result = run(make_recipe(tiny_seq2seq_dir, out, demo_train_path, demo_eval_path,
-                             eval_strategy="steps", eval_steps=2, max_completion_length=32))
+    result = run(
+        make_recipe(
+            tiny_seq2seq_dir,
+            out,
+            demo_train_path,
+            demo_eval_path,
+            eval_strategy="steps",
+            eval_steps=2,
+            max_completion_length=32,
+        )
+    )
     assert result.global_step == 2
     assert "eval_rewards/accuracies" in result.metrics
     assert json.loads((out / "config.json").read_text())["is_encoder_decoder"] is True
 
 
-def test_generate_during_eval_writes_samples(tiny_model_dir: Path, tmp_path: Path,
-                                             demo_train_path: Path,
-                                             demo_eval_path: Path) -> None:
+def test_generate_during_eval_writes_samples(
+    tiny_model_dir: Path, tmp_path: Path, demo_train_path: Path, demo_eval_path: Path
+) -> None:
     out = tmp_path / "out"
-    run(make_recipe(tiny_model_dir, out, demo_train_path, demo_eval_path, max_steps=1,
-                    eval_strategy="steps", eval_steps=1, generate_during_eval=True,
-                    max_completion_length=8))
+    run(
+        make_recipe(
+            tiny_model_dir,
+            out,
+            demo_train_path,
+            demo_eval_path,
+            max_steps=1,
+            eval_strategy="steps",
+            eval_steps=1,
+            generate_during_eval=True,
+            max_completion_length=8,
+        )
+    )
     samples = read_jsonl(out / "eval_samples.jsonl")
     assert len(samples) == 4
     assert set(samples[0]) == {"step", "prompt", "policy", "chosen"}
 
 
-def test_bf16_gradient_checkpointing_and_length_grouping(tiny_model_dir: Path, tmp_path: Path,
-                                                         demo_train_path: Path) -> None:
+def test_bf16_gradient_checkpointing_and_length_grouping(
+    tiny_model_dir: Path, tmp_path: Path, demo_train_path: Path
+) -> None:
     """The speed/memory options together: bf16 autocast (on the CPU too), activation
     checkpointing, batches grouped by length, decoupled weight decay and a cosine schedule."""
     out = tmp_path / "out"
-    result = run(make_recipe(tiny_model_dir, out, demo_train_path, bf16=True,
-                             gradient_checkpointing=True, group_by_length=True,
-                             weight_decay=0.1, lr_scheduler_type="cosine"))
+    result = run(
+        make_recipe(
+            tiny_model_dir,
+            out,
+            demo_train_path,
+            bf16=True,
+            gradient_checkpointing=True,
+            group_by_length=True,
+            weight_decay=0.1,
+            lr_scheduler_type="cosine",
+        )
+    )
     assert result.global_step == 2
     records = read_jsonl(out / "metrics.jsonl")
     assert all(r["loss"] == r["loss"] and r["grad_norm"] > 0 for r in records)
     assert max_abs_diff(weights(tiny_model_dir), weights(out)) > 0
 
 
-def test_unknown_best_metric_fails_before_training(tiny_model_dir: Path, tmp_path: Path,
-                                                   demo_train_path: Path,
-                                                   demo_eval_path: Path) -> None:
+def test_unknown_best_metric_fails_before_training(
+    tiny_model_dir: Path, tmp_path: Path, demo_train_path: Path, demo_eval_path: Path
+) -> None:
     from cpo_cli.errors import RecipeError
 
     with pytest.raises(RecipeError) as caught:
-        run(make_recipe(tiny_model_dir, tmp_path / "out", demo_train_path, demo_eval_path,
-                        eval_strategy="steps", metric_for_best_model="accuracy"))
+        run(
+            make_recipe(
+                tiny_model_dir,
+                tmp_path / "out",
+                demo_train_path,
+                demo_eval_path,
+                eval_strategy="steps",
+                metric_for_best_model="accuracy",
+            )
+        )
     assert "rewards/accuracies" in caught.value.problems[0]
     assert not (tmp_path / "out").exists()

@@ -20,25 +20,37 @@ def write_recipe(path: Path, model_dir: Path, out: Path, train: Path, **training
     recipe = {
         "model": {"name_or_path": str(model_dir)},
         "data": {"train": {"path": str(train), "max_rows": 8}},
-        "training": {"output_dir": str(out), "per_device_train_batch_size": 4, "max_steps": 2,
-                     "logging_steps": 1, "save_strategy": "no", "report_to": "none",
-                     **training},
+        "training": {
+            "output_dir": str(out),
+            "per_device_train_batch_size": 4,
+            "max_steps": 2,
+            "logging_steps": 1,
+            "save_strategy": "no",
+            "report_to": "none",
+            **training,
+        },
     }
     path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
     return path
 
 
-def cli(*args: str, cwd: Path = REPO, launcher: list[str] | None = None,
-        timeout: int = 600) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
-           "TRL_EXPERIMENTAL_SILENCE": "1", "NO_COLOR": "1"}
+def cli(
+    *args: str, cwd: Path = REPO, launcher: list[str] | None = None, timeout: int = 600
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "TRL_EXPERIMENTAL_SILENCE": "1",
+        "NO_COLOR": "1",
+    }
     command = [*(launcher or [sys.executable]), "-m", "cpo_cli", *args]
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return subprocess.run(
+        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
-def test_cpo_train_subprocess(tiny_model_dir: Path, demo_train_path: Path,
-                              tmp_path: Path) -> None:
+def test_cpo_train_subprocess(tiny_model_dir: Path, demo_train_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     recipe = write_recipe(tmp_path / "r.yaml", tiny_model_dir, out, demo_train_path)
     done = cli("train", str(recipe), "training.max_steps=3", "training.beta=0.2")
@@ -51,8 +63,9 @@ def test_cpo_train_subprocess(tiny_model_dir: Path, demo_train_path: Path,
     assert not list(out.glob(".tmp-*"))
 
 
-def test_quiet_prints_only_the_summary(tiny_model_dir: Path, demo_train_path: Path,
-                                       tmp_path: Path) -> None:
+def test_quiet_prints_only_the_summary(
+    tiny_model_dir: Path, demo_train_path: Path, tmp_path: Path
+) -> None:
     recipe = write_recipe(tmp_path / "r.yaml", tiny_model_dir, tmp_path / "out", demo_train_path)
     done = cli("train", str(recipe), "--quiet")
     assert done.returncode == 0, done.stderr
@@ -60,23 +73,31 @@ def test_quiet_prints_only_the_summary(tiny_model_dir: Path, demo_train_path: Pa
     assert "model saved to" in done.stdout
 
 
-def test_a_user_mistake_is_one_line_and_exit_1(tiny_model_dir: Path, demo_train_path: Path,
-                                               tmp_path: Path) -> None:
-    recipe = write_recipe(tmp_path / "r.yaml", tiny_model_dir, tmp_path / "out", demo_train_path,
-                          resume_from_checkpoint=str(tmp_path / "missing"))
+def test_a_user_mistake_is_one_line_and_exit_1(
+    tiny_model_dir: Path, demo_train_path: Path, tmp_path: Path
+) -> None:
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        tiny_model_dir,
+        tmp_path / "out",
+        demo_train_path,
+        resume_from_checkpoint=str(tmp_path / "missing"),
+    )
     done = cli("train", str(recipe))
     assert done.returncode == 1
     assert "resume_from_checkpoint" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_interrupt_exits_130_naming_the_last_checkpoint(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     import cpo_cli.engine.loop as loop
     from cpo_cli.cli import run
 
     def interrupted(loaded: Any, **kwargs: Any) -> Any:
-        raise loop.TrainingInterrupted("training interrupted at step 3; last complete "
-                                       "checkpoint: out/checkpoint-2")
+        raise loop.TrainingInterrupted(
+            "training interrupted at step 3; last complete checkpoint: out/checkpoint-2"
+        )
 
     monkeypatch.setattr(loop, "train", interrupted)
     recipe = tmp_path / "r.yaml"
@@ -85,17 +106,23 @@ def test_interrupt_exits_130_naming_the_last_checkpoint(
 
 
 def test_push_to_hub_uploads_the_output_and_never_writes_the_token(
-        tiny_model_dir: Path, demo_train_path: Path, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    tiny_model_dir: Path, demo_train_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import cpo_cli.hub as hub
     from cpo_cli.cli import run
 
     uploaded: list[Any] = []
     monkeypatch.setattr(hub, "upload", lambda plan, **kw: uploaded.append(plan) or "http://x")
     out = tmp_path / "out"
-    recipe = write_recipe(tmp_path / "r.yaml", tiny_model_dir, out, demo_train_path,
-                          push_to_hub=True, hub_model_id="me/tiny-cpo",
-                          hub_token="hf_abcdefghijklmnopqrstuvwxyz")
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        tiny_model_dir,
+        out,
+        demo_train_path,
+        push_to_hub=True,
+        hub_model_id="me/tiny-cpo",
+        hub_token="hf_abcdefghijklmnopqrstuvwxyz",
+    )
     assert run(["train", str(recipe), "--quiet"]) == 0
     (plan,) = uploaded
     assert plan.settings.repo_id == "me/tiny-cpo"
@@ -106,13 +133,26 @@ def test_push_to_hub_uploads_the_output_and_never_writes_the_token(
             assert "hf_abcdefghijklmnopqrstuvwxyz" not in file.read_text(), file
 
 
-def test_accelerate_launch_runs_the_module(tiny_model_dir: Path, demo_train_path: Path,
-                                           tmp_path: Path) -> None:
+def test_accelerate_launch_runs_the_module(
+    tiny_model_dir: Path, demo_train_path: Path, tmp_path: Path
+) -> None:
     """The seed's `accelerate launch train_cpo.py` becomes `accelerate launch -m cpo_cli train`."""
     out = tmp_path / "out"
     recipe = write_recipe(tmp_path / "r.yaml", tiny_model_dir, out, demo_train_path)
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes",
-                "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launcher = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--cpu",
+        "--num_processes",
+        "1",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
     done = cli("train", str(recipe), launcher=launcher)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (out / "model.safetensors").is_file()
@@ -123,8 +163,15 @@ def test_two_processes(tiny_model_dir: Path, demo_train_path: Path, tmp_path: Pa
     """Two CPU processes (torchrun; `accelerate launch` needs mpirun for multi-CPU): one log,
     one set of outputs, and each process's RNG state in the checkpoint."""
     out = tmp_path / "out"
-    recipe = write_recipe(tmp_path / "r.yaml", tiny_model_dir, out, demo_train_path,
-                          save_strategy="steps", save_steps=2, per_device_train_batch_size=2)
+    recipe = write_recipe(
+        tmp_path / "r.yaml",
+        tiny_model_dir,
+        out,
+        demo_train_path,
+        save_strategy="steps",
+        save_steps=2,
+        per_device_train_batch_size=2,
+    )
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     done = cli("train", str(recipe), launcher=launcher)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -134,7 +181,9 @@ def test_two_processes(tiny_model_dir: Path, demo_train_path: Path, tmp_path: Pa
     assert records[0]["epoch"] == 0.5  # 8 pairs / (2 processes x 2) = 2 steps per epoch
     state = out / "checkpoint-2" / "accelerate"
     assert {p.name for p in state.glob("random_states_*")} == {
-        "random_states_0.pkl", "random_states_1.pkl"}
+        "random_states_0.pkl",
+        "random_states_1.pkl",
+    }
 
 
 @pytest.mark.slow
@@ -147,11 +196,19 @@ def test_quickstart_learns(tmp_path: Path) -> None:
     except Exception as exc:  # the package holding the GGUF file is optional
         pytest.skip(str(exc))
     out = tmp_path / "quickstart"
-    done = cli("train", "recipes/quickstart.yaml", f"training.output_dir={out}",
-               "training.save_strategy='no'", timeout=3600)
+    done = cli(
+        "train",
+        "recipes/quickstart.yaml",
+        f"training.output_dir={out}",
+        "training.save_strategy='no'",
+        timeout=3600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
-    evals = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
-             if "eval_loss" in r]
+    evals = [
+        r
+        for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+        if "eval_loss" in r
+    ]
     start, end = evals[0], evals[-1]
     assert start["step"] == 0 and end["step"] == 38
     assert end["eval_rewards/accuracies"] > start["eval_rewards/accuracies"]
@@ -172,11 +229,20 @@ def test_every_loss_trains_smollm2(loss_type: str, tmp_path: Path) -> None:
     extra = ["training.cpo_alpha=0.0"] if loss_type in ("simpo", "alphapo") else []
     if loss_type == "alphapo":
         extra.append("training.alpha=0.25")
-    done = cli("train", "recipes/quickstart.yaml", f"training.output_dir={out}",
-               f"training.loss_type={loss_type}", "training.max_steps=2",
-               "training.save_strategy='no'", "training.eval_on_start=false",
-               "training.eval_strategy='no'", "data.train.max_rows=16",
-               "training.logging_steps=1", *extra, timeout=1800)
+    done = cli(
+        "train",
+        "recipes/quickstart.yaml",
+        f"training.output_dir={out}",
+        f"training.loss_type={loss_type}",
+        "training.max_steps=2",
+        "training.save_strategy='no'",
+        "training.eval_on_start=false",
+        "training.eval_strategy='no'",
+        "data.train.max_rows=16",
+        "training.logging_steps=1",
+        *extra,
+        timeout=1800,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2]

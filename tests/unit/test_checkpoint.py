@@ -34,7 +34,10 @@ def test_only_complete_checkpoints_count_in_step_order(tmp_path: Path) -> None:
     fake_checkpoint(tmp_path, 40, complete=False)  # crashed before its state file
     (tmp_path / ".tmp-checkpoint-50").mkdir()
     assert [p.name for p in list_checkpoints(tmp_path)] == [
-        "checkpoint-2", "checkpoint-10", "checkpoint-30"]
+        "checkpoint-2",
+        "checkpoint-10",
+        "checkpoint-30",
+    ]
     assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint-30"
 
 
@@ -70,8 +73,14 @@ def test_rotation_keeps_the_newest_and_the_best(tmp_path: Path) -> None:
 
 
 def test_trainer_state_round_trip_ignores_unknown_keys(tmp_path: Path) -> None:
-    state = TrainerState(global_step=4, micro_step=8, epoch=1, batches_done_in_epoch=3,
-                         best_metric=0.5, log_history=[{"step": 1, "loss": 0.7}])
+    state = TrainerState(
+        global_step=4,
+        micro_step=8,
+        epoch=1,
+        batches_done_in_epoch=3,
+        best_metric=0.5,
+        log_history=[{"step": 1, "loss": 0.7}],
+    )
     path = tmp_path / STATE_FILE
     path.write_text(state.to_json().replace('"epoch"', '"future_field": 1, "epoch"'))
     assert TrainerState.from_file(path) == state
@@ -91,10 +100,18 @@ def accelerated(tiny_model_dir: Path) -> tuple[Any, Any]:
 
 
 def test_a_failed_save_leaves_the_previous_checkpoint_and_no_new_one(
-        tmp_path: Path, accelerated: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, accelerated: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     accelerator, model = accelerated
-    first = save_checkpoint(accelerator, model, None, TrainerState(global_step=1), tmp_path,
-                            recipe_yaml="model: {}\n", save_only_model=False)
+    first = save_checkpoint(
+        accelerator,
+        model,
+        None,
+        TrainerState(global_step=1),
+        tmp_path,
+        recipe_yaml="model: {}\n",
+        save_only_model=False,
+    )
     assert (first / STATE_FILE).is_file() and (first / "recipe.yaml").is_file()
     assert (first / "accelerate").is_dir()
 
@@ -103,26 +120,41 @@ def test_a_failed_save_leaves_the_previous_checkpoint_and_no_new_one(
 
     monkeypatch.setattr(accelerator, "save_state", crash)
     with pytest.raises(OSError):
-        save_checkpoint(accelerator, model, None, TrainerState(global_step=2), tmp_path,
-                        recipe_yaml="", save_only_model=False)
+        save_checkpoint(
+            accelerator,
+            model,
+            None,
+            TrainerState(global_step=2),
+            tmp_path,
+            recipe_yaml="",
+            save_only_model=False,
+        )
     assert list_checkpoints(tmp_path) == [first]
     assert not (tmp_path / "checkpoint-2").exists()
 
 
 def test_saving_the_same_step_again_replaces_the_checkpoint(
-        tmp_path: Path, accelerated: tuple[Any, Any]) -> None:
+    tmp_path: Path, accelerated: tuple[Any, Any]
+) -> None:
     accelerator, model = accelerated
     for metric in (1.0, 2.0):
-        save_checkpoint(accelerator, model, None,
-                        TrainerState(global_step=3, best_metric=metric), tmp_path,
-                        recipe_yaml="", save_only_model=True)
+        save_checkpoint(
+            accelerator,
+            model,
+            None,
+            TrainerState(global_step=3, best_metric=metric),
+            tmp_path,
+            recipe_yaml="",
+            save_only_model=True,
+        )
     saved = TrainerState.from_file(tmp_path / "checkpoint-3" / STATE_FILE)
     assert saved.best_metric == 2.0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-3"]
 
 
-def test_model_weights_load_back_exactly(tmp_path: Path, accelerated: tuple[Any, Any],
-                                         tiny_model_dir: Path) -> None:
+def test_model_weights_load_back_exactly(
+    tmp_path: Path, accelerated: tuple[Any, Any], tiny_model_dir: Path
+) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -130,8 +162,15 @@ def test_model_weights_load_back_exactly(tmp_path: Path, accelerated: tuple[Any,
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.5)
-    path = save_checkpoint(accelerator, model, None, TrainerState(global_step=1), tmp_path,
-                           recipe_yaml="", save_only_model=True)
+    path = save_checkpoint(
+        accelerator,
+        model,
+        None,
+        TrainerState(global_step=1),
+        tmp_path,
+        recipe_yaml="",
+        save_only_model=True,
+    )
     fresh = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     load_model_weights(fresh, path)
     for (name, a), b in zip(model.named_parameters(), fresh.parameters(), strict=True):

@@ -32,7 +32,7 @@ def test_group_by_length_sorts_within_megabatches() -> None:
     assert sorted(order) == list(range(len(lengths)))
     size = 2 * MEGABATCH_FACTOR
     for start in range(0, len(order), size):
-        chunk = [lengths[i] for i in order[start:start + size]]
+        chunk = [lengths[i] for i in order[start : start + size]]
         assert chunk == sorted(chunk, reverse=True)
     # still shuffled: the megabatches hold different rows in another epoch
     sampler.use_epoch(1)

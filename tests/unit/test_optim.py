@@ -40,14 +40,23 @@ def test_weight_decay_skips_biases_norms_and_frozen_parameters() -> None:
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert {id(p) for p in decay["params"]} == {id(model.embed.weight), id(model.proj.weight)}
     assert {id(p) for p in no_decay["params"]} == {
-        id(model.proj.bias), id(model.norm.weight), id(model.norm.bias)}
+        id(model.proj.bias),
+        id(model.norm.weight),
+        id(model.norm.bias),
+    }
 
 
-@pytest.mark.parametrize(("name", "cls"), [
-    ("adamw_torch", torch.optim.AdamW), ("adamw_torch_fused", torch.optim.AdamW),
-    ("sgd", torch.optim.SGD), ("adagrad", torch.optim.Adagrad),
-    ("rmsprop", torch.optim.RMSprop), ("adafactor", torch.optim.Adafactor),
-])
+@pytest.mark.parametrize(
+    ("name", "cls"),
+    [
+        ("adamw_torch", torch.optim.AdamW),
+        ("adamw_torch_fused", torch.optim.AdamW),
+        ("sgd", torch.optim.SGD),
+        ("adagrad", torch.optim.Adagrad),
+        ("rmsprop", torch.optim.RMSprop),
+        ("adafactor", torch.optim.Adafactor),
+    ],
+)
 def test_optimizers_by_hf_name(name: str, cls: type) -> None:
     opt = build_optimizer(Tiny(), training(optim=name, learning_rate=3e-4, weight_decay=0.01))
     assert type(opt) is cls
@@ -64,8 +73,9 @@ def test_adam_hyperparameters_come_from_the_recipe() -> None:
     assert group["betas"] == (0.8, 0.95) and group["eps"] == 1e-6
 
 
-@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is not None,
-                    reason="bitsandbytes is installed")
+@pytest.mark.skipif(
+    importlib.util.find_spec("bitsandbytes") is not None, reason="bitsandbytes is installed"
+)
 def test_8bit_optimizer_without_bitsandbytes_is_a_clear_error() -> None:
     with pytest.raises(DependencyMissingError, match="bitsandbytes") as caught:
         build_optimizer(Tiny(), training(optim="adamw_8bit"))
@@ -80,7 +90,10 @@ def test_unsupported_optimizer_lists_the_supported_ones() -> None:
 
 def test_optim_args_are_typed() -> None:
     assert parse_optim_args("momentum=0.9, nesterov=True,dampening=0") == {
-        "momentum": 0.9, "nesterov": True, "dampening": 0}
+        "momentum": 0.9,
+        "nesterov": True,
+        "dampening": 0,
+    }
     with pytest.raises(RecipeError):
         parse_optim_args("momentum")
 
@@ -103,12 +116,16 @@ def test_linear_schedule_with_warmup() -> None:
     cfg = training(learning_rate=1.0, warmup_steps=2, lr_scheduler_type="linear")
     opt = build_optimizer(Tiny(), cfg)
     assert lrs(build_scheduler(opt, cfg, 6), opt, 6) == pytest.approx(
-        [0.0, 0.5, 1.0, 0.75, 0.5, 0.25])
+        [0.0, 0.5, 1.0, 0.75, 0.5, 0.25]
+    )
 
 
 def test_scheduler_kwargs_reach_the_schedule() -> None:
-    cfg = training(learning_rate=1.0, lr_scheduler_type="cosine_with_min_lr",
-                   lr_scheduler_kwargs={"min_lr": 0.5})
+    cfg = training(
+        learning_rate=1.0,
+        lr_scheduler_type="cosine_with_min_lr",
+        lr_scheduler_kwargs={"min_lr": 0.5},
+    )
     opt = build_optimizer(Tiny(), cfg)
     values = lrs(build_scheduler(opt, cfg, 4), opt, 5)
     assert values[0] == pytest.approx(1.0) and min(values) >= 0.5 - 1e-9
