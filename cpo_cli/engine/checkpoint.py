@@ -121,10 +121,14 @@ def resolve_resume(resume_from_checkpoint: Any, output_dir: Path) -> Path | None
 def save_model(accelerator: Accelerator, model: Any, tokenizer: Any, directory: Path) -> None:
     """The model (or LoRA adapters) in the Hugging Face format + the tokenizer. Call on every
     process: gathering a sharded state dict is collective; only the main process writes."""
-    state_dict = accelerator.get_state_dict(model)
+    # keys as the plain model names them (torch.compile's wrapper adds "_orig_mod.")
+    state_dict = {
+        key.removeprefix("_orig_mod."): value
+        for key, value in accelerator.get_state_dict(model).items()
+    }
     if accelerator.is_main_process:
         directory.mkdir(parents=True, exist_ok=True)
-        unwrapped = accelerator.unwrap_model(model)
+        unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
         # transformers 5 always writes safetensors (save_safetensors=false cannot be honoured)
         unwrapped.save_pretrained(str(directory), state_dict=state_dict)
         if tokenizer is not None:
@@ -224,7 +228,7 @@ def load_checkpoint(accelerator: Accelerator, model: Any, path: Path) -> Trainer
     state = TrainerState.from_file(path / STATE_FILE)
     has_state = (path / "accelerate").is_dir()
     if _owns_model_weights(accelerator):
-        load_model_weights(accelerator.unwrap_model(model), path)
+        load_model_weights(accelerator.unwrap_model(model, keep_torch_compile=False), path)
     if has_state:
         accelerator.load_state(str(path / "accelerate"))
     elif not _owns_model_weights(accelerator):

@@ -427,7 +427,7 @@ def _evaluate(run: Run, state: TrainerState, tracker: Any, progress: Any) -> dic
 def _generate(run: Run, state: TrainerState, progress: Any) -> None:
     from cpo_cli.engine.generate import generate_samples, samples_table, write_samples
 
-    model = run.accelerator.unwrap_model(run.model)
+    model = run.accelerator.unwrap_model(run.model, keep_torch_compile=False)
     samples = generate_samples(
         model,
         run.tokenizer,
@@ -517,14 +517,17 @@ def _finish(run: Run, state: TrainerState, last: dict[str, float]) -> dict[str, 
     accelerator = run.accelerator
     accelerator.wait_for_everyone()
     if run.training.load_best_model_at_end and state.best_checkpoint:
-        load_model_weights(accelerator.unwrap_model(run.model), Path(state.best_checkpoint))
+        load_model_weights(
+            accelerator.unwrap_model(run.model, keep_torch_compile=False),
+            Path(state.best_checkpoint),
+        )
         console.info(
             f"loaded the best model ({best_metric_name(run.training)}="
             f"{state.best_metric:.4g}) from {state.best_checkpoint}"
         )
     model = run.model
     if run.peft is not None and run.peft.merge_at_end:
-        model = accelerator.unwrap_model(run.model).merge_and_unload()
+        model = accelerator.unwrap_model(run.model, keep_torch_compile=False).merge_and_unload()
     # written beside the output first and moved in file by file, so an interrupt never leaves
     # a half-written model.safetensors in output_dir
     staging = run.output_dir / ".tmp-final"

@@ -483,3 +483,24 @@ def test_unknown_best_metric_fails_before_training(
         )
     assert "rewards/accuracies" in caught.value.problems[0]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_torch_compile_saves_plain_weight_names_and_resumes(
+    tiny_model_dir: Path, tmp_path: Path, demo_train_path: Path
+) -> None:
+    out = tmp_path / "out"
+    common = {"torch_compile": True, "save_strategy": "steps", "save_steps": 2}
+    run(make_recipe(tiny_model_dir, out, demo_train_path, **common))
+    assert weights(out).keys() == weights(tiny_model_dir).keys()  # no "_orig_mod." prefix
+    result = run(
+        make_recipe(
+            tiny_model_dir,
+            out,
+            demo_train_path,
+            max_steps=3,
+            resume_from_checkpoint="last",
+            **common,
+        )
+    )
+    assert result.global_step == 3
