@@ -235,6 +235,13 @@ def load_checkpoint(accelerator: Accelerator, model: Any, path: Path) -> Trainer
         raise CheckpointError(
             f"{path} was saved with save_only_model and cannot be resumed under FSDP/DeepSpeed"
         )
+    else:
+        from cpo_cli import console
+
+        console.warn(
+            f"{path} holds the model only (save_only_model): the optimizer, schedule and "
+            "random states start afresh, so the run will not match an uninterrupted one exactly"
+        )
     return state
 
 
