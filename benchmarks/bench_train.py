@@ -32,11 +32,46 @@ ENV = {
     "NO_COLOR": "1",
 }
 
-WORDS = (
-    "the a model answer question city river number translate sentence correct wrong because "
-    "small large first second red blue green north south water light sound paper stone "
-    "garden window market teacher student summer winter morning evening quickly slowly"
-).split()
+WORDS = [
+    "the",
+    "a",
+    "model",
+    "answer",
+    "question",
+    "city",
+    "river",
+    "number",
+    "translate",
+    "sentence",
+    "correct",
+    "wrong",
+    "because",
+    "small",
+    "large",
+    "first",
+    "second",
+    "red",
+    "blue",
+    "green",
+    "north",
+    "south",
+    "water",
+    "light",
+    "sound",
+    "paper",
+    "stone",
+    "garden",
+    "window",
+    "market",
+    "teacher",
+    "student",
+    "summer",
+    "winter",
+    "morning",
+    "evening",
+    "quickly",
+    "slowly",
+]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -64,9 +99,8 @@ def write_dataset(path: Path, shape: str, rows: int, seed: int = 0) -> None:
 
 def build_tiny_model(out_dir: Path, tokenizer_dir: Path) -> None:
     """A random-init Qwen2 with a real 49k vocabulary: the LM head dominates, as in the brief."""
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
-
     import torch
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
@@ -270,7 +304,9 @@ def main() -> None:
 
     short, long = a.steps
     rows_needed = a.batch_size * long
-    print(f"machine: {os.cpu_count()} cores; torch threads {a.threads}; batch {a.batch_size} pairs;")
+    print(
+        f"machine: {os.cpu_count()} cores; torch threads {a.threads}; batch {a.batch_size} pairs;"
+    )
     print(f"steps timed: {long - short} (a {long}-step run minus a {short}-step run)\n")
     header = (
         f"{'model':<8} {'data':<13} {'engine':<6} {'s/step':>8} {'tok/s':>9} "

@@ -507,6 +507,11 @@ def _save(run: Run, state: TrainerState) -> None:
             run.output_dir, run.training.save_total_limit, keep=state.best_checkpoint
         )
     console.info(f"saved {path}")
+    if run.training.push_to_hub and run.accelerator.is_main_process:
+        # per hub_strategy; a failed push mid-run only warns (the checkpoint is safe on disk)
+        from cpo_cli import __version__, hub
+
+        hub.push_checkpoint(path, run.training, cpo_version=__version__)
 
 
 # --------------------------------------------------------------------------- the end

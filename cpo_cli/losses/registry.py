@@ -5,8 +5,9 @@ The functions themselves are imported lazily by `get_loss_fn`."""
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -14,7 +15,8 @@ class LossSpec:
     name: str
     summary: str
     paper: str
-    #: training fields this loss reads besides `beta` (a knob set for a loss that ignores it warns)
+    #: training fields this loss reads besides `beta` and `alpha` (the AlphaPO reward transform
+    #: applies to every loss, as in TRL); a knob set for a loss that ignores it warns
     knobs: tuple[str, ...]
     #: True: per-token average log-probs (ipo, simpo); False: summed (sigmoid, hinge)
     averages_logps: bool
@@ -63,7 +65,7 @@ LOSSES: dict[str, LossSpec] = {
             "AlphaPO: SimPO on the alpha-transformed reward (1 - p^-alpha)/alpha, without the "
             "behaviour-cloning term",
             "https://arxiv.org/abs/2501.03884",
-            ("simpo_gamma", "label_smoothing", "alpha"),
+            ("simpo_gamma", "label_smoothing"),
             True,
             "cpo_cli.losses.simpo:simpo_loss",
         ),

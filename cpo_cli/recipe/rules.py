@@ -74,6 +74,12 @@ def _loss_knobs(r: Recipe, errors: list[str], warnings: list[str]) -> None:
             "training.loss_type 'alphapo' with training.alpha 0 is plain SimPO; set "
             "training.alpha (e.g. 0.25) for the AlphaPO reward"
         )
+    if t.loss_type == "alphapo" and "cpo_alpha" in t.model_fields_set and t.cpo_alpha != 0:
+        warnings.append(
+            f"training.cpo_alpha {t.cpo_alpha} is ignored with training.loss_type 'alphapo' "
+            "(AlphaPO has no NLL term, as in TRL); use loss_type 'simpo' with training.alpha "
+            "for AlphaPO plus the NLL term"
+        )
 
 
 def _evaluation(r: Recipe, errors: list[str], warnings: list[str]) -> None:

@@ -46,12 +46,12 @@ HONOURED: tuple[str, ...] = (
     "logging_dir", "logging_strategy", "logging_first_step", "logging_steps",
     "logging_nan_inf_filter", "report_to", "disable_tqdm",
     "eval_strategy", "eval_steps", "eval_delay", "eval_on_start",
-    "save_strategy", "save_steps", "save_total_limit", "save_safetensors", "save_on_each_node",
+    "save_strategy", "save_steps", "save_total_limit", "save_on_each_node",
     "save_only_model", "load_best_model_at_end", "metric_for_best_model", "greater_is_better",
     "resume_from_checkpoint",
     # Hub
     "push_to_hub", "hub_model_id", "hub_strategy", "hub_token", "hub_private_repo",
-    "hub_always_push", "hub_revision",
+    "hub_revision",
     # CPO
     "max_length", "max_prompt_length", "max_completion_length", "beta", "label_smoothing",
     "loss_type", "disable_dropout", "cpo_alpha", "simpo_gamma",
@@ -74,6 +74,12 @@ def _refuse(reason: str) -> FieldStatus:
 
 
 NOT_APPLICABLE: dict[str, FieldStatus] = {
+    "save_safetensors": _refuse(
+        "transformers 5 always writes safetensors; pickle checkpoints cannot be asked for"
+    ),
+    "hub_always_push": _na(
+        "checkpoint pushes are synchronous, so every checkpoint is pushed already"
+    ),
     # legacy script flags and HF Trainer internals
     "overwrite_output_dir": _na("only example scripts read it; cpo never deletes an output_dir"),
     "do_train": _na("legacy script flag; the command (`cpo train`, `cpo eval`) decides"),

@@ -570,6 +570,12 @@ class TrainingConfig(BaseModel):
         "and log-softmax (bounds logits memory).",
     )
 
+    @field_validator("eval_strategy", "logging_strategy", "save_strategy", mode="before")
+    @classmethod
+    def _yaml_no_is_a_strategy(cls, value: Any) -> Any:
+        """YAML 1.1 reads a bare `no` (as in `training.save_strategy=no`) as false."""
+        return "no" if value is False else value
+
     @field_validator(*_JSON_DICT_FIELDS, mode="before")
     @classmethod
     def _json_object_string(cls, value: Any) -> Any:

@@ -246,6 +246,36 @@ def test_save_total_limit_keeps_the_newest(
     assert "output_dir" in (out / "checkpoint-4" / "recipe.yaml").read_text()
 
 
+def test_push_to_hub_pushes_each_saved_checkpoint(
+    tiny_model_dir: Path, tmp_path: Path, demo_train_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`push_to_hub` hands every finished checkpoint to the Hub layer (which applies
+    hub_strategy and is tested against a loopback server in test_push_hub.py)."""
+    from cpo_cli import hub
+
+    pushed: list[tuple[str, str]] = []
+    monkeypatch.setattr(
+        hub,
+        "push_checkpoint",
+        lambda path, training, **_: pushed.append((Path(path).name, training.hub_strategy)),
+    )
+    out = tmp_path / "out"
+    run(
+        make_recipe(
+            tiny_model_dir,
+            out,
+            demo_train_path,
+            max_steps=2,
+            save_strategy="steps",
+            save_steps=1,
+            push_to_hub=True,
+            hub_model_id="someone/tiny-cpo",
+            hub_strategy="checkpoint",
+        )
+    )
+    assert pushed == [("checkpoint-1", "checkpoint"), ("checkpoint-2", "checkpoint")]
+
+
 def test_save_only_model_writes_no_optimizer(
     tiny_model_dir: Path, tmp_path: Path, demo_train_path: Path
 ) -> None:

@@ -31,13 +31,23 @@ def test_prompt_length_must_be_below_max_length() -> None:
     assert load({"max_length": None, "max_prompt_length": 4096}) == ([], [])
 
 
+def test_alpha_applies_to_every_loss() -> None:
+    """AlphaPO's reward transform is not alphapo-only (TRL applies it to every loss)."""
+    assert load({"loss_type": "simpo", "alpha": 0.5, "cpo_alpha": 0.0}) == ([], [])
+
+
+def test_cpo_alpha_with_alphapo_warns() -> None:
+    errors, warnings = load({"loss_type": "alphapo", "alpha": 0.25, "cpo_alpha": 0.5})
+    assert errors == []
+    assert len(warnings) == 1 and "training.cpo_alpha 0.5 is ignored" in warnings[0]
+
+
 @pytest.mark.parametrize(
     ("loss", "knob", "value", "readers"),
     [
         ("sigmoid", "simpo_gamma", 1.0, "simpo, alphapo"),
         ("hinge", "label_smoothing", 0.1, "sigmoid, simpo, alphapo"),
         ("ipo", "label_smoothing", 0.1, "sigmoid, simpo, alphapo"),
-        ("simpo", "alpha", 0.5, "alphapo"),
     ],
 )
 def test_knob_for_a_loss_that_ignores_it(loss: str, knob: str, value: float, readers: str) -> None:
@@ -230,3 +240,14 @@ def test_unsupported_tracker_is_refused() -> None:
         "wandb, all or none (metrics.jsonl is always written)"
     ]
     assert load({"report_to": "all"}) == ([], [])
+
+
+def test_bare_no_is_the_no_strategy(tmp_path) -> None:
+    """`training.save_strategy=no` on the command line (YAML reads it as false) means 'no'."""
+    from cpo_cli.recipe import load_recipe
+
+    path = tmp_path / "r.yaml"
+    path.write_text("model: {name_or_path: m}\ndata: {train: {path: d.jsonl}}\n")
+    loaded = load_recipe(path, ["training.save_strategy=no", "training.logging_strategy=no"])
+    assert loaded.recipe.training.save_strategy == "no"
+    assert loaded.recipe.training.logging_strategy == "no"
