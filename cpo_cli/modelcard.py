@@ -295,6 +295,9 @@ def shown_hyperparameters(training: Mapping[str, Any]) -> dict[str, Any]:
 
     spec = LOSSES.get(str(training.get("loss_type")))
     knobs = set(spec.knobs) if spec else set(_LOSS_KNOBS)
+    # AlphaPO's reward transform applies to every loss: shown when on, or for alphapo itself
+    if training.get("alpha") or training.get("loss_type") == "alphapo":
+        knobs.add("alpha")
     max_steps = training.get("max_steps")
     bounded_by_steps = isinstance(max_steps, int) and max_steps > 0
     shown: dict[str, Any] = {}

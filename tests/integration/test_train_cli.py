@@ -187,6 +187,7 @@ def test_two_processes(tiny_model_dir: Path, demo_train_path: Path, tmp_path: Pa
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 def test_quickstart_learns(tmp_path: Path) -> None:
     """The README's main job on SmolLM2-135M-Instruct: held-out accuracy and margin rise."""
     from cpo_cli.assets.smollm2 import find_smollm2_gguf

@@ -121,6 +121,7 @@ def test_smollm2_interrupted_conversion_leaves_no_cache(
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 def test_smollm2_converts_to_a_loadable_folder(tmp_path: Path) -> None:
     from transformers import AutoTokenizer
 

@@ -136,6 +136,8 @@ def test_shown_hyperparameters_follow_the_loss_and_the_run_bound() -> None:
     assert "warmup_ratio" not in simpo and "bf16" not in simpo and "max_steps" not in simpo
     alphapo = shown_hyperparameters({**common, "loss_type": "alphapo", "max_steps": 10})
     assert "alpha" in alphapo and alphapo["max_steps"] == 10 and "num_train_epochs" not in alphapo
+    sigmoid_alpha = shown_hyperparameters({**common, "alpha": 0.25, "loss_type": "sigmoid"})
+    assert sigmoid_alpha["alpha"] == 0.25 and "simpo_gamma" not in sigmoid_alpha
 
 
 def test_builtin_base_model_maps_to_its_hub_id(tmp_path: Path) -> None:
