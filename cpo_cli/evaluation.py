@@ -14,20 +14,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cpo_cli.errors import DependencyMissingError, GateFailedError, UsageError
+from cpo_cli.metric_names import EVAL_METRICS as ENGINE_EVAL_METRICS
 
 #: What `cpo eval` reports, in table order: the engine's metric names with the `eval_` prefix.
-EVAL_METRICS: tuple[str, ...] = (
-    "eval_loss",
-    "eval_rewards/chosen",
-    "eval_rewards/rejected",
-    "eval_rewards/accuracies",
-    "eval_rewards/margins",
-    "eval_logps/chosen",
-    "eval_logps/rejected",
-    "eval_logits/chosen",
-    "eval_logits/rejected",
-    "eval_nll_loss",
-)
+EVAL_METRICS: tuple[str, ...] = tuple(f"eval_{name}" for name in ENGINE_EVAL_METRICS)
 #: The number of pairs scored, reported beside the metrics (and gateable, e.g. `=50`).
 NUM_PAIRS = "eval_num_pairs"
 REFERENCE_METRICS = ("eval_bleu", "eval_chrf")

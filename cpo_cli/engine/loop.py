@@ -31,26 +31,12 @@ from cpo_cli.engine.checkpoint import (
 from cpo_cli.engine.evaluate import MetricMeans
 from cpo_cli.engine.schedule import Plan, Schedule, build_plan
 from cpo_cli.errors import EXIT_INTERRUPTED, CpoError, RecipeError
+from cpo_cli.metric_names import EVAL_METRICS, TRAIN_ONLY_METRICS
 
 DEFAULT_OUTPUT_DIR = "trainer_output"
 SUMMARY_FILE = "train_results.json"
 #: order of the columns in log lines and the final table
-METRIC_ORDER = (
-    "loss",
-    "rewards/chosen",
-    "rewards/rejected",
-    "rewards/accuracies",
-    "rewards/margins",
-    "logps/chosen",
-    "logps/rejected",
-    "logits/chosen",
-    "logits/rejected",
-    "nll_loss",
-    "learning_rate",
-    "grad_norm",
-    "epoch",
-    "tokens/s",
-)
+METRIC_ORDER = (*EVAL_METRICS, *TRAIN_ONLY_METRICS)
 
 
 class TrainingInterrupted(CpoError):
@@ -442,10 +428,6 @@ def _generate(run: Run, state: TrainerState, progress: Any) -> None:
 def best_metric_name(training: Any) -> str:
     name = training.metric_for_best_model or "loss"
     return name if name.startswith("eval_") else f"eval_{name}"
-
-
-#: what evaluation reports, so metric_for_best_model can be checked before training starts
-EVAL_METRICS = ("loss", *(k for k in METRIC_ORDER[1:10]))
 
 
 def check_best_metric(training: Any) -> None:

@@ -10,22 +10,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from cpo_cli.metric_names import PAIR_METRICS
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
 #: metric names exactly as TRL logs them (the engine adds the `eval_` prefix in evaluation)
-METRIC_NAMES: tuple[str, ...] = (
-    "rewards/chosen",
-    "rewards/rejected",
-    "rewards/accuracies",
-    "rewards/margins",
-    "logps/chosen",
-    "logps/rejected",
-    "logits/chosen",
-    "logits/rejected",
-    "nll_loss",
-)
+METRIC_NAMES: tuple[str, ...] = PAIR_METRICS
 
 
 def effective_cpo_alpha(training: Any) -> float:

@@ -8,23 +8,13 @@ import difflib
 from collections.abc import Callable
 
 from cpo_cli.losses.registry import LOSSES
+from cpo_cli.metric_names import EVAL_METRICS
 from cpo_cli.recipe.choices import ENGINE_OPTIMIZERS, ENGINE_TRACKERS
 from cpo_cli.recipe.schema import Recipe
 from cpo_cli.recipe.training import TrainingConfig
 
 #: metrics the engine logs (TRL's names); `eval_` is prefixed in evaluation
-METRIC_NAMES: tuple[str, ...] = (
-    "loss",
-    "rewards/chosen",
-    "rewards/rejected",
-    "rewards/accuracies",
-    "rewards/margins",
-    "logps/chosen",
-    "logps/rejected",
-    "logits/chosen",
-    "logits/rejected",
-    "nll_loss",
-)
+METRIC_NAMES: tuple[str, ...] = EVAL_METRICS
 
 Problems = tuple[list[str], list[str]]
 Rule = Callable[[Recipe, list[str], list[str]], None]

@@ -1,0 +1,21 @@
+"""The metric names users know from TRL's CPOTrainer, in one place for the recipe rules, the
+engine's logs and `cpo eval` (torch-free: the recipe layer checks `metric_for_best_model`)."""
+
+from __future__ import annotations
+
+#: per-batch preference metrics, as `engine.step.batch_loss_and_metrics` returns them
+PAIR_METRICS: tuple[str, ...] = (
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/accuracies",
+    "rewards/margins",
+    "logps/chosen",
+    "logps/rejected",
+    "logits/chosen",
+    "logits/rejected",
+    "nll_loss",
+)
+#: what evaluation reports (with the `eval_` prefix), in table order
+EVAL_METRICS: tuple[str, ...] = ("loss", *PAIR_METRICS)
+#: training-only log entries, after the evaluation ones in log lines and tables
+TRAIN_ONLY_METRICS: tuple[str, ...] = ("learning_rate", "grad_norm", "epoch", "tokens/s")
