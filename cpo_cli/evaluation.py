@@ -389,53 +389,30 @@ def check_same_tokenizer(a: EvalModel, b: EvalModel) -> None:
 
 
 def prepare_pairs(source: Any, tokenizer: Any, training: Any, *, is_encoder_decoder: bool) -> Any:
-    """The eval pairs as training prepares them (`data.prepare.prepare_dataset` with the
-    engine's cache: same template, tokenisation, truncation and checks; a `cpo prepare` folder
-    is checked against this tokenizer and reused). Dropped rows are reported, as in training."""
-    from cpo_cli import console
-    from cpo_cli.data.prepare import prepare_dataset
-    from cpo_cli.engine.data import prepared_cache_dir
+    """The eval pairs exactly as training prepares them (same template, tokenisation,
+    truncation, checks and cache; a `cpo prepare` folder is checked and reused)."""
+    from cpo_cli.engine.data import prepare_source
 
-    prepared = prepare_dataset(
-        source,
-        tokenizer,
-        training,
-        cache_dir=prepared_cache_dir(),
-        is_encoder_decoder=is_encoder_decoder,
+    return prepare_source(
+        "eval", source, tokenizer, training, is_encoder_decoder=is_encoder_decoder
     )
-    report = prepared.report
-    if report.rows_dropped:
-        console.info(f"{report.rows_dropped} rows of {source.path} dropped:")
-        for line in report.drop_lines():
-            console.info(f"  {line}")
-    if len(prepared.dataset) == 0:
-        raise UsageError(f"{source.path}: no usable pairs to evaluate (every row dropped)")
-    return prepared.dataset
 
 
 def score_pairs(subject: EvalModel, pairs: Any, training: Any) -> dict[str, float]:
     """The engine's evaluation over every pair, set up as the training loop sets it up (same
     accelerator, batch layout, loader and `evaluate_model`), plus the number of pairs."""
-    from cpo_cli.engine.data import build_eval_dataloader
+    from cpo_cli.engine.data import build_eval_dataloader, loader_settings
     from cpo_cli.engine.evaluate import evaluate_model
-    from cpo_cli.engine.forward import choose_layout
     from cpo_cli.engine.loop import build_accelerator
 
     accelerator = build_accelerator(training)
     model = subject.model
-    start_id = getattr(getattr(model, "config", None), "decoder_start_token_id", None)
-    layout = (
-        "pair_rows"
-        if subject.is_encoder_decoder
-        else choose_layout(model, prefix_sharing=training.prefix_sharing)
-    )
     loader = build_eval_dataloader(
         pairs,
         training,
-        pad_token_id=subject.tokenizer.pad_token_id,
-        is_encoder_decoder=subject.is_encoder_decoder,
-        layout=layout,
-        decoder_start_token_id=start_id,
+        **loader_settings(
+            model, subject.tokenizer, training, is_encoder_decoder=subject.is_encoder_decoder
+        ),
     )
     prepared = accelerator.prepare_model(model, evaluation_mode=True)
     metrics = evaluate_model(prepared, accelerator.prepare(loader), training, accelerator)

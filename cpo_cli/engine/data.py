@@ -201,35 +201,76 @@ def prepared_cache_dir() -> Path:
     return (Path(root) if root else Path.home() / ".cache" / "cpo") / "prepared"
 
 
-def load_datasets(recipe: Any, tokenizer: Any, is_encoder_decoder: bool) -> tuple[Any, Any]:
-    """Prepared train and eval datasets (a `cpo prepare` folder is checked against this
-    tokenizer and these lengths; a raw source is prepared in-process, cached)."""
+def prepare_source(
+    name: str, source: Any, tokenizer: Any, training: Any, *, is_encoder_decoder: bool
+) -> Any:
+    """One source as training uses it: a `cpo prepare` folder checked against this tokenizer and
+    these lengths, or a raw source prepared in-process (cached). `cpo eval` shares it, so eval
+    pairs are exactly the pairs training would see."""
     from cpo_cli import console
     from cpo_cli.data.prepare import prepare_dataset
+    from cpo_cli.errors import DataError
+
+    prepared = prepare_dataset(
+        source,
+        tokenizer,
+        training,
+        cache_dir=prepared_cache_dir(),
+        is_encoder_decoder=is_encoder_decoder,
+    )
+    report = prepared.report
+    dropped = f", {report.rows_dropped} dropped" if report.rows_dropped else ""
+    console.info(f"data.{name}: {report.rows_kept} pairs from {source.path}{dropped}")
+    for line in report.drop_lines():
+        console.info(f"  {line}")
+    if report.rows_kept == 0:
+        raise DataError(
+            f"data.{name}: no usable pairs in {source.path} (every row was dropped)",
+            hint=f"run `cpo prepare --dataset {source.path} ...` to see why each row is dropped",
+        )
+    return prepared.dataset
+
+
+def load_datasets(recipe: Any, tokenizer: Any, is_encoder_decoder: bool) -> tuple[Any, Any]:
+    """Prepared train and eval datasets (eval is None when the recipe has none)."""
     from cpo_cli.errors import RecipeError
 
     if recipe.data.train is None:
         raise RecipeError(
             "recipe", ["data.train: cpo train needs a training dataset (data.train.path)"]
         )
-    out: list[Any] = []
-    for name, source in (("train", recipe.data.train), ("eval", recipe.data.eval)):
-        if source is None:
-            out.append(None)
-            continue
-        prepared = prepare_dataset(
-            source,
-            tokenizer,
-            recipe.training,
-            cache_dir=prepared_cache_dir(),
-            is_encoder_decoder=is_encoder_decoder,
+    out = [
+        None
+        if source is None
+        else prepare_source(
+            name, source, tokenizer, recipe.training, is_encoder_decoder=is_encoder_decoder
         )
-        report = prepared.report
-        dropped = f", {report.rows_dropped} dropped" if report.rows_dropped else ""
-        console.info(f"data.{name}: {report.rows_kept} pairs from {source.path}{dropped}")
-        for line in report.drop_lines():
-            console.info(f"  {line}")
-        if report.rows_kept == 0:
-            raise RecipeError("recipe", [f"data.{name}: no usable pairs in {source.path}"])
-        out.append(prepared.dataset)
+        for name, source in (("train", recipe.data.train), ("eval", recipe.data.eval))
+    ]
     return out[0], out[1]
+
+
+def loader_settings(
+    model: Any, tokenizer: Any, training: Any, *, is_encoder_decoder: bool
+) -> dict[str, Any]:
+    """Collation settings shared by the train and eval loaders of `cpo train` and `cpo eval`:
+    pad id (`padding_value` or the tokenizer's), batch layout (packed prompt sharing where the
+    model takes it), decoder start id for encoder-decoders."""
+    from cpo_cli.engine.forward import choose_layout
+
+    layout = (
+        "pair_rows"
+        if is_encoder_decoder
+        else choose_layout(model, prefix_sharing=training.prefix_sharing)
+    )
+    pad_id = (
+        training.padding_value if training.padding_value is not None else tokenizer.pad_token_id
+    )
+    return {
+        "pad_token_id": pad_id,
+        "layout": layout,
+        "is_encoder_decoder": is_encoder_decoder,
+        "decoder_start_token_id": getattr(
+            getattr(model, "config", None), "decoder_start_token_id", None
+        ),
+    }

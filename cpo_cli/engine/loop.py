@@ -136,8 +136,12 @@ def build_run(loaded: Any) -> Run:
     """Load tokenizer, data and model; build loaders, optimizer and schedule; prepare them all."""
     from transformers.utils import logging as hf_logging
 
-    from cpo_cli.engine.data import build_eval_dataloader, build_train_dataloader, load_datasets
-    from cpo_cli.engine.forward import choose_layout
+    from cpo_cli.engine.data import (
+        build_eval_dataloader,
+        build_train_dataloader,
+        load_datasets,
+        loader_settings,
+    )
     from cpo_cli.engine.model import build_model, build_tokenizer, is_encoder_decoder_model
     from cpo_cli.engine.optim import build_optimizer, build_scheduler
     from cpo_cli.recipe.dump import to_yaml
@@ -151,21 +155,7 @@ def build_run(loaded: Any) -> Run:
     with accelerator.main_process_first():  # the main process prepares (and caches) the data
         train_dataset, eval_dataset = load_datasets(recipe, tokenizer, encoder_decoder)
     model = build_model(recipe.model, training, recipe.peft)
-    start_id = getattr(getattr(model, "config", None), "decoder_start_token_id", None)
-    layout = (
-        "pair_rows"
-        if encoder_decoder
-        else choose_layout(model, prefix_sharing=training.prefix_sharing)
-    )
-    pad_id = (
-        training.padding_value if training.padding_value is not None else tokenizer.pad_token_id
-    )
-    loader_kwargs = {
-        "pad_token_id": pad_id,
-        "layout": layout,
-        "is_encoder_decoder": encoder_decoder,
-        "decoder_start_token_id": start_id,
-    }
+    loader_kwargs = loader_settings(model, tokenizer, training, is_encoder_decoder=encoder_decoder)
     train_loader, sampler = build_train_dataloader(train_dataset, training, **loader_kwargs)
     eval_loader = (
         build_eval_dataloader(eval_dataset, training, **loader_kwargs)
