@@ -84,9 +84,14 @@ def _text(rng: random.Random, n_words: int) -> str:
 
 
 def write_dataset(path: Path, shape: str, rows: int, seed: int = 0) -> None:
-    """Synthetic pairs. prompt-heavy: ~400-token prompts, ~40-token answers; balanced: ~120/120."""
+    """Synthetic pairs (about one token a word). prompt-heavy: ~400-token prompts, ~40-token
+    answers; balanced: ~120/120; long: ~1000 tokens per sequence (prompt 690, answers 300)."""
     rng = random.Random(seed)
-    prompt_words, answer_words = {"prompt-heavy": (380, 35), "balanced": (110, 110)}[shape]
+    prompt_words, answer_words = {
+        "prompt-heavy": (380, 35),
+        "balanced": (110, 110),
+        "long": (690, 300),
+    }[shape]
     with path.open("w") as f:
         for _ in range(rows):
             row = {
@@ -265,6 +270,39 @@ def count_tokens(data: Path, model: Path) -> int:
     return total
 
 
+def estimate_max_batch(models: dict[str, Path], work: Path, a: argparse.Namespace) -> None:
+    """Peak RSS of one optimizer step at two batch sizes; the per-pair slope extrapolated to the
+    memory budget gives the largest batch that fits (both engines measured the same way)."""
+    small, large = a.max_batch_sizes
+    budget = a.memory_gib * 1024
+    print(
+        f"largest batch of ~1024-token pairs within {a.memory_gib:g} GiB "
+        f"(1 step at b={small} and b={large})"
+    )
+    print(
+        f"{'model':<8} {'engine':<6} {'MiB@small':>9} {'MiB@large':>9} {'MiB/pair':>9} {'max b':>6}"
+    )
+    for mname, mdir in models.items():
+        data = work / "long.jsonl"
+        write_dataset(data, "long", large)
+        best: dict[str, float] = {}
+        for engine in a.engines:
+            peaks = []
+            for b in (small, large):
+                a.batch_size = b
+                peaks.append(run_once(engine, mdir, data, 1, a)["peak_rss_mib"])
+            slope = max((peaks[1] - peaks[0]) / (large - small), 1e-6)
+            base = peaks[0] - slope * small
+            best[engine] = (budget - base) / slope
+            print(
+                f"{mname:<8} {engine:<6} {peaks[0]:9.0f} {peaks[1]:9.0f} {slope:9.0f} "
+                f"{best[engine]:6.0f}",
+                flush=True,
+            )
+        if "cpo" in best and "trl" in best:
+            print(f"{mname:<8} cpo/trl largest-batch ratio: {best['cpo'] / best['trl']:.1f}x")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--worker", choices=["trl", "cpo"])
@@ -283,6 +321,14 @@ def main() -> None:
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--no-prefix-sharing", action="store_true")
     p.add_argument("--engines", nargs="+", default=["cpo", "trl"])
+    p.add_argument(
+        "--max-batch",
+        action="store_true",
+        help="estimate the largest batch of ~1024-token pairs that fits in --memory-gib: one step\n"
+        "at two batch sizes, peak RSS extrapolated linearly (an estimate, not a crash test)",
+    )
+    p.add_argument("--max-batch-sizes", nargs=2, type=int, default=[1, 3])
+    p.add_argument("--memory-gib", type=float, default=24.0)
     a = p.parse_args()
 
     if a.worker:
@@ -301,6 +347,10 @@ def main() -> None:
         build_tiny_model(models["tiny"], smol)
     if "smollm2" in a.models:
         models["smollm2"] = smol
+
+    if a.max_batch:
+        estimate_max_batch(models, work, a)
+        return
 
     short, long = a.steps
     rows_needed = a.batch_size * long
