@@ -413,8 +413,10 @@ def score_pairs(subject: EvalModel, pairs: Any, training: Any) -> dict[str, floa
         **loader_settings(
             model, subject.tokenizer, training, is_encoder_decoder=subject.is_encoder_decoder
         ),
+        process_index=accelerator.process_index,
+        num_processes=accelerator.num_processes,
     )
     prepared = accelerator.prepare_model(model, evaluation_mode=True)
-    metrics = evaluate_model(prepared, accelerator.prepare(loader), training, accelerator)
+    metrics = evaluate_model(prepared, loader, training, accelerator)
     subject.model = accelerator.unwrap_model(prepared)
     return {**metrics, NUM_PAIRS: float(len(pairs))}

@@ -174,8 +174,16 @@ def build_eval_dataloader(
     is_encoder_decoder: bool,
     layout: str,
     decoder_start_token_id: int | None = None,
+    process_index: int = 0,
+    num_processes: int = 1,
 ) -> Any:
-    """In dataset order, never dropping rows: every held-out pair is scored once."""
+    """In dataset order, never dropping rows: every held-out pair is scored exactly once.
+
+    With several processes each takes every `num_processes`-th pair. The loader is not
+    `accelerator.prepare`d: accelerate would pad the last batches with repeated pairs (so that
+    every process has as many batches), and those repeats would be counted in the means."""
+    if num_processes > 1:
+        dataset = dataset.select(range(process_index, len(dataset), num_processes))
     sampler = EpochSampler(len(dataset), seed=0, shuffle=False)
     collate = partial(
         _collate,

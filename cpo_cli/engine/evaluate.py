@@ -48,10 +48,12 @@ def evaluate_model(
 ) -> dict[str, float]:
     """Mean loss and metrics over every pair of `dataloader`, keys prefixed `eval_`.
 
-    `dataloader` yields `(batch, sizes)` as built by `cpo_cli.engine.data`. The model is put back
-    in training mode afterwards only if it was in it before.
+    `dataloader` yields `(batch, sizes)` as built by `cpo_cli.engine.data.build_eval_dataloader`
+    (this process's share of the pairs; batches are moved to the accelerator's device here). The
+    model is put back in training mode afterwards only if it was in it before.
     """
     import torch
+    from accelerate.utils import send_to_device
 
     from cpo_cli.engine.step import batch_loss_and_metrics
 
@@ -60,7 +62,8 @@ def evaluate_model(
     means = MetricMeans()
     try:
         with torch.no_grad():
-            for batch, sizes in dataloader:
+            for cpu_batch, sizes in dataloader:
+                batch = send_to_device(cpu_batch, accelerator.device) if accelerator else cpu_batch
                 loss, metrics = batch_loss_and_metrics(model, batch, training)
                 means.add({"loss": loss.detach(), **metrics}, weight=float(sizes["pairs"]))
     finally:

@@ -158,7 +158,13 @@ def build_run(loaded: Any) -> Run:
     loader_kwargs = loader_settings(model, tokenizer, training, is_encoder_decoder=encoder_decoder)
     train_loader, sampler = build_train_dataloader(train_dataset, training, **loader_kwargs)
     eval_loader = (
-        build_eval_dataloader(eval_dataset, training, **loader_kwargs)
+        build_eval_dataloader(
+            eval_dataset,
+            training,
+            **loader_kwargs,
+            process_index=accelerator.process_index,
+            num_processes=accelerator.num_processes,
+        )
         if eval_dataset is not None
         else None
     )
@@ -169,8 +175,6 @@ def build_run(loaded: Any) -> Run:
     # the schedule counts optimizer steps; it is stepped by hand, once per optimizer step
     scheduler = build_scheduler(optimizer, training, plan.total_steps)
     accelerator.register_for_checkpointing(scheduler)
-    if eval_loader is not None:
-        eval_loader = accelerator.prepare(eval_loader)
     register_state_hooks(accelerator)
     return Run(
         accelerator=accelerator,
