@@ -186,6 +186,39 @@ def test_two_processes(tiny_model_dir: Path, demo_train_path: Path, tmp_path: Pa
     }
 
 
+def test_two_process_evaluation_scores_each_pair_once(
+    tiny_model_dir: Path, demo_train_path: Path, demo_eval_path: Path, tmp_path: Path
+) -> None:
+    """5 eval pairs over 2 processes (3 + 2, batches of 2): the per-pair means equal one
+    process's (cpo_alpha 0: the NLL term is a token mean per batch, so it depends on batching)."""
+    results = {}
+    for processes in (1, 2):
+        out = tmp_path / f"out{processes}"
+        recipe = write_recipe(
+            tmp_path / f"r{processes}.yaml",
+            tiny_model_dir,
+            out,
+            demo_train_path,
+            max_steps=1,
+            learning_rate=0.0,
+            cpo_alpha=0.0,
+            eval_strategy="steps",
+            eval_steps=1,
+            eval_on_start=True,
+            per_device_eval_batch_size=2,
+        )
+        data = yaml.safe_load(recipe.read_text())
+        data["data"]["eval"] = {"path": str(demo_eval_path), "max_rows": 5}
+        recipe.write_text(yaml.safe_dump(data), encoding="utf-8")
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+        done = cli("train", str(recipe), launcher=launcher if processes == 2 else None)
+        assert done.returncode == 0, done.stderr[-3000:]
+        records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        results[processes] = next(r for r in records if "eval_loss" in r)
+    for key in ("eval_loss", "eval_rewards/accuracies", "eval_logps/chosen", "eval_logps/rejected"):
+        assert results[2][key] == pytest.approx(results[1][key], rel=1e-5), key
+
+
 @pytest.mark.slow
 @pytest.mark.ci
 def test_quickstart_learns(tmp_path: Path) -> None:
