@@ -190,6 +190,7 @@ def worker_cpo(a: argparse.Namespace) -> dict[str, float]:
         "  disable_tqdm: true\n"
         f"  gradient_checkpointing: {str(a.gradient_checkpointing).lower()}\n"
         f"  prefix_sharing: {str(not a.no_prefix_sharing).lower()}\n"
+        + (f"  logprob_chunk_size: {a.chunk_size}\n" if a.chunk_size else "")
     )
     import torch
 
@@ -244,6 +245,8 @@ def run_once(engine: str, model: Path, data: Path, steps: int, a: argparse.Names
         cmd.append("--gradient-checkpointing")
     if a.no_prefix_sharing:
         cmd.append("--no-prefix-sharing")
+    if a.chunk_size:
+        cmd += ["--chunk-size", str(a.chunk_size)]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _, status, rusage = os.wait4(proc.pid, 0)
@@ -320,6 +323,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--no-prefix-sharing", action="store_true")
+    p.add_argument("--chunk-size", type=int, default=0, help="cpo's logprob_chunk_size")
     p.add_argument("--engines", nargs="+", default=["cpo", "trl"])
     p.add_argument(
         "--max-batch",

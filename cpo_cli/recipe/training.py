@@ -564,10 +564,11 @@ class TrainingConfig(BaseModel):
         "it (same log-probabilities as the plain path, less compute).",
     )
     logprob_chunk_size: int = Field(
-        default=1024,
+        default=256,
         ge=1,
         description="cpo extension: answer positions per chunk when computing the LM head "
-        "and log-softmax (bounds logits memory).",
+        "and log-softmax (bounds logits memory: chunk x vocab x 4 bytes; 256 measured best "
+        "for memory at no speed cost on a 49k vocabulary).",
     )
 
     @field_validator("eval_strategy", "logging_strategy", "save_strategy", mode="before")

@@ -72,7 +72,7 @@ def test_optional_where_seed_is_optional(row: dict[str, str]) -> None:
 
 def test_extensions_defaults() -> None:
     t = TrainingConfig()
-    assert (t.alpha, t.prefix_sharing, t.logprob_chunk_size) == (0.0, True, 1024)
+    assert (t.alpha, t.prefix_sharing, t.logprob_chunk_size) == (0.0, True, 256)
 
 
 def test_loss_type_choices_come_from_the_registry() -> None:
