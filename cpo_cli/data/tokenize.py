@@ -106,15 +106,19 @@ class _BlankTokens:
 _BLANKS: weakref.WeakKeyDictionary[Any, _BlankTokens] = weakref.WeakKeyDictionary()
 
 
-def _blank_tokens(tokenizer: Any) -> _BlankTokens:
+def _per_tokenizer(cache: weakref.WeakKeyDictionary[Any, Any], tokenizer: Any, make: Any) -> Any:
     """One memo per tokenizer object, for as long as it lives."""
     try:
-        memo = _BLANKS.get(tokenizer)
+        memo = cache.get(tokenizer)
         if memo is None:
-            memo = _BLANKS[tokenizer] = _BlankTokens(tokenizer)
+            memo = cache[tokenizer] = make(tokenizer)
         return memo
     except TypeError:  # not weak-referenceable: a fresh memo is merely slower
-        return _BlankTokens(tokenizer)
+        return make(tokenizer)
+
+
+def _blank_tokens(tokenizer: Any) -> _BlankTokens:
+    return _per_tokenizer(_BLANKS, tokenizer, _BlankTokens)  # type: ignore[no-any-return]
 
 
 class _Encoder:
@@ -158,13 +162,7 @@ _ENCODERS: weakref.WeakKeyDictionary[Any, _Encoder] = weakref.WeakKeyDictionary(
 
 
 def _encoder(tokenizer: Any) -> _Encoder:
-    try:
-        enc = _ENCODERS.get(tokenizer)
-        if enc is None:
-            enc = _ENCODERS[tokenizer] = _Encoder(tokenizer)
-        return enc
-    except TypeError:
-        return _Encoder(tokenizer)
+    return _per_tokenizer(_ENCODERS, tokenizer, _Encoder)  # type: ignore[no-any-return]
 
 
 def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:

@@ -98,6 +98,18 @@ def _collate(
     return batch, {"pairs": len(rows), "tokens": tokens}
 
 
+def _collate_fn(
+    pad_token_id: int, layout: str, is_encoder_decoder: bool, decoder_start_token_id: int | None
+) -> Any:
+    return partial(
+        _collate,
+        pad_token_id=pad_token_id,
+        layout="pair_rows" if is_encoder_decoder else layout,
+        is_encoder_decoder=is_encoder_decoder,
+        decoder_start_token_id=decoder_start_token_id,
+    )
+
+
 def _loader(
     dataset: Any, *, batch_size: int, sampler: Any, training: Any, collate: Any, drop_last: bool
 ) -> Any:
@@ -148,13 +160,7 @@ def build_train_dataloader(
     sampler = EpochSampler(
         len(dataset), seed=seed, lengths=lengths, batch_size=training.per_device_train_batch_size
     )
-    collate = partial(
-        _collate,
-        pad_token_id=pad_token_id,
-        layout="pair_rows" if is_encoder_decoder else layout,
-        is_encoder_decoder=is_encoder_decoder,
-        decoder_start_token_id=decoder_start_token_id,
-    )
+    collate = _collate_fn(pad_token_id, layout, is_encoder_decoder, decoder_start_token_id)
     loader = _loader(
         dataset,
         batch_size=training.per_device_train_batch_size,
@@ -185,13 +191,7 @@ def build_eval_dataloader(
     if num_processes > 1:
         dataset = dataset.select(range(process_index, len(dataset), num_processes))
     sampler = EpochSampler(len(dataset), seed=0, shuffle=False)
-    collate = partial(
-        _collate,
-        pad_token_id=pad_token_id,
-        layout="pair_rows" if is_encoder_decoder else layout,
-        is_encoder_decoder=is_encoder_decoder,
-        decoder_start_token_id=decoder_start_token_id,
-    )
+    collate = _collate_fn(pad_token_id, layout, is_encoder_decoder, decoder_start_token_id)
     return _loader(
         dataset,
         batch_size=training.per_device_eval_batch_size,
