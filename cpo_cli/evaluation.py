@@ -173,8 +173,9 @@ def generate(
     chosen and rejected answers. Greedy unless a temperature is set."""
     import torch
 
+    from cpo_cli.engine.generate import generate_answers
+
     rows = pairs.select(sample_rows(len(pairs), settings.num_prompts, settings.seed))
-    device = next(model.parameters()).device
     sampling = settings.temperature > 0
     options: dict[str, Any] = {"max_new_tokens": settings.max_new_tokens, "do_sample": sampling}
     if sampling:
@@ -183,32 +184,23 @@ def generate(
     else:  # make greedy explicit so a model's generation_config cannot turn sampling on
         options.update(temperature=None, top_p=None, top_k=None)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    was_training = model.training
-    model.eval()
-    out: list[dict[str, str]] = []
-    try:
-        with torch.no_grad():
-            for row in rows:
-                ids = torch.tensor([row["prompt_input_ids"]], device=device)
-                tokens = model.generate(
-                    input_ids=ids,
-                    attention_mask=torch.ones_like(ids),
-                    pad_token_id=pad_id,
-                    **options,
-                )
-                answer = tokens[0] if is_encoder_decoder else tokens[0, ids.shape[1] :]
-                out.append(
-                    {
-                        "prompt": _text(row, "prompt", tokenizer),
-                        "generation": tokenizer.decode(answer, skip_special_tokens=True).strip(),
-                        "chosen": _text(row, "chosen", tokenizer),
-                        "rejected": _text(row, "rejected", tokenizer),
-                    }
-                )
-    finally:
-        if was_training:
-            model.train()
-    return out
+    answers = generate_answers(
+        model,
+        tokenizer,
+        rows,
+        is_encoder_decoder=is_encoder_decoder,
+        pad_token_id=pad_id,
+        **options,
+    )
+    return [
+        {
+            "prompt": _text(row, "prompt", tokenizer),
+            "generation": answer.strip(),
+            "chosen": _text(row, "chosen", tokenizer),
+            "rejected": _text(row, "rejected", tokenizer),
+        }
+        for row, answer in zip(rows, answers, strict=True)
+    ]
 
 
 def _text(row: Mapping[str, Any], column: str, tokenizer: Any) -> str:

@@ -22,37 +22,50 @@ def generate_samples(
     num_samples: int = NUM_SAMPLES,
 ) -> list[dict[str, str]]:
     """Greedy answers of the policy to the first `num_samples` eval prompts."""
-    import torch
-
     rows = eval_dataset.select(range(min(num_samples, len(eval_dataset))))
     limit = training.max_completion_length or MAX_NEW_TOKENS
+    answers = generate_answers(
+        model,
+        tokenizer,
+        rows,
+        is_encoder_decoder=is_encoder_decoder,
+        max_new_tokens=min(limit, MAX_NEW_TOKENS),
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return [
+        {
+            "prompt": str(row.get("prompt", tokenizer.decode(row["prompt_input_ids"]))),
+            "policy": answer,
+            "chosen": str(row.get("chosen", tokenizer.decode(row["chosen_input_ids"]))),
+        }
+        for row, answer in zip(rows, answers, strict=True)
+    ]
+
+
+def generate_answers(
+    model: Any, tokenizer: Any, rows: Any, *, is_encoder_decoder: bool, **options: Any
+) -> list[str]:
+    """The model's answer to each prepared row's prompt, decoded without special tokens. One
+    prompt at a time, so no padding side can go wrong; `options` go to `model.generate`. The
+    model is put back in training mode afterwards only if it was in it before."""
+    import torch
+
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    samples = []
+    answers: list[str] = []
     try:
         with torch.no_grad():
             for row in rows:
                 ids = torch.tensor([row["prompt_input_ids"]], device=device)
-                out = model.generate(
-                    input_ids=ids,
-                    attention_mask=torch.ones_like(ids),
-                    max_new_tokens=min(limit, MAX_NEW_TOKENS),
-                    do_sample=False,
-                    pad_token_id=tokenizer.pad_token_id,
-                )
+                out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **options)
                 answer_ids = out[0] if is_encoder_decoder else out[0, ids.shape[1] :]
-                samples.append(
-                    {
-                        "prompt": str(row.get("prompt", tokenizer.decode(row["prompt_input_ids"]))),
-                        "policy": tokenizer.decode(answer_ids, skip_special_tokens=True),
-                        "chosen": str(row.get("chosen", tokenizer.decode(row["chosen_input_ids"]))),
-                    }
-                )
+                answers.append(tokenizer.decode(answer_ids, skip_special_tokens=True))
     finally:
         if was_training:
             model.train()
-    return samples
+    return answers
 
 
 def write_samples(samples: list[dict[str, str]], path: Path, step: int) -> None:
