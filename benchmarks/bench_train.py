@@ -247,8 +247,13 @@ def run_once(engine: str, model: Path, data: Path, steps: int, a: argparse.Names
         cmd.append("--no-prefix-sharing")
     if a.chunk_size:
         cmd += ["--chunk-size", str(a.chunk_size)]
+    env = dict(ENV)
+    if getattr(a, "mmap_threshold_kib", 0):
+        # Tensors above the threshold get their own mapping, returned to the OS when freed:
+        # peak RSS then follows the live tensors rather than the heap's fragmentation.
+        env["MALLOC_MMAP_THRESHOLD_"] = str(a.mmap_threshold_kib * 1024)
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _, status, rusage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     stdout = proc.stdout.read() if proc.stdout else ""
@@ -274,36 +279,55 @@ def count_tokens(data: Path, model: Path) -> int:
 
 
 def estimate_max_batch(models: dict[str, Path], work: Path, a: argparse.Namespace) -> None:
-    """Peak RSS of one optimizer step at two batch sizes; the per-pair slope extrapolated to the
-    memory budget gives the largest batch that fits (both engines measured the same way)."""
-    small, large = a.max_batch_sizes
+    """Peak RSS of two optimizer steps (the second backward runs with the optimizer state
+    allocated) at several batch sizes; the least-squares per-pair slope, extrapolated to the
+    memory budget, gives the largest batch that fits (both engines measured the same way, in the
+    same run). Batch sizes should be large enough that the backward, not the model load or the
+    optimizer step, sets the peak: otherwise the slope is flat."""
+    sizes_for = {"cpo": sorted(set(a.max_batch_sizes)), "trl": sorted(set(a.max_batch_sizes_trl))}
+    if any(len(v) < 2 for v in sizes_for.values()):
+        raise SystemExit("--max-batch-sizes(-trl) need at least two different batch sizes")
+    if a.mmap_threshold_kib is None:
+        a.mmap_threshold_kib = 1024
     budget = a.memory_gib * 1024
+    allocator = (
+        f"glibc mmap threshold fixed at {a.mmap_threshold_kib} KiB"
+        if a.mmap_threshold_kib
+        else "glibc default allocator"
+    )
     print(
         f"largest batch of ~1024-token pairs within {a.memory_gib:g} GiB "
-        f"(1 step at b={small} and b={large})"
+        f"(2 steps; {allocator}; gradient checkpointing "
+        f"{'on' if a.gradient_checkpointing else 'off'})"
     )
-    print(
-        f"{'model':<8} {'engine':<6} {'MiB@small':>9} {'MiB@large':>9} {'MiB/pair':>9} {'max b':>6}"
-    )
+    print(f"{'model':<8} {'engine':<6} {'peak MiB per batch size':<40} {'MiB/pair':>9} {'max b':>6}")
     for mname, mdir in models.items():
         data = work / "long.jsonl"
-        write_dataset(data, "long", large)
+        write_dataset(data, "long", 2 * max(max(v) for v in sizes_for.values()))
         best: dict[str, float] = {}
         for engine in a.engines:
-            peaks = []
-            for b in (small, large):
+            sizes, peaks = sizes_for[engine], []
+            for b in sizes:
                 a.batch_size = b
-                peaks.append(run_once(engine, mdir, data, 1, a)["peak_rss_mib"])
-            slope = max((peaks[1] - peaks[0]) / (large - small), 1e-6)
-            base = peaks[0] - slope * small
-            best[engine] = (budget - base) / slope
+                peaks.append(run_once(engine, mdir, data, 2, a)["peak_rss_mib"])
+            slope, base = _line_fit(sizes, peaks)
+            best[engine] = (budget - base) / max(slope, 1e-6)
+            shown = " ".join(f"{b}:{m:.0f}" for b, m in zip(sizes, peaks, strict=True))
             print(
-                f"{mname:<8} {engine:<6} {peaks[0]:9.0f} {peaks[1]:9.0f} {slope:9.0f} "
-                f"{best[engine]:6.0f}",
-                flush=True,
+                f"{mname:<8} {engine:<6} {shown:<40} {slope:9.0f} {best[engine]:6.0f}", flush=True
             )
         if "cpo" in best and "trl" in best:
             print(f"{mname:<8} cpo/trl largest-batch ratio: {best['cpo'] / best['trl']:.1f}x")
+
+
+def _line_fit(xs: list[int], ys: list[float]) -> tuple[float, float]:
+    """Least-squares slope and intercept."""
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum(
+        (x - mx) ** 2 for x in xs
+    )
+    return slope, my - slope * mx
 
 
 def main() -> None:
@@ -331,7 +355,16 @@ def main() -> None:
         help="estimate the largest batch of ~1024-token pairs that fits in --memory-gib: one step\n"
         "at two batch sizes, peak RSS extrapolated linearly (an estimate, not a crash test)",
     )
-    p.add_argument("--max-batch-sizes", nargs=2, type=int, default=[1, 3])
+    p.add_argument("--max-batch-sizes", nargs="+", type=int, default=[4, 8, 16], help="cpo's")
+    p.add_argument("--max-batch-sizes-trl", nargs="+", type=int, default=[2, 4, 8])
+    p.add_argument(
+        "--mmap-threshold-kib",
+        type=int,
+        default=None,
+        help="fix glibc's mmap threshold for the workers (default: 1024 with --max-batch, else\n"
+        "glibc's own dynamic threshold, which keeps freed tensors in the heap, so that peak\n"
+        "RSS follows its fragmentation; 0 forces glibc's default)",
+    )
     p.add_argument("--memory-gib", type=float, default=24.0)
     a = p.parse_args()
 

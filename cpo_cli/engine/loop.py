@@ -305,9 +305,11 @@ def _train_loop(run: Run, state: TrainerState, tracker: Any, progress: Any) -> d
             state.batches_done_in_epoch += 1
             state.tokens_seen += sizes["tokens"]
             window_tokens += sizes["tokens"]
-            if not (training.logging_nan_inf_filter and not torch.isfinite(loss).item()):
-                # logging_nan_inf_filter: a non-finite loss is left out of the logged means
-                window_means.add({"loss": loss.detach(), **metrics}, weight=float(sizes["pairs"]))
+            # logging_nan_inf_filter: a non-finite loss is left out of the logged means
+            keep = torch.isfinite(loss.detach()) if training.logging_nan_inf_filter else None
+            window_means.add(
+                {"loss": loss.detach(), **metrics}, weight=float(sizes["pairs"]), keep=keep
+            )
             if in_window < window_size:
                 continue
             if not accelerator.sync_gradients:
