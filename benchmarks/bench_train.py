@@ -300,7 +300,9 @@ def estimate_max_batch(models: dict[str, Path], work: Path, a: argparse.Namespac
         f"(2 steps; {allocator}; gradient checkpointing "
         f"{'on' if a.gradient_checkpointing else 'off'})"
     )
-    print(f"{'model':<8} {'engine':<6} {'peak MiB per batch size':<40} {'MiB/pair':>9} {'max b':>6}")
+    print(
+        f"{'model':<8} {'engine':<6} {'peak MiB per batch size':<40} {'MiB/pair':>9} {'max b':>6}"
+    )
     for mname, mdir in models.items():
         data = work / "long.jsonl"
         write_dataset(data, "long", 2 * max(max(v) for v in sizes_for.values()))
