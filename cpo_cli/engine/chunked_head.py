@@ -127,15 +127,19 @@ def _make_linear_head_function() -> Any:
                 b_sum = bias.double().sum() if bias is not None else 0.0
                 sums.copy_(hidden.double() @ w_sum + b_sum)
             kept = None
+            lse = torch.empty_like(logps)  # log Σ exp z per position, for the backward's softmax
             for s in range(0, n, chunk_size):
                 z, _ = _linear_logits(hidden[s : s + chunk_size], weight, bias, softcap)
                 y = targets[s : s + chunk_size, None]
+                z_y = z.gather(-1, y).squeeze(-1)
                 logps[s : s + chunk_size] = z.log_softmax(-1).gather(-1, y).squeeze(-1)
+                # logsumexp(z) = z_y − log p(y): the fused log-softmax is faster than logsumexp
+                lse[s : s + chunk_size] = z_y - logps[s : s + chunk_size]
                 if softcap is not None:
                     sums[s : s + chunk_size] = z.sum(-1)
                 if n <= chunk_size and softcap is None:
                     kept = z  # one chunk: keep its logits, no recompute in backward
-            ctx.save_for_backward(hidden, weight, bias, targets, kept)
+            ctx.save_for_backward(hidden, weight, bias, targets, kept, lse)
             ctx.chunk_size, ctx.softcap = chunk_size, softcap
             ctx.mark_non_differentiable(sums)
             return logps, sums
@@ -144,7 +148,7 @@ def _make_linear_head_function() -> Any:
         def backward(  # type: ignore[override]
             ctx: Any, grad_logps: torch.Tensor, _grad_sums: torch.Tensor | None
         ) -> tuple[torch.Tensor | None, ...]:
-            hidden, weight, bias, targets, kept = ctx.saved_tensors
+            hidden, weight, bias, targets, kept, lse = ctx.saved_tensors
             need_h, need_w, need_b = ctx.needs_input_grad[:3]
             grad_h = torch.empty_like(hidden) if need_h else None
             f32 = {"dtype": grad_logps.dtype, "device": weight.device}
@@ -153,12 +157,14 @@ def _make_linear_head_function() -> Any:
             step = ctx.chunk_size
             for s in range(0, hidden.shape[0], step):
                 h, y, g = hidden[s : s + step], targets[s : s + step], grad_logps[s : s + step]
+                # ∂log softmax(z)_y/∂z = onehot(y) − softmax(z), times the incoming gradient;
+                # softmax(z) = exp(z − lse) with the forward's lse (in place on fresh logits)
                 if kept is not None:
-                    z, t = kept, None
+                    t, probs = None, (kept - lse[s : s + step, None]).exp_()
                 else:
                     z, t = _linear_logits(h, weight, bias, ctx.softcap)
-                # ∂log softmax(z)_y/∂z = onehot(y) − softmax(z), times the incoming gradient
-                grad_z = z.softmax(-1).mul_(-g[:, None])
+                    probs = z.sub_(lse[s : s + step, None]).exp_()
+                grad_z = probs.mul_(-g[:, None])
                 grad_z.scatter_add_(-1, y[:, None], g[:, None])
                 if t is not None:
                     grad_z.mul_(1 - t * t)  # d(cap·tanh(z/cap))/dz
