@@ -285,7 +285,7 @@ def estimate_max_batch(models: dict[str, Path], work: Path, a: argparse.Namespac
     same run). Batch sizes should be large enough that the backward, not the model load or the
     optimizer step, sets the peak: otherwise the slope is flat."""
     sizes_for = {"cpo": sorted(set(a.max_batch_sizes)), "trl": sorted(set(a.max_batch_sizes_trl))}
-    if any(len(v) < 2 for v in sizes_for.values()):
+    if any(len(sizes_for[e]) < 2 for e in a.engines):
         raise SystemExit("--max-batch-sizes(-trl) need at least two different batch sizes")
     if a.mmap_threshold_kib is None:
         a.mmap_threshold_kib = 1024
@@ -320,6 +320,13 @@ def estimate_max_batch(models: dict[str, Path], work: Path, a: argparse.Namespac
             )
         if "cpo" in best and "trl" in best:
             print(f"{mname:<8} cpo/trl largest-batch ratio: {best['cpo'] / best['trl']:.1f}x")
+        for b in a.check_batch:
+            # a real run at the size claimed to fit, not an extrapolation
+            a.batch_size = b
+            write_dataset(data, "long", 2 * b)
+            peak = run_once("cpo", mdir, data, 2, a)["peak_rss_mib"]
+            verdict = "fits" if peak <= budget else "does NOT fit"
+            print(f"{mname:<8} cpo    b={b}: peak {peak:.0f} MiB, {verdict} in {budget:.0f} MiB")
 
 
 def _line_fit(xs: list[int], ys: list[float]) -> tuple[float, float]:
@@ -350,7 +357,12 @@ def main() -> None:
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--no-prefix-sharing", action="store_true")
     p.add_argument("--chunk-size", type=int, default=0, help="cpo's logprob_chunk_size")
-    p.add_argument("--engines", nargs="+", default=["cpo", "trl"])
+    p.add_argument(
+        "--engines",
+        nargs="*",
+        default=["cpo", "trl"],
+        help="engines to measure (--max-batch with none: only the --check-batch runs)",
+    )
     p.add_argument(
         "--max-batch",
         action="store_true",
@@ -359,6 +371,13 @@ def main() -> None:
     )
     p.add_argument("--max-batch-sizes", nargs="+", type=int, default=[4, 8, 16], help="cpo's")
     p.add_argument("--max-batch-sizes-trl", nargs="+", type=int, default=[2, 4, 8])
+    p.add_argument(
+        "--check-batch",
+        nargs="*",
+        type=int,
+        default=[],
+        help="after the estimate, run cpo for real at these batch sizes and report the peak",
+    )
     p.add_argument(
         "--mmap-threshold-kib",
         type=int,
