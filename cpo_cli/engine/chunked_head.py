@@ -36,12 +36,29 @@ def token_logps_and_logit_sums(
     if source.shape[0] == 0:
         empty = source.new_zeros(0, dtype=torch.float32)
         return empty, empty
-    if head is not None and type(head) is torch.nn.Linear:
+    if head is not None and type(head) is torch.nn.Linear and _weights_are_local(head):
         logps, sums = _LinearHeadLogps.apply(
             source, head.weight, head.bias, targets, chunk_size, softcap
         )
         return logps, sums
     return _autograd_chunks(source, targets, head, softcap, chunk_size)
+
+
+def _weights_are_local(head: nn.Module) -> bool:
+    """True when the head's weight is a whole, ordinary tensor that can be used outside the
+    head's own forward. Under DeepSpeed ZeRO-3 it is an empty placeholder (gathered only inside
+    the module call), and a sharded FSDP2 DTensor is not the full matrix either: those heads
+    are called as modules (`_autograd_chunks`), so the framework's hooks gather the weight."""
+    import torch
+
+    weight = head.weight
+    if hasattr(weight, "ds_id") or weight.numel() == 0:  # ZeRO-3 partitioned parameter
+        return False
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch without distributed support
+        return True
+    return isinstance(weight, torch.Tensor) and not isinstance(weight, DTensor)
 
 
 def _autograd_chunks(

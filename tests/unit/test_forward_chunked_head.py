@@ -78,3 +78,27 @@ def test_other_heads_and_logits_take_the_autograd_path() -> None:
     from_logits = token_logps_and_logit_sums(logits, targets, None, None, 4)[0]
     torch.testing.assert_close(from_logits, logps)
     assert token_logps_and_logit_sums(h[:0], targets[:0], head, None, 4)[0].shape == (0,)
+
+
+def test_a_partitioned_head_weight_is_called_as_a_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under DeepSpeed ZeRO-3 `lm_head.weight` is a placeholder outside the module's forward
+    (marked by `ds_id`): the head must then be called as a module, never read directly."""
+    from cpo_cli.engine import chunked_head
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(6, 13, bias=False)
+    head.weight.ds_id = 7  # what ZeRO-3 puts on a partitioned parameter
+    calls = []
+
+    def direct(*args: object) -> None:
+        raise AssertionError("the weight was read outside the head's forward")
+
+    monkeypatch.setattr(chunked_head._LinearHeadLogps, "apply", direct)
+    head.register_forward_hook(lambda *a: calls.append(1))
+    h = torch.randn(10, 6, requires_grad=True)
+    targets = torch.randint(0, 13, (10,))
+    logps, _ = token_logps_and_logit_sums(h, targets, head, None, 4)
+    torch.testing.assert_close(logps.double(), reference(h, head, targets, None)[0])
+    assert calls  # the module itself ran (so ZeRO-3's hooks would gather the weight)
+    logps.sum().backward()
+    assert h.grad is not None and head.weight.grad is not None
