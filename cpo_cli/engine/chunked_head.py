@@ -99,17 +99,45 @@ def _chunk(
 
 
 def _linear_logits(
-    h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, softcap: float | None
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    softcap: float | None,
+    scratch: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """float32 logits of a chunk, and tanh(z/cap) when soft-capping (for the backward)."""
+    """float32 logits of a chunk, and tanh(z/cap) when soft-capping (for the backward).
+
+    `scratch` (from `_scratch`) receives the logits when the weights are already float32/64:
+    one buffer reused by every chunk, instead of a fresh `[chunk, V]` allocation per chunk
+    (on a CPU each such allocation is a new mapping whose pages fault in again)."""
     import torch
     import torch.nn.functional as F
 
-    z = _at_least_f32(F.linear(h, weight, bias))
+    if scratch is not None:
+        out = scratch[: h.shape[0]]
+        if bias is None:
+            z = torch.mm(h, weight.t(), out=out)
+        else:
+            z = torch.addmm(bias, h, weight.t(), out=out)
+    else:
+        z = _at_least_f32(F.linear(h, weight, bias))
     if softcap is None:
         return z, None
     t = torch.tanh(z / softcap)
     return t * softcap, t
+
+
+def _scratch(hidden: torch.Tensor, weight: torch.Tensor, chunk_size: int) -> torch.Tensor | None:
+    """A `[chunk, V]` logits buffer for `_linear_logits`, or None where the logits need a dtype
+    conversion anyway (half-precision weights) or there is a single chunk."""
+    import torch
+
+    n = hidden.shape[0]
+    if n <= chunk_size or weight.dtype not in (torch.float32, torch.float64):
+        return None
+    if hidden.dtype != weight.dtype:
+        return None
+    return torch.empty(chunk_size, weight.shape[0], dtype=weight.dtype, device=weight.device)
 
 
 def _at_least_f32(x: torch.Tensor) -> torch.Tensor:
@@ -140,22 +168,24 @@ def _make_linear_head_function() -> Any:
             if softcap is None:
                 # Σ_v z_v = h·Σ_v W_v + Σ_v b_v: the logit sums without another pass over V
                 # (in float64, as the sum of many logits of both signs cancels).
-                w_sum = weight.double().sum(0)
-                b_sum = bias.double().sum() if bias is not None else 0.0
+                w_sum = weight.sum(0, dtype=torch.float64)  # no float64 copy of the weight
+                b_sum = bias.sum(dtype=torch.float64) if bias is not None else 0.0
                 sums.copy_(hidden.double() @ w_sum + b_sum)
+            # one chunk: keep its logits, no recompute in backward
+            keep = n <= chunk_size and softcap is None
             kept = None
             lse = torch.empty_like(logps)  # log Σ exp z per position, for the backward's softmax
+            scratch = None if keep else _scratch(hidden, weight, chunk_size)
             for s in range(0, n, chunk_size):
-                z, _ = _linear_logits(hidden[s : s + chunk_size], weight, bias, softcap)
+                z, _ = _linear_logits(hidden[s : s + chunk_size], weight, bias, softcap, scratch)
                 y = targets[s : s + chunk_size, None]
-                z_y = z.gather(-1, y).squeeze(-1)
-                logps[s : s + chunk_size] = z.log_softmax(-1).gather(-1, y).squeeze(-1)
-                # logsumexp(z) = z_y − log p(y): the fused log-softmax is faster than logsumexp
-                lse[s : s + chunk_size] = z_y - logps[s : s + chunk_size]
                 if softcap is not None:
                     sums[s : s + chunk_size] = z.sum(-1)
-                if n <= chunk_size and softcap is None:
-                    kept = z  # one chunk: keep its logits, no recompute in backward
+                z_y = z.gather(-1, y).squeeze(-1)
+                lse[s : s + chunk_size] = _logsumexp(z, in_place=not keep)
+                logps[s : s + chunk_size] = z_y - lse[s : s + chunk_size]
+                if keep:
+                    kept = z
             ctx.save_for_backward(hidden, weight, bias, targets, kept, lse)
             ctx.chunk_size, ctx.softcap = chunk_size, softcap
             ctx.mark_non_differentiable(sums)
@@ -172,19 +202,23 @@ def _make_linear_head_function() -> Any:
             grad_w = torch.zeros(weight.shape, **f32) if need_w else None
             grad_b = torch.zeros(weight.shape[0], **f32) if need_b and bias is not None else None
             step = ctx.chunk_size
+            scratch = None if kept is not None else _scratch(hidden, weight, step)
             for s in range(0, hidden.shape[0], step):
                 h, y, g = hidden[s : s + step], targets[s : s + step], grad_logps[s : s + step]
-                # ∂log softmax(z)_y/∂z = onehot(y) − softmax(z), times the incoming gradient;
                 # softmax(z) = exp(z − lse) with the forward's lse (in place on fresh logits)
                 if kept is not None:
                     t, probs = None, (kept - lse[s : s + step, None]).exp_()
                 else:
-                    z, t = _linear_logits(h, weight, bias, ctx.softcap)
+                    z, t = _linear_logits(h, weight, bias, ctx.softcap, scratch)
                     probs = z.sub_(lse[s : s + step, None]).exp_()
+                if t is None:
+                    # ∂log p(y)/∂z = onehot(y) − p: the one-hot part and the per-position
+                    # gradient g are applied to [chunk, H] operands, never to [chunk, V]
+                    _accumulate_grads(probs, h, y, g, weight, s, grad_h, grad_w, grad_b)
+                    continue
                 grad_z = probs.mul_(-g[:, None])
                 grad_z.scatter_add_(-1, y[:, None], g[:, None])
-                if t is not None:
-                    grad_z.mul_(1 - t * t)  # d(cap·tanh(z/cap))/dz
+                grad_z.mul_(1 - t * t)  # d(cap·tanh(z/cap))/dz
                 gz = grad_z.to(weight.dtype)
                 if grad_h is not None:
                     grad_h[s : s + step] = gz @ weight
@@ -202,6 +236,42 @@ def _make_linear_head_function() -> Any:
             )
 
     return LinearHeadLogps
+
+
+def _logsumexp(z: torch.Tensor, *, in_place: bool) -> torch.Tensor:
+    """log Σ_v exp z_v per row; `in_place` overwrites z (no [chunk, V] temporary)."""
+    import torch
+
+    if not in_place:
+        return torch.logsumexp(z, -1)
+    top = z.amax(-1, keepdim=True)
+    return z.sub_(top).exp_().sum(-1).log_().add_(top.squeeze(-1))
+
+
+def _accumulate_grads(
+    probs: torch.Tensor,
+    h: torch.Tensor,
+    y: torch.Tensor,
+    g: torch.Tensor,
+    weight: torch.Tensor,
+    start: int,
+    grad_h: torch.Tensor | None,
+    grad_w: torch.Tensor | None,
+    grad_b: torch.Tensor | None,
+) -> None:
+    """One chunk's gradients for a head without soft-capping, with grad_z = g·(onehot(y) − p):
+    grad_h = g·(W_y − p W), grad_W = Σ g·h into rows y − pᵀ(g·h), grad_b = Σ g at y − pᵀg."""
+    g_col = g[:, None]
+    if grad_h is not None:
+        p_w = probs.to(weight.dtype) @ weight
+        grad_h[start : start + h.shape[0]] = (weight[y] - p_w).mul_(g_col.to(weight.dtype))
+    if grad_w is not None:
+        gh = h.to(grad_w.dtype) * g_col.to(grad_w.dtype)
+        grad_w.addmm_(probs.t().to(grad_w.dtype), gh, alpha=-1.0)
+        grad_w.index_add_(0, y, gh)
+    if grad_b is not None:
+        grad_b.sub_(probs.t().to(grad_b.dtype) @ g.to(grad_b.dtype))
+        grad_b.index_add_(0, y, g.to(grad_b.dtype))
 
 
 class _Lazy:
