@@ -11,6 +11,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from cpo_cli.errors import DependencyMissingError, RecipeError
+from cpo_cli.recipe.choices import ENGINE_OPTIMIZERS
 
 if TYPE_CHECKING:
     import torch
@@ -29,16 +30,9 @@ _BNB_OPTIMIZERS: dict[str, tuple[str, dict[str, Any]]] = {
     "rmsprop_bnb_8bit": ("RMSprop8bit", {}),
     "rmsprop_bnb_32bit": ("RMSprop32bit", {}),
 }
-_TORCH_OPTIMIZERS = (
-    "adamw_torch",
-    "adamw_torch_fused",
-    "adamw_hf",
-    "adafactor",
-    "sgd",
-    "adagrad",
-    "rmsprop",
-)
-SUPPORTED_OPTIMIZERS: tuple[str, ...] = _TORCH_OPTIMIZERS + tuple(_BNB_OPTIMIZERS)
+#: the names a recipe may use (one list, in `cpo_cli.recipe.choices`); the torch ones are
+#: whatever is not bitsandbytes, and a test checks each name builds here
+SUPPORTED_OPTIMIZERS: tuple[str, ...] = ENGINE_OPTIMIZERS
 
 
 def parse_optim_args(optim_args: str | None) -> dict[str, Any]:
@@ -107,7 +101,7 @@ def build_optimizer(model: torch.nn.Module, training: Any) -> torch.optim.Optimi
         "betas": (training.adam_beta1, training.adam_beta2),
         "eps": training.adam_epsilon,
     }
-    if name in ("adamw_torch", "adamw_hf", "adamw_torch_fused"):
+    if name in ("adamw_torch", "adamw_torch_fused"):
         # the same AdamW update; torch's fused kernel is ~10-30x faster than its default
         # per-tensor loop on a CPU, so it is used wherever torch has one for the parameters
         fused = name == "adamw_torch_fused" or _fused_adamw_available(groups)

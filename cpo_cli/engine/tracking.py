@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cpo_cli.errors import DependencyMissingError, RecipeError
+from cpo_cli.recipe.choices import ENGINE_TRACKERS
 
-#: report_to names we can honour, with the package each needs
-BACKENDS = {"tensorboard": "tensorboard", "wandb": "wandb"}
+#: report_to names we can honour (the recipe's `ENGINE_TRACKERS`), with the package each needs
+BACKENDS = {name: name for name in ENGINE_TRACKERS}
 
 
 class Sink(Protocol):

@@ -80,8 +80,8 @@ OptimizerName = Literal[
     "stable_adamw",
 ]
 
-#: Optimizers the cpo engine builds (kept in step with `cpo_cli.engine.optim`): the torch ones by
-#: their HF names, and the bitsandbytes ones when bitsandbytes is installed (checked at build).
+#: Optimizers the cpo engine builds (`cpo_cli.engine.optim` takes this list; a test builds each):
+#: the torch ones by their HF names, the bitsandbytes ones when bitsandbytes is installed.
 ENGINE_OPTIMIZERS: tuple[str, ...] = (
     "adamw_torch",
     "adamw_torch_fused",
@@ -120,7 +120,7 @@ ReportTarget = Literal[
     "wandb",
 ]
 
-#: trackers the engine writes to (kept in step with `cpo_cli.engine.tracking`)
+#: trackers the engine writes to (`cpo_cli.engine.tracking` takes this list)
 ENGINE_TRACKERS: tuple[str, ...] = ("tensorboard", "wandb")
 
 LogLevel = Literal["passive", "debug", "info", "warning", "error", "critical"]
