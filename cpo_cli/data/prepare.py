@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cpo_cli.data import cache
 from cpo_cli.data.formats import FORMATS, detect_format, rename_columns
 from cpo_cli.data.manifest import (
     FORMAT_VERSION,
@@ -78,12 +79,15 @@ def prepare_dataset(
             cache_folder, tokenizer, training, is_encoder_decoder=settings.is_encoder_decoder
         )
         _check_strict(cached.report, strict)
+        cache.mark_used(cache_folder, Path(spec.path).expanduser())
         return cached
     num_proc = getattr(training, "dataset_num_proc", None)
     prepared = _prepare(spec, tokenizer, settings, tok_info, num_proc)
     _check_strict(prepared.report, strict)
     if cache_folder is not None:
         prepared.path = save_prepared(prepared, cache_folder)
+        cache.mark_used(cache_folder, Path(spec.path).expanduser())
+        cache.prune(cache_folder.parent, keep=cache_folder)
     return prepared
 
 

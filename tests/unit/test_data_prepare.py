@@ -290,6 +290,9 @@ def test_in_process_cache_is_reused_and_keyed(tiny_tokenizer: Any, tmp_path: Pat
     data.write_text("\n".join(demo("demo_eval.jsonl").read_text().splitlines()[:10]) + "\n")
     changed = prepare_dataset(data, tiny_tokenizer, training(), cache_dir=tmp_path / "cache")
     assert changed.path != first.path and changed.report.rows_kept == 10
+    # the entries made from the file before it changed can never be hit again: pruned
+    assert not first.path.exists() and other.path is not None and not other.path.exists()
+    assert changed.path is not None and changed.path.is_dir()
 
 
 def test_encoder_decoder_preparation(tiny_tokenizer: Any) -> None:

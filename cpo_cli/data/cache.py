@@ -1,0 +1,83 @@
+"""The prepared-data cache of `cpo train` / `cpo eval`: bounded, pruned by last use.
+
+Each entry is a prepared folder written by `save_prepared` plus a marker file whose mtime is
+the entry's last use. Only folders carrying the marker are ever deleted, so pointing
+`CPO_CACHE` at a folder with other data in it cannot lose that data. Entries whose source file
+changed (or was deleted) can never be hit again and go first; beyond that the least recently
+used go until `CPO_PREPARED_CACHE_ENTRIES` (default 16) remain.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+MARKER = ".cpo-cache-entry"
+DEFAULT_MAX_ENTRIES = 16
+
+
+def mark_used(entry: Path, source: Path) -> None:
+    """Record that `entry` (a prepared folder) was just used, and the source file it was made
+    from with its size and mtime, which tell later whether the entry can still be hit. A
+    read-only cache (shared between users) is used as is: housekeeping never fails a run."""
+    try:
+        stat = source.stat()
+        record = {
+            "source": str(source.resolve()),
+            "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+        }
+        marker = entry / MARKER
+        marker.write_text(json.dumps(record))
+        os.utime(marker)  # the last use, even when the content did not change
+    except OSError:
+        return
+
+
+def max_entries() -> int:
+    """`CPO_PREPARED_CACHE_ENTRIES`, or the default; 0 or less keeps everything."""
+    raw = os.environ.get("CPO_PREPARED_CACHE_ENTRIES", "")
+    try:
+        return int(raw) if raw.strip() else DEFAULT_MAX_ENTRIES
+    except ValueError:
+        return DEFAULT_MAX_ENTRIES
+
+
+def prune(cache_dir: Path, *, keep: Path | None = None, limit: int | None = None) -> list[Path]:
+    """Delete stale entries, then the least recently used beyond `limit`; never `keep`.
+    Returns the folders removed. Errors (a folder in use elsewhere) are skipped, not raised:
+    pruning is housekeeping and must never fail a run."""
+    limit = max_entries() if limit is None else limit
+    if not cache_dir.is_dir():
+        return []
+    entries = [p for p in cache_dir.iterdir() if (p / MARKER).is_file()]
+    keep_resolved = keep.resolve() if keep is not None else None
+    candidates = [p for p in entries if p.resolve() != keep_resolved]
+    stale = [p for p in candidates if not _source_unchanged(p)]
+    fresh = sorted(
+        (p for p in candidates if p not in stale),
+        key=lambda p: (p / MARKER).stat().st_mtime,
+        reverse=True,
+    )
+    room = max(limit - (1 if keep_resolved is not None else 0), 0)
+    doomed = stale + (fresh[room:] if limit > 0 else [])
+    removed = []
+    for folder in doomed:
+        try:
+            shutil.rmtree(folder)
+            removed.append(folder)
+        except OSError:
+            continue
+    return removed
+
+
+def _source_unchanged(entry: Path) -> bool:
+    """The entry's source file still exists with the size and mtime it was prepared from."""
+    try:
+        record = json.loads((entry / MARKER).read_text())
+        stat = Path(record["source"]).stat()
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return bool(stat.st_size == record.get("size") and stat.st_mtime_ns == record.get("mtime_ns"))
