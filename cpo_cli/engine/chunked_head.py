@@ -135,6 +135,8 @@ def _scratch(hidden: torch.Tensor, weight: torch.Tensor, chunk_size: int) -> tor
     n = hidden.shape[0]
     if n <= chunk_size or weight.dtype not in (torch.float32, torch.float64):
         return None
+    if torch.is_autocast_enabled(weight.device.type):
+        return None  # `out=` would bypass autocast: keep the low-precision matmul it asks for
     if hidden.dtype != weight.dtype:
         return None
     return torch.empty(chunk_size, weight.shape[0], dtype=weight.dtype, device=weight.device)
@@ -162,6 +164,14 @@ def _make_linear_head_function() -> Any:
             softcap: float | None,
         ) -> tuple[torch.Tensor, torch.Tensor]:
             n = hidden.shape[0]
+            # the backward recomputes the logits: it must do so under the same autocast state,
+            # or its softmax exp(z − lse) would not match the forward's lse
+            device_type = hidden.device.type
+            ctx.amp = (
+                device_type,
+                torch.is_autocast_enabled(device_type),
+                torch.get_autocast_dtype(device_type),
+            )
             dtype = torch.float64 if hidden.dtype == torch.float64 else torch.float32
             logps = torch.empty(n, dtype=dtype, device=hidden.device)
             sums = torch.empty_like(logps)
@@ -195,45 +205,51 @@ def _make_linear_head_function() -> Any:
         def backward(  # type: ignore[override]
             ctx: Any, grad_logps: torch.Tensor, _grad_sums: torch.Tensor | None
         ) -> tuple[torch.Tensor | None, ...]:
-            hidden, weight, bias, targets, kept, lse = ctx.saved_tensors
-            need_h, need_w, need_b = ctx.needs_input_grad[:3]
-            grad_h = torch.empty_like(hidden) if need_h else None
-            f32 = {"dtype": grad_logps.dtype, "device": weight.device}
-            grad_w = torch.zeros(weight.shape, **f32) if need_w else None
-            grad_b = torch.zeros(weight.shape[0], **f32) if need_b and bias is not None else None
-            step = ctx.chunk_size
-            scratch = None if kept is not None else _scratch(hidden, weight, step)
-            for s in range(0, hidden.shape[0], step):
-                h, y, g = hidden[s : s + step], targets[s : s + step], grad_logps[s : s + step]
-                # softmax(z) = exp(z − lse) with the forward's lse (in place on fresh logits)
-                if kept is not None:
-                    t, probs = None, (kept - lse[s : s + step, None]).exp_()
-                else:
-                    z, t = _linear_logits(h, weight, bias, ctx.softcap, scratch)
-                    probs = z.sub_(lse[s : s + step, None]).exp_()
-                if t is None:
-                    # ∂log p(y)/∂z = onehot(y) − p: the one-hot part and the per-position
-                    # gradient g are applied to [chunk, H] operands, never to [chunk, V]
-                    _accumulate_grads(probs, h, y, g, weight, s, grad_h, grad_w, grad_b)
-                    continue
-                grad_z = probs.mul_(-g[:, None])
-                grad_z.scatter_add_(-1, y[:, None], g[:, None])
-                grad_z.mul_(1 - t * t)  # d(cap·tanh(z/cap))/dz
-                gz = grad_z.to(weight.dtype)
-                if grad_h is not None:
-                    grad_h[s : s + step] = gz @ weight
-                if grad_w is not None:
-                    grad_w.addmm_(gz.t().to(grad_w.dtype), h.to(grad_w.dtype))
-                if grad_b is not None:
-                    grad_b += grad_z.sum(0)
-            return (
-                grad_h,
-                grad_w.to(weight.dtype) if grad_w is not None else None,
-                grad_b.to(bias.dtype) if grad_b is not None else None,
-                None,
-                None,
-                None,
-            )
+            device_type, amp_enabled, amp_dtype = ctx.amp
+            with torch.autocast(device_type, dtype=amp_dtype, enabled=amp_enabled):
+                return _backward(ctx, grad_logps)
+
+    def _backward(ctx: Any, grad_logps: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        """The gradients of hidden, weight and bias, one chunk of logits at a time."""
+        hidden, weight, bias, targets, kept, lse = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_h = torch.empty_like(hidden) if need_h else None
+        f32 = {"dtype": grad_logps.dtype, "device": weight.device}
+        grad_w = torch.zeros(weight.shape, **f32) if need_w else None
+        grad_b = torch.zeros(weight.shape[0], **f32) if need_b and bias is not None else None
+        step = ctx.chunk_size
+        scratch = None if kept is not None else _scratch(hidden, weight, step)
+        for s in range(0, hidden.shape[0], step):
+            h, y, g = hidden[s : s + step], targets[s : s + step], grad_logps[s : s + step]
+            # softmax(z) = exp(z − lse) with the forward's lse (in place on fresh logits)
+            if kept is not None:
+                t, probs = None, (kept - lse[s : s + step, None]).exp_()
+            else:
+                z, t = _linear_logits(h, weight, bias, ctx.softcap, scratch)
+                probs = z.sub_(lse[s : s + step, None]).exp_()
+            if t is None:
+                # ∂log p(y)/∂z = onehot(y) − p: the one-hot part and the per-position
+                # gradient g are applied to [chunk, H] operands, never to [chunk, V]
+                _accumulate_grads(probs, h, y, g, weight, s, grad_h, grad_w, grad_b)
+                continue
+            grad_z = probs.mul_(-g[:, None])
+            grad_z.scatter_add_(-1, y[:, None], g[:, None])
+            grad_z.mul_(1 - t * t)  # d(cap·tanh(z/cap))/dz
+            gz = grad_z.to(weight.dtype)
+            if grad_h is not None:
+                grad_h[s : s + step] = gz @ weight
+            if grad_w is not None:
+                grad_w.addmm_(gz.t().to(grad_w.dtype), h.to(grad_w.dtype))
+            if grad_b is not None:
+                grad_b += grad_z.sum(0)
+        return (
+            grad_h,
+            grad_w.to(weight.dtype) if grad_w is not None else None,
+            grad_b.to(bias.dtype) if grad_b is not None else None,
+            None,
+            None,
+            None,
+        )
 
     return LinearHeadLogps
 

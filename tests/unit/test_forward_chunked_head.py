@@ -102,3 +102,23 @@ def test_a_partitioned_head_weight_is_called_as_a_module(monkeypatch: pytest.Mon
     assert calls  # the module itself ran (so ZeRO-3's hooks would gather the weight)
     logps.sum().backward()
     assert h.grad is not None and head.weight.grad is not None
+
+
+def test_mixed_precision_backward_recomputes_what_the_forward_computed() -> None:
+    """Under autocast the head's logits are a bf16 matmul. The backward recomputes them and
+    takes the softmax from the forward's log-sum-exp, so it must run under the same autocast
+    state even when `.backward()` is called outside it (as training loops do)."""
+    torch.manual_seed(0)
+    head = torch.nn.Linear(64, 3000, bias=False)
+    with torch.no_grad():
+        head.weight.mul_(16)  # logits in the tens, where bf16 rounding is visible
+    h = torch.randn(64, 64, requires_grad=True)
+    targets = torch.randint(0, 3000, (64,))
+    upstream = torch.randn(64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logps, _ = token_logps_and_logit_sums(h, targets, head, None, 16)
+        ref = head(h).float().log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)
+    torch.testing.assert_close(logps, ref, rtol=1e-5, atol=1e-4)
+    (ours,) = torch.autograd.grad((logps * upstream).sum(), h)
+    (expected,) = torch.autograd.grad((ref * upstream).sum(), h)
+    assert float((ours - expected).norm() / expected.norm()) < 2e-2
