@@ -11,6 +11,13 @@ EXIT_GATE_FAILED = 3
 EXIT_INTERRUPTED = 130
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none): what a
+    one-line error shows of a library's failure."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class CpoError(Exception):
     """Base of every error a user can cause and fix; the message says what and how."""
 

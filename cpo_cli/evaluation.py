@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from cpo_cli.errors import DependencyMissingError, GateFailedError, UsageError
+from cpo_cli.errors import DependencyMissingError, GateFailedError, UsageError, first_line
 from cpo_cli.metric_names import EVAL_METRICS as ENGINE_EVAL_METRICS
 
 #: What `cpo eval` reports, in table order: the engine's metric names with the `eval_` prefix.
@@ -352,7 +352,7 @@ def _load_adapter_model(recipe: Any, folder: Path) -> EvalModel:
     except Exception as exc:  # wrong base shapes, unreadable files...
         raise UsageError(
             f"cannot apply the LoRA adapters of {folder} to {recipe.model.name_or_path!r}: "
-            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}",
+            f"{first_line(exc)}",
             hint="evaluate adapters with the recipe that trained them (its model section)",
         ) from exc
     if _has_tokenizer(folder):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cpo_cli.errors import DataError
+from cpo_cli.errors import DataError, first_line
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 
@@ -217,13 +217,15 @@ def _load_hub(spec: SourceSpec) -> RawRows:
     split = spec.split or "train"
     # `train[:N]` makes `datasets` read only the rows asked for
     wanted = f"{split}[:{spec.max_rows}]" if spec.max_rows is not None else split
-    offline = _hub_offline()
+    from huggingface_hub import constants
+
+    offline = constants.is_offline_mode()
     if not offline:
         _ask_hub_first(spec)
     try:
         ds = datasets.load_dataset(spec.path, spec.subset, split=wanted, revision=spec.revision)
     except Exception as exc:  # network, auth, missing config/split: all user-fixable
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         where = f"{spec.path!r}" + (f" (subset {spec.subset!r})" if spec.subset else "")
         hint = (
             "the Hub is switched off (HF_HUB_OFFLINE=1) and the dataset is not in the local "
@@ -245,15 +247,6 @@ def _load_hub(spec: SourceSpec) -> RawRows:
         "fingerprint": getattr(ds, "_fingerprint", None),
     }
     return RawRows(_dataset_rows(ds), list(ds.column_names), identity)
-
-
-def _hub_offline() -> bool:
-    """HF_HUB_OFFLINE as the environment or the (already imported) Hub client sees it."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
-        return True
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE)
 
 
 def _ask_hub_first(spec: SourceSpec) -> None:
@@ -296,7 +289,7 @@ def _ask_hub_first(spec: SourceSpec) -> None:
     except Exception as exc:  # no answer at all: DNS, refused connection, timeout, proxy
         if _in_local_hub_cache(name):
             return
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise DataError(
             f"cannot reach the Hugging Face Hub to load dataset {name!r}: {reason}",
             hint="check the network or proxy (HF_ENDPOINT); to use a dataset downloaded "

@@ -49,8 +49,6 @@ def _weights_are_local(head: nn.Module) -> bool:
     head's own forward. Under DeepSpeed ZeRO-3 it is an empty placeholder (gathered only inside
     the module call), and a sharded FSDP2 DTensor is not the full matrix either: those heads
     are called as modules (`_autograd_chunks`), so the framework's hooks gather the weight."""
-    import torch
-
     weight = head.weight
     if hasattr(weight, "ds_id") or weight.numel() == 0:  # ZeRO-3 partitioned parameter
         return False
@@ -58,7 +56,7 @@ def _weights_are_local(head: nn.Module) -> bool:
         from torch.distributed.tensor import DTensor
     except ImportError:  # torch without distributed support
         return True
-    return isinstance(weight, torch.Tensor) and not isinstance(weight, DTensor)
+    return not isinstance(weight, DTensor)
 
 
 def _autograd_chunks(
@@ -185,7 +183,7 @@ def _make_linear_head_function() -> Any:
             keep = n <= chunk_size and softcap is None
             kept = None
             lse = torch.empty_like(logps)  # log Σ exp z per position, for the backward's softmax
-            scratch = None if keep else _scratch(hidden, weight, chunk_size)
+            scratch = _scratch(hidden, weight, chunk_size)
             for s in range(0, n, chunk_size):
                 z, _ = _linear_logits(hidden[s : s + chunk_size], weight, bias, softcap, scratch)
                 y = targets[s : s + chunk_size, None]
@@ -218,7 +216,7 @@ def _make_linear_head_function() -> Any:
         grad_w = torch.zeros(weight.shape, **f32) if need_w else None
         grad_b = torch.zeros(weight.shape[0], **f32) if need_b and bias is not None else None
         step = ctx.chunk_size
-        scratch = None if kept is not None else _scratch(hidden, weight, step)
+        scratch = _scratch(hidden, weight, step)
         for s in range(0, hidden.shape[0], step):
             h, y, g = hidden[s : s + step], targets[s : s + step], grad_logps[s : s + step]
             # softmax(z) = exp(z − lse) with the forward's lse (in place on fresh logits)

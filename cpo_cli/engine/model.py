@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from cpo_cli.errors import DependencyMissingError, ModelLoadError, RecipeError
+from cpo_cli.errors import DependencyMissingError, ModelLoadError, RecipeError, first_line
 
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_MODELS = ("smollm2-135m-instruct",)
@@ -59,7 +59,7 @@ def build_tokenizer(model_section: Any) -> Any:
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
     except Exception as exc:  # transformers raises OSError, ValueError, HFValidationError...
         raise ModelLoadError(
-            f"cannot load the tokenizer from {source!r}: {_first_line(exc)}",
+            f"cannot load the tokenizer from {source!r}: {first_line(exc)}",
             hint="check model.name_or_path / model.tokenizer_name_or_path (the Hub is "
             "unreachable offline: use a local folder)",
         ) from exc
@@ -75,11 +75,6 @@ def build_tokenizer(model_section: Any) -> Any:
             else str(template)
         )
     return tokenizer
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def resolve_dtype(name: str | None) -> Any:
@@ -118,7 +113,7 @@ def is_encoder_decoder_model(model_section: Any, training: Any) -> bool:
         )
     except Exception as exc:
         raise ModelLoadError(
-            f"cannot read the model config of {model_section.name_or_path!r}: {_first_line(exc)}",
+            f"cannot read the model config of {model_section.name_or_path!r}: {first_line(exc)}",
             hint="check model.name_or_path (the Hub is unreachable offline: use a local folder)",
         ) from exc
     return bool(getattr(config, "is_encoder_decoder", False))
@@ -146,7 +141,7 @@ def build_model(model_section: Any, training: Any, peft_section: Any = None) -> 
         model = auto_cls.from_pretrained(source, **kwargs)
     except Exception as exc:
         raise ModelLoadError(
-            f"cannot load the model {model_section.name_or_path!r}: {_first_line(exc)}",
+            f"cannot load the model {model_section.name_or_path!r}: {first_line(exc)}",
             hint="check model.name_or_path, model.gguf_file and training.model_init_kwargs",
         ) from exc
     if getattr(model, "hf_quantizer", None) is not None and kwargs.get("gguf_file"):
@@ -231,7 +226,7 @@ def apply_lora(
     try:
         return get_peft_model(model, config)
     except ValueError as exc:
-        raise RecipeError("recipe", [f"peft: {_first_line(exc)}"]) from exc
+        raise RecipeError("recipe", [f"peft: {first_line(exc)}"]) from exc
 
 
 def add_neftune_noise(model: Any, alpha: float) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, Node, OmegaConf
 from pydantic import ValidationError
 
-from cpo_cli.errors import RecipeError
+from cpo_cli.errors import RecipeError, first_line
 from cpo_cli.recipe.messages import format_validation_error
 from cpo_cli.recipe.schema import Recipe
 from cpo_cli.recipe.secrets import looks_secret, redact_text
@@ -75,7 +75,7 @@ def load_recipe_text(
     except yaml.YAMLError as exc:
         raise RecipeError(source, [_yaml_problem(exc)]) from None
     except Exception as exc:  # OmegaConf wraps some YAML and key problems in its own errors
-        raise RecipeError(source, [f"not a valid recipe: {_first_line(exc)}"]) from None
+        raise RecipeError(source, [f"not a valid recipe: {first_line(exc)}"]) from None
     return _load_config(cfg, overrides, source)
 
 
@@ -86,7 +86,7 @@ def load_recipe_dict(
     try:
         cfg = OmegaConf.create(dict(data))
     except Exception as exc:
-        raise RecipeError(source, [f"not a valid recipe: {_first_line(exc)}"]) from None
+        raise RecipeError(source, [f"not a valid recipe: {first_line(exc)}"]) from None
     return _load_config(cfg, overrides, source)
 
 
@@ -156,7 +156,7 @@ def _apply_overrides(cfg: DictConfig, overrides: Sequence[str], problems: list[s
             OmegaConf.from_dotlist([item.lstrip("+")])
         except Exception as exc:
             problems.append(
-                f"override {_shown(item)!r}: cannot parse the value ({_first_line(exc)})"
+                f"override {_shown(item)!r}: cannot parse the value ({first_line(exc)})"
             )
             continue
         good.append(item.lstrip("+"))
@@ -166,7 +166,7 @@ def _apply_overrides(cfg: DictConfig, overrides: Sequence[str], problems: list[s
         merged = OmegaConf.merge(cfg, OmegaConf.from_dotlist(good))
     except Exception as exc:
         shown = " ".join(_shown(o) for o in good)
-        problems.append(f"overrides {shown!r} cannot be applied: {_first_line(exc)}")
+        problems.append(f"overrides {shown!r} cannot be applied: {first_line(exc)}")
         return cfg
     assert isinstance(merged, DictConfig)
     return merged
@@ -220,7 +220,7 @@ def _interpolation_problem(exc: Exception) -> str:
     name = type(exc).__name__
     if name == "MissingMandatoryValue":
         return "value is missing (???); set it in the file or with an override"
-    text = _first_line(exc)
+    text = first_line(exc)
     env = re.search(r"Environment variable '([^']+)' not found", text)
     if env:
         return (
@@ -232,12 +232,7 @@ def _interpolation_problem(exc: Exception) -> str:
 
 def _yaml_problem(exc: Exception) -> str:
     mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or _first_line(exc)
+    problem = getattr(exc, "problem", None) or first_line(exc)
     if mark is not None:
         return f"not valid YAML: line {mark.line + 1}, column {mark.column + 1}: {problem}"
     return f"not valid YAML: {problem}"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
