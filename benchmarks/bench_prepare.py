@@ -39,11 +39,9 @@ def replicate(name: str, rows: int, out: Path) -> list[dict[str, Any]]:
 
 def run_ours(path: Path, tokenizer: Any, num_proc: int | None) -> int:
     from cpo_cli.data import prepare_dataset
+    from cpo_cli.recipe import TrainingConfig
 
-    training = SimpleNamespace(
-        max_length=1024, max_prompt_length=512, max_completion_length=None,
-        truncation_mode="keep_end", dataset_num_proc=num_proc, is_encoder_decoder=False,
-    )  # fmt: skip
+    training = TrainingConfig(dataset_num_proc=num_proc, is_encoder_decoder=False)
     return len(prepare_dataset(path, tokenizer, training).dataset)
 
 

@@ -11,10 +11,14 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from cpo_cli.errors import DependencyMissingError, GateFailedError, UsageError, first_line
 from cpo_cli.metric_names import EVAL_METRICS as ENGINE_EVAL_METRICS
+
+if TYPE_CHECKING:
+    from cpo_cli.recipe.schema import DataSource, Recipe
+    from cpo_cli.recipe.training import TrainingConfig
 
 #: What `cpo eval` reports, in table order: the engine's metric names with the `eval_` prefix.
 EVAL_METRICS: tuple[str, ...] = tuple(f"eval_{name}" for name in ENGINE_EVAL_METRICS)
@@ -302,7 +306,7 @@ def _has_tokenizer(folder: Path) -> bool:
     return (folder / "tokenizer_config.json").is_file() or (folder / "tokenizer.json").is_file()
 
 
-def load_eval_model(recipe: Any, model_ref: str | None) -> EvalModel:
+def load_eval_model(recipe: Recipe, model_ref: str | None) -> EvalModel:
     """The recipe's model (`model_ref` None), a trained output folder (full weights or LoRA
     adapters on the recipe's base model), or any other `model.name_or_path` value."""
     from cpo_cli.engine.model import build_model, build_tokenizer, is_encoder_decoder_model
@@ -334,7 +338,7 @@ def load_eval_model(recipe: Any, model_ref: str | None) -> EvalModel:
     return EvalModel(model_ref, build_model(section, training, None), tokenizer, encoder_decoder)
 
 
-def _load_adapter_model(recipe: Any, folder: Path) -> EvalModel:
+def _load_adapter_model(recipe: Recipe, folder: Path) -> EvalModel:
     from cpo_cli.engine.model import build_model, build_tokenizer, is_encoder_decoder_model
 
     try:
@@ -380,7 +384,9 @@ def check_same_tokenizer(a: EvalModel, b: EvalModel) -> None:
         )
 
 
-def prepare_pairs(source: Any, tokenizer: Any, training: Any, *, is_encoder_decoder: bool) -> Any:
+def prepare_pairs(
+    source: DataSource, tokenizer: Any, training: TrainingConfig, *, is_encoder_decoder: bool
+) -> Any:
     """The eval pairs exactly as training prepares them (same template, tokenisation,
     truncation, checks and cache; a `cpo prepare` folder is checked and reused)."""
     from cpo_cli.engine.data import prepare_source
@@ -390,7 +396,7 @@ def prepare_pairs(source: Any, tokenizer: Any, training: Any, *, is_encoder_deco
     )
 
 
-def score_pairs(subject: EvalModel, pairs: Any, training: Any) -> dict[str, float]:
+def score_pairs(subject: EvalModel, pairs: Any, training: TrainingConfig) -> dict[str, float]:
     """The engine's evaluation over every pair, set up as the training loop sets it up (same
     accelerator, batch layout, loader and `evaluate_model`), plus the number of pairs."""
     from cpo_cli.engine.data import build_eval_dataloader, loader_settings

@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -26,6 +26,9 @@ from cpo_cli.modelcard import (
     read_recipe_dict,
     render_model_card,
 )
+
+if TYPE_CHECKING:
+    from cpo_cli.recipe.training import TrainingConfig
 
 #: Never uploaded: VCS/caches/locks, and anything hidden (`.env`, `.cache`, ...).
 _ALWAYS_SKIP = ("*.lock", "__pycache__", "*.pyc", ".*")
@@ -376,18 +379,20 @@ def _scrub(text: str, token: str) -> str:
 _NOT_MODEL_FILES = ("trainer_state.json", "trainer_state.json.part")
 
 
-def settings_from_training(training: Any, output_dir: Path) -> PushSettings:
+def settings_from_training(training: TrainingConfig, output_dir: Path) -> PushSettings:
     """Push settings from the recipe's `training` section (the run's own values, secrets
-    included in memory only), for pushes the training loop makes."""
-    repo = training.hub_model_id or Path(output_dir).name
+    included in memory only), for pushes the training run makes. Without `hub_model_id` (which
+    the recipe rules require with `push_to_hub`) the repository is named after the output
+    folder, as the HF Trainer does."""
+    repo = Path(output_dir).name if training.hub_model_id is None else training.hub_model_id
     token, source = _resolve_token(None, training.hub_token)
     return PushSettings(
-        repo_id=str(repo),
-        private=_opt_bool(training.hub_private_repo),
-        revision=training.hub_revision or None,
+        repo_id=repo,
+        private=training.hub_private_repo,
+        revision=training.hub_revision or None,  # "" is no branch
         token=token,
         token_source=source,
-        hub_strategy=str(training.hub_strategy or "every_save"),
+        hub_strategy=training.hub_strategy,
     )
 
 
@@ -418,7 +423,7 @@ def _full_repo_id(settings: PushSettings, endpoint: str | None) -> PushSettings:
 
 
 def push_checkpoint(
-    checkpoint_dir: Path, training: Any, *, cpo_version: str, endpoint: str | None = None
+    checkpoint_dir: Path, training: TrainingConfig, *, cpo_version: str, endpoint: str | None = None
 ) -> str | None:
     """At each save when `push_to_hub`: per `hub_strategy`, `every_save` mirrors the
     checkpoint's model files at the repo root, `checkpoint` also uploads the whole checkpoint as
@@ -479,7 +484,7 @@ def _walk_all(folder: Path) -> list[Path]:
 
 
 def push_final(
-    output_dir: Path, training: Any, *, cpo_version: str, endpoint: str | None = None
+    output_dir: Path, training: TrainingConfig, *, cpo_version: str, endpoint: str | None = None
 ) -> str | None:
     """At the end of a run when `push_to_hub`: the same upload as `cpo push OUTPUT_DIR` (model,
     tokenizer, recipe, card; checkpoints as `hub_strategy` says). Raises `HubError`; the

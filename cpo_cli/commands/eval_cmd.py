@@ -14,6 +14,8 @@ from cpo_cli.errors import UsageError
 
 if TYPE_CHECKING:
     from cpo_cli.evaluation import GateResult
+    from cpo_cli.recipe.loader import LoadedRecipe
+    from cpo_cli.recipe.schema import DataSource, Recipe
 
 
 def eval_cmd(
@@ -210,20 +212,20 @@ def eval_cmd(
     ev.raise_on_failed_gates(results)
 
 
-def _load_recipe(path: Path, overrides: list[str]) -> Any:
+def _load_recipe(path: Path, overrides: list[str]) -> LoadedRecipe:
     from cpo_cli.recipe import load_recipe
 
     return load_recipe(path, overrides)
 
 
 def _eval_source(
-    recipe: Any,
+    recipe: Recipe,
     dataset: str | None,
     split: str | None,
     columns: str | None,
     data_format: str | None,
     max_rows: int | None,
-) -> Any:
+) -> DataSource:
     """The recipe's `data.eval`, or a source built from --dataset/--split/--columns/--format
     (validated by the recipe's own DataSource schema)."""
     from cpo_cli.errors import UsageError

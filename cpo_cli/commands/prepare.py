@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cpo_cli import console
 from cpo_cli.errors import CpoError, DataError
+
+if TYPE_CHECKING:
+    from cpo_cli.recipe.schema import ModelSection
+    from cpo_cli.recipe.training import TrainingConfig
 
 FORMAT_CHOICES = ("auto", "standard", "conversational", "implicit", "scored")
 
@@ -142,8 +145,11 @@ def prepare(
     console.result(f"prepared {report.rows_kept} pairs in {path}")
 
 
-def _settings(recipe: Path | None, tokenizer: str | None, overrides: list[str]) -> tuple[Any, Any]:
-    """(model section, training config) from the recipe, or defaults around `--tokenizer`."""
+def _settings(
+    recipe: Path | None, tokenizer: str | None, overrides: list[str]
+) -> tuple[ModelSection, TrainingConfig]:
+    """(model section, training config) from the recipe, or the schema's defaults around
+    `--tokenizer`."""
     from cpo_cli.recipe.loader import load_recipe, load_recipe_dict
 
     dotted = [o if "." in o.split("=", 1)[0] else f"training.{o}" for o in overrides]
@@ -154,11 +160,10 @@ def _settings(recipe: Path | None, tokenizer: str | None, overrides: list[str]) 
         return loaded.recipe.model, loaded.recipe.training
     stub = {"model": {"name_or_path": str(tokenizer)}, "data": {"train": {"path": "unused"}}}
     loaded = load_recipe_dict(stub, dotted, source="--tokenizer")
-    section = SimpleNamespace(**{**loaded.recipe.model.model_dump(), "name_or_path": tokenizer})
-    return section, loaded.recipe.training
+    return loaded.recipe.model, loaded.recipe.training
 
 
-def _is_encoder_decoder(model_section: Any, training: Any) -> bool:
+def _is_encoder_decoder(model_section: ModelSection, training: TrainingConfig) -> bool:
     """From the recipe or the model config; a tokenizer-only folder means decoder-only."""
     from cpo_cli.engine.model import is_encoder_decoder_model
 

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cpo_cli import console
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from cpo_cli.engine.loop import TrainResult
 
 
 def train(
@@ -55,19 +60,17 @@ def push_output(output_dir: Path, *, token: str | None, steps: int) -> None:
     console.result(f"pushed {len(plan.files)} files to {settings.repo_id}: {url}", markup=False)
 
 
-def summary_table(result: object) -> object:
+def summary_table(result: TrainResult) -> Table:
     """The final metrics as a two-column rich table."""
     from rich.table import Table
 
     table = Table(
-        title=f"cpo train: {getattr(result, 'global_step', 0)} optimizer steps in "
-        f"{getattr(result, 'wall_time', 0.0):.0f}s"
+        title=f"cpo train: {result.global_step} optimizer steps in {result.wall_time:.0f}s"
     )
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key, value in getattr(result, "metrics", {}).items():
+    for key, value in result.metrics.items():
         table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
-    best = getattr(result, "best_checkpoint", None)
-    if best:
-        table.add_row("best checkpoint", str(best))
+    if result.best_checkpoint:
+        table.add_row("best checkpoint", result.best_checkpoint)
     return table

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cpo_cli.data import cache
 from cpo_cli.data.formats import FORMATS, detect_format, rename_columns
@@ -32,8 +32,12 @@ from cpo_cli.data.manifest import (
 from cpo_cli.data.pipeline import ID_COLUMNS, TEXT_COLUMNS, run_pipeline
 from cpo_cli.data.report import PrepareReport, length_stats
 from cpo_cli.data.sources import SourceSpec, is_local, load_rows
-from cpo_cli.data.tokenize import DEFAULT_MAX_LENGTH, LengthSettings
+from cpo_cli.data.tokenize import LengthSettings
 from cpo_cli.errors import DataError
+
+if TYPE_CHECKING:
+    from cpo_cli.recipe.schema import DataSource
+    from cpo_cli.recipe.training import TrainingConfig
 
 
 @dataclass
@@ -47,9 +51,9 @@ class PreparedData:
 
 
 def prepare_dataset(
-    source: Any,
+    source: DataSource | SourceSpec | str | Path,
     tokenizer: Any,
-    training: Any,
+    training: TrainingConfig,
     *,
     cache_dir: str | Path | None = None,
     strict: bool = False,
@@ -81,8 +85,7 @@ def prepare_dataset(
         _check_strict(cached.report, strict)
         cache.mark_used(cache_folder, Path(spec.path).expanduser())
         return cached
-    num_proc = getattr(training, "dataset_num_proc", None)
-    prepared = _prepare(spec, tokenizer, settings, tok_info, num_proc)
+    prepared = _prepare(spec, tokenizer, settings, tok_info, training.dataset_num_proc)
     _check_strict(prepared.report, strict)
     if cache_folder is not None:
         prepared.path = save_prepared(prepared, cache_folder)
@@ -116,8 +119,10 @@ def _prepare(
     if fmt == "auto":
         fmt = detect_format(list(renamed.values()), rows[:20], spec.path)
     report = PrepareReport(source=spec.path, format=fmt, rows_in=len(rows))
-    if settings.max_length is None and not settings.is_encoder_decoder:
-        report.notes.append(f"max_length is not set: answers fit in {DEFAULT_MAX_LENGTH} tokens")
+    if settings.is_encoder_decoder and settings.max_completion_length is None:
+        report.notes.append("max_completion_length is not set: answers are not truncated")
+    if not settings.is_encoder_decoder and settings.max_length is None:
+        report.notes.append("max_length is not set: pairs are not truncated")
 
     # Under `auto` each row is read by its own shape (a stray conversation in a text dataset is
     # checked as one, not rejected wholesale); a requested format is enforced per row.
@@ -286,7 +291,7 @@ def _quiet_datasets() -> Iterator[None]:
 def load_prepared(
     folder: str | Path,
     tokenizer: Any,
-    training: Any,
+    training: TrainingConfig,
     *,
     is_encoder_decoder: bool | None = None,
 ) -> PreparedData:

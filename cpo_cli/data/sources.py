@@ -14,9 +14,12 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cpo_cli.errors import DataError, first_line
+
+if TYPE_CHECKING:
+    from cpo_cli.recipe.schema import DataSource
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 
@@ -34,20 +37,20 @@ class SourceSpec:
     max_rows: int | None = None
 
     @classmethod
-    def from_source(cls, source: Any) -> SourceSpec:
+    def from_source(cls, source: DataSource | SourceSpec | str | os.PathLike[str]) -> SourceSpec:
         """From a `cpo_cli.recipe.DataSource`, a `SourceSpec`, or a plain path."""
         if isinstance(source, SourceSpec):
             return source
         if isinstance(source, (str, os.PathLike)):
             return cls(path=str(source))
         return cls(
-            path=str(source.path),
-            split=getattr(source, "split", None),
-            subset=getattr(source, "subset", None),
-            revision=getattr(source, "revision", None),
-            format=getattr(source, "format", "auto") or "auto",
-            columns=dict(getattr(source, "columns", None) or {}),
-            max_rows=getattr(source, "max_rows", None),
+            path=source.path,
+            split=source.split,
+            subset=source.subset,
+            revision=source.revision,
+            format=source.format,
+            columns={str(canonical): column for canonical, column in source.columns.items()},
+            max_rows=source.max_rows,
         )
 
     def describe(self) -> dict[str, Any]:

@@ -14,10 +14,12 @@ Decoder-only, per pair:
    `max_prompt_length` (`keep_end` keeps the last tokens, `keep_start` the first; BOS is kept
    either way, unlike the seed), then both answers to what is left of `max_length` (the seed
    reserves `max_length - max_prompt_length` even when the prompt is shorter).
+   `max_length: null` means no limit: nothing is truncated (TRL falls back to 512 instead).
 5. A pair whose answer would be empty after truncation is dropped (`too_long`), never emitted.
 
 Encoder-decoder: the prompt (special tokens added, as the model expects) is the encoder input,
-cut to `max_prompt_length`; each answer is cut to `max_completion_length` keeping its EOS.
+cut to `max_prompt_length`; each answer is cut to `max_completion_length` keeping its EOS
+(`null`: answers are not cut; TRL falls back to 128 instead).
 
 Differences from TRL 1.16's `CPOTrainer.tokenize_row`, which we match on pairs that need no
 truncation and no boundary merge: TRL never truncates the prompt, cuts answers to
@@ -31,39 +33,42 @@ from __future__ import annotations
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
-TruncationMode = Literal["keep_end", "keep_start"]
+from cpo_cli.recipe.choices import TruncationMode
 
-#: TRL's fallbacks when a length is not set.
-DEFAULT_MAX_LENGTH = 512
-DEFAULT_MAX_COMPLETION_LENGTH = 128
+if TYPE_CHECKING:
+    from cpo_cli.recipe.training import TrainingConfig
+
 #: How many whitespace tokens may follow an end-of-turn EOS and still count as "EOS last".
 _MAX_TRAILING_BLANKS = 3
 
 
 @dataclass(frozen=True)
 class LengthSettings:
-    """The length settings tokenisation depends on (recorded in the manifest)."""
+    """The length settings tokenisation depends on (recorded in the manifest). Built from the
+    recipe with `from_training`: the defaults live in the schema only. None means no limit."""
 
-    max_length: int | None = 1024
-    max_prompt_length: int | None = 512
-    max_completion_length: int | None = None
-    truncation_mode: str = "keep_end"
-    is_encoder_decoder: bool = False
+    max_length: int | None
+    max_prompt_length: int | None
+    max_completion_length: int | None
+    truncation_mode: TruncationMode
+    is_encoder_decoder: bool
 
     @classmethod
-    def from_training(cls, training: Any, is_encoder_decoder: bool | None = None) -> LengthSettings:
-        """From a `TrainingConfig` (or anything with its field names)."""
-        enc_dec = is_encoder_decoder
-        if enc_dec is None:
-            enc_dec = bool(getattr(training, "is_encoder_decoder", False) or False)
+    def from_training(
+        cls, training: TrainingConfig, is_encoder_decoder: bool | None = None
+    ) -> LengthSettings:
+        """The recipe's lengths; `is_encoder_decoder` (read from the model) wins over
+        `training.is_encoder_decoder`, whose None means decoder-only here."""
+        if is_encoder_decoder is None:
+            is_encoder_decoder = bool(training.is_encoder_decoder)
         return cls(
-            max_length=getattr(training, "max_length", 1024),
-            max_prompt_length=getattr(training, "max_prompt_length", 512),
-            max_completion_length=getattr(training, "max_completion_length", None),
-            truncation_mode=getattr(training, "truncation_mode", "keep_end") or "keep_end",
-            is_encoder_decoder=enc_dec,
+            max_length=training.max_length,
+            max_prompt_length=training.max_prompt_length,
+            max_completion_length=training.max_completion_length,
+            truncation_mode=training.truncation_mode,
+            is_encoder_decoder=is_encoder_decoder,
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -191,7 +196,9 @@ def end_with_eos(answer: list[int], eos: int | None, is_blank: Any) -> list[int]
     return [*answer, eos]
 
 
-def truncate_prompt(prompt: list[int], limit: int, mode: str, bos: int | None) -> list[int]:
+def truncate_prompt(
+    prompt: list[int], limit: int, mode: TruncationMode, bos: int | None
+) -> list[int]:
     """The prompt cut to `limit` tokens: the last ones (`keep_end`) or the first; BOS stays."""
     if len(prompt) <= limit:
         return prompt
@@ -205,7 +212,9 @@ def truncate_prompt(prompt: list[int], limit: int, mode: str, bos: int | None) -
 def _truncate_decoder_pair(
     prompt: list[int], chosen: list[int], rejected: list[int], s: LengthSettings, bos: int | None
 ) -> tuple[list[int], list[int], list[int], bool]:
-    max_length = s.max_length if s.max_length is not None else DEFAULT_MAX_LENGTH
+    max_length = s.max_length
+    if max_length is None:  # no limit
+        return prompt, chosen, rejected, False
     longer = max(len(chosen), len(rejected))
     if len(prompt) + longer <= max_length:
         return prompt, chosen, rejected, False
@@ -277,7 +286,7 @@ def _tokenize_encoder_decoder(
 ) -> TokenizedBatch:
     eos = tokenizer.eos_token_id
     is_blank = _blank_tokens(tokenizer)
-    limit = settings.max_completion_length or DEFAULT_MAX_COMPLETION_LENGTH
+    limit = settings.max_completion_length  # None: answers are not cut
 
     encoder = _encoder(tokenizer)
 
@@ -286,7 +295,7 @@ def _tokenize_encoder_decoder(
 
     def fit(answer: list[int]) -> tuple[list[int], bool]:
         answer = end_with_eos(answer, eos, is_blank)
-        if len(answer) <= limit:
+        if limit is None or len(answer) <= limit:
             return answer, False
         cut = [*answer[: limit - 1], eos] if eos is not None and limit > 1 else answer[:limit]
         return cut, True

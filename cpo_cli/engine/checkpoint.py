@@ -89,7 +89,7 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def resolve_resume(resume_from_checkpoint: Any, output_dir: Path) -> Path | None:
+def resolve_resume(resume_from_checkpoint: str | bool | None, output_dir: Path) -> Path | None:
     """`resume_from_checkpoint`: None/false → start fresh; true/"last"/"latest" → the newest
     complete checkpoint in output_dir; anything else is a path to a checkpoint folder."""
     value = resume_from_checkpoint

@@ -7,7 +7,12 @@ import os
 from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cpo_cli.data.collate import Layout
+    from cpo_cli.recipe.schema import DataSource, Recipe
+    from cpo_cli.recipe.training import TrainingConfig
 
 #: rows per "megabatch" sorted by length under group_by_length, in batches (as the HF Trainer)
 MEGABATCH_FACTOR = 50
@@ -76,7 +81,7 @@ def _collate(
     rows: list[dict[str, Any]],
     *,
     pad_token_id: int,
-    layout: str,
+    layout: Layout,
     is_encoder_decoder: bool,
     decoder_start_token_id: int | None,
 ) -> tuple[dict[str, Any], dict[str, int]]:
@@ -87,7 +92,7 @@ def _collate(
     batch = collate_pairs(
         rows,
         pad_token_id=pad_token_id,
-        layout=layout,  # type: ignore[arg-type]
+        layout=layout,
         is_encoder_decoder=is_encoder_decoder,
         decoder_start_token_id=decoder_start_token_id,
     )
@@ -99,7 +104,7 @@ def _collate(
 
 
 def _collate_fn(
-    pad_token_id: int, layout: str, is_encoder_decoder: bool, decoder_start_token_id: int | None
+    pad_token_id: int, layout: Layout, is_encoder_decoder: bool, decoder_start_token_id: int | None
 ) -> Any:
     return partial(
         _collate,
@@ -111,15 +116,21 @@ def _collate_fn(
 
 
 def _loader(
-    dataset: Any, *, batch_size: int, sampler: Any, training: Any, collate: Any, drop_last: bool
+    dataset: Any,
+    *,
+    batch_size: int,
+    sampler: Any,
+    training: TrainingConfig,
+    collate: Any,
+    drop_last: bool,
 ) -> Any:
     import torch
     from torch.utils.data import DataLoader
 
-    workers = int(training.dataloader_num_workers or 0)
+    workers = training.dataloader_num_workers
     kwargs: dict[str, Any] = {}
     if workers > 0:
-        kwargs["persistent_workers"] = bool(training.dataloader_persistent_workers)
+        kwargs["persistent_workers"] = training.dataloader_persistent_workers
         if training.dataloader_prefetch_factor is not None:
             kwargs["prefetch_factor"] = training.dataloader_prefetch_factor
     keep = ["prompt_input_ids", "chosen_input_ids", "rejected_input_ids"]
@@ -130,11 +141,11 @@ def _loader(
         sampler=sampler,
         collate_fn=collate,
         num_workers=workers,
-        pin_memory=bool(training.dataloader_pin_memory) and _has_cuda(),
+        pin_memory=training.dataloader_pin_memory and _has_cuda(),
         drop_last=drop_last,
         # its own generator: creating an iterator must not draw from the global RNG, or a
         # resumed run (which creates one more iterator) would see different dropout/noise
-        generator=torch.Generator().manual_seed(int(training.seed)),
+        generator=torch.Generator().manual_seed(training.seed),
         **kwargs,
     )
 
@@ -147,11 +158,11 @@ def _has_cuda() -> bool:
 
 def build_train_dataloader(
     dataset: Any,
-    training: Any,
+    training: TrainingConfig,
     *,
     pad_token_id: int,
     is_encoder_decoder: bool,
-    layout: str,
+    layout: Layout,
     decoder_start_token_id: int | None = None,
 ) -> tuple[Any, EpochSampler]:
     """The training loader and its sampler (the loop sets the epoch on it)."""
@@ -167,18 +178,18 @@ def build_train_dataloader(
         sampler=sampler,
         training=training,
         collate=collate,
-        drop_last=bool(training.dataloader_drop_last),
+        drop_last=training.dataloader_drop_last,
     )
     return loader, sampler
 
 
 def build_eval_dataloader(
     dataset: Any,
-    training: Any,
+    training: TrainingConfig,
     *,
     pad_token_id: int,
     is_encoder_decoder: bool,
-    layout: str,
+    layout: Layout,
     decoder_start_token_id: int | None = None,
     process_index: int = 0,
     num_processes: int = 1,
@@ -210,7 +221,12 @@ def prepared_cache_dir() -> Path:
 
 
 def prepare_source(
-    name: str, source: Any, tokenizer: Any, training: Any, *, is_encoder_decoder: bool
+    name: str,
+    source: DataSource,
+    tokenizer: Any,
+    training: TrainingConfig,
+    *,
+    is_encoder_decoder: bool,
 ) -> Any:
     """One source as training uses it: a `cpo prepare` folder checked against this tokenizer and
     these lengths, or a raw source prepared in-process (cached). `cpo eval` shares it, so eval
@@ -239,7 +255,7 @@ def prepare_source(
     return prepared.dataset
 
 
-def load_datasets(recipe: Any, tokenizer: Any, is_encoder_decoder: bool) -> tuple[Any, Any]:
+def load_datasets(recipe: Recipe, tokenizer: Any, is_encoder_decoder: bool) -> tuple[Any, Any]:
     """Prepared train and eval datasets (eval is None when the recipe has none)."""
     from cpo_cli.errors import RecipeError
 
@@ -259,14 +275,14 @@ def load_datasets(recipe: Any, tokenizer: Any, is_encoder_decoder: bool) -> tupl
 
 
 def loader_settings(
-    model: Any, tokenizer: Any, training: Any, *, is_encoder_decoder: bool
+    model: Any, tokenizer: Any, training: TrainingConfig, *, is_encoder_decoder: bool
 ) -> dict[str, Any]:
     """Collation settings shared by the train and eval loaders of `cpo train` and `cpo eval`:
     pad id (`padding_value` or the tokenizer's), batch layout (packed prompt sharing where the
     model takes it), decoder start id for encoder-decoders."""
     from cpo_cli.engine.forward import choose_layout
 
-    layout = (
+    layout: Layout = (
         "pair_rows"
         if is_encoder_decoder
         else choose_layout(model, prefix_sharing=training.prefix_sharing)

@@ -3,7 +3,10 @@ loop (`eval_strategy`) and by `cpo eval`."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cpo_cli.recipe.training import TrainingConfig
 
 
 class MetricMeans:
@@ -78,7 +81,7 @@ def _sum_dtype(device: Any) -> Any:
 
 
 def evaluate_model(
-    model: Any, dataloader: Any, training: Any, accelerator: Any
+    model: Any, dataloader: Any, training: TrainingConfig, accelerator: Any
 ) -> dict[str, float]:
     """Mean loss and metrics over every pair of `dataloader`, keys prefixed `eval_`.
 

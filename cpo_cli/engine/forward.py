@@ -123,9 +123,10 @@ def model_support(model: nn.Module) -> _Support:
 
 
 def sequence_logps(
-    model: nn.Module, batch: dict[str, torch.Tensor], *, chunk_size: int = 1024
+    model: nn.Module, batch: dict[str, torch.Tensor], *, chunk_size: int
 ) -> SequenceLogps:
-    """Summed answer log-probs per sequence for a `collate_pairs` batch (either layout)."""
+    """Summed answer log-probs per sequence for a `collate_pairs` batch (either layout);
+    `chunk_size` is the recipe's `training.logprob_chunk_size` (no default here)."""
     core = _core_model(model)
     support = model_support(model)
     return _sequence_logps(model, core, batch, chunk_size, use_head=support.head_ok)

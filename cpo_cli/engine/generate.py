@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cpo_cli.recipe.training import TrainingConfig
 
 #: prompts sampled per evaluation (greedy, one at a time: cheap and deterministic)
 NUM_SAMPLES = 4
@@ -16,20 +19,23 @@ def generate_samples(
     model: Any,
     tokenizer: Any,
     eval_dataset: Any,
-    training: Any,
+    training: TrainingConfig,
     *,
     is_encoder_decoder: bool,
     num_samples: int = NUM_SAMPLES,
 ) -> list[dict[str, str]]:
-    """Greedy answers of the policy to the first `num_samples` eval prompts."""
+    """Greedy answers of the policy to the first `num_samples` eval prompts, at most
+    `MAX_NEW_TOKENS` long (and no longer than `max_completion_length` when it is set)."""
     rows = eval_dataset.select(range(min(num_samples, len(eval_dataset))))
-    limit = training.max_completion_length or MAX_NEW_TOKENS
+    limit = MAX_NEW_TOKENS
+    if training.max_completion_length is not None:
+        limit = min(limit, training.max_completion_length)
     answers = generate_answers(
         model,
         tokenizer,
         rows,
         is_encoder_decoder=is_encoder_decoder,
-        max_new_tokens=min(limit, MAX_NEW_TOKENS),
+        max_new_tokens=limit,
         do_sample=False,
         pad_token_id=tokenizer.pad_token_id,
     )

@@ -14,7 +14,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cpo_cli import console
 from cpo_cli.engine.checkpoint import (
@@ -32,6 +32,11 @@ from cpo_cli.engine.evaluate import MetricMeans
 from cpo_cli.engine.schedule import Plan, Schedule, build_plan
 from cpo_cli.errors import EXIT_INTERRUPTED, CpoError, RecipeError
 from cpo_cli.metric_names import EVAL_METRICS, TRAIN_ONLY_METRICS
+
+if TYPE_CHECKING:
+    from cpo_cli.recipe.loader import LoadedRecipe
+    from cpo_cli.recipe.schema import PeftSection, Recipe
+    from cpo_cli.recipe.training import TrainingConfig
 
 DEFAULT_OUTPUT_DIR = "trainer_output"
 SUMMARY_FILE = "train_results.json"
@@ -69,19 +74,19 @@ class Run:
     sampler: Any
     eval_loader: Any
     eval_dataset: Any
-    training: Any
+    training: TrainingConfig
     plan: Plan
     output_dir: Path
     recipe_yaml: str
     is_encoder_decoder: bool
-    peft: Any = None
+    peft: PeftSection | None = None
     config_for_trackers: dict[str, Any] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- setup
 
 
-def build_accelerator(training: Any) -> Any:
+def build_accelerator(training: TrainingConfig) -> Any:
     """Mixed precision from bf16/fp16 (fp32 on a CPU unless asked), accumulation, seeds."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -103,17 +108,17 @@ def build_accelerator(training: Any) -> Any:
     try:
         accelerator = Accelerator(
             mixed_precision=precision,
-            project_config=ProjectConfiguration(save_on_each_node=bool(training.save_on_each_node)),
+            project_config=ProjectConfiguration(save_on_each_node=training.save_on_each_node),
             gradient_accumulation_steps=training.gradient_accumulation_steps,
             # on a machine without an accelerator, say so: accelerate only forms a
             # multi-process CPU group (torchrun, mpirun) when told it runs on the CPU
-            cpu=bool(training.use_cpu) or not _has_accelerator_device(),
+            cpu=training.use_cpu or not _has_accelerator_device(),
         )
     except ValueError as exc:  # e.g. fp16 where this hardware has no fp16 mixed precision
         raise RecipeError(
             "recipe", [f"training.{precision if precision != 'no' else 'use_cpu'}: {exc}"]
         ) from exc
-    set_seed(training.seed, deterministic=bool(training.full_determinism))
+    set_seed(training.seed, deterministic=training.full_determinism)
     return accelerator
 
 
@@ -128,11 +133,13 @@ def _has_accelerator_device() -> bool:
     )
 
 
-def output_dir_of(training: Any) -> Path:
-    return Path(training.output_dir or DEFAULT_OUTPUT_DIR).expanduser()
+def output_dir_of(training: TrainingConfig) -> Path:
+    """`training.output_dir`; None means `trainer_output` (as the schema says)."""
+    folder = DEFAULT_OUTPUT_DIR if training.output_dir is None else training.output_dir
+    return Path(folder).expanduser()
 
 
-def build_run(loaded: Any) -> Run:
+def build_run(loaded: LoadedRecipe) -> Run:
     """Load tokenizer, data and model; build loaders, optimizer and schedule; prepare them all."""
     from transformers.utils import logging as hf_logging
 
@@ -196,7 +203,7 @@ def build_run(loaded: Any) -> Run:
     )
 
 
-def _redacted_dict(recipe: Any) -> dict[str, Any]:
+def _redacted_dict(recipe: Recipe) -> dict[str, Any]:
     from cpo_cli.recipe.dump import redact
 
     return redact(recipe)
@@ -205,7 +212,7 @@ def _redacted_dict(recipe: Any) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the loop
 
 
-def train(loaded: Any, *, show_progress: bool = True) -> TrainResult:
+def train(loaded: LoadedRecipe, *, show_progress: bool = True) -> TrainResult:
     """Train the recipe's model; return where the result is and its final metrics."""
     from cpo_cli.engine.progress import build_progress
     from cpo_cli.engine.tracking import build_tracker, check_backends
@@ -421,12 +428,14 @@ def _generate(run: Run, state: TrainerState, progress: Any) -> None:
     progress.print(samples_table(samples, state.global_step))
 
 
-def best_metric_name(training: Any) -> str:
-    name = training.metric_for_best_model or "loss"
+def best_metric_name(training: TrainingConfig) -> str:
+    """`metric_for_best_model` with its `eval_` prefix; None means `eval_loss` (the schema's
+    meaning of None)."""
+    name = "loss" if training.metric_for_best_model is None else training.metric_for_best_model
     return name if name.startswith("eval_") else f"eval_{name}"
 
 
-def check_best_metric(training: Any) -> None:
+def check_best_metric(training: TrainingConfig) -> None:
     if not training.metric_for_best_model:
         return
     allowed = {f"eval_{k}" for k in EVAL_METRICS}
@@ -441,9 +450,9 @@ def check_best_metric(training: Any) -> None:
         )
 
 
-def _greater_is_better(training: Any) -> bool:
+def _greater_is_better(training: TrainingConfig) -> bool:
     if training.greater_is_better is not None:
-        return bool(training.greater_is_better)
+        return training.greater_is_better
     return not best_metric_name(training).endswith("loss")
 
 

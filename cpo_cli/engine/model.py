@@ -10,12 +10,21 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cpo_cli.errors import DependencyMissingError, ModelLoadError, RecipeError, first_line
 
+if TYPE_CHECKING:
+    from cpo_cli.recipe.schema import ModelSection, PeftSection
+    from cpo_cli.recipe.training import TrainingConfig
+
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_MODELS = ("smollm2-135m-instruct",)
+#: what `training.gradient_checkpointing_kwargs: null` means (non-reentrant checkpointing, the
+#: variant that works with frozen embeddings and LoRA)
+NON_REENTRANT_CHECKPOINTING: dict[str, Any] = {"use_reentrant": False}
+#: what `training.torch_compile_backend: null` means (torch's own default backend)
+TORCH_COMPILE_BACKEND = "inductor"
 
 
 def resolve_model_source(name_or_path: str) -> str:
@@ -36,24 +45,23 @@ def resolve_model_source(name_or_path: str) -> str:
     )
 
 
-def _hub_kwargs(section: Any) -> dict[str, Any]:
-    trust = bool(getattr(section, "trust_remote_code", False))
-    kwargs: dict[str, Any] = {"trust_remote_code": trust}
-    if getattr(section, "revision", None):
+def _hub_kwargs(section: ModelSection) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"trust_remote_code": section.trust_remote_code}
+    if section.revision:
         kwargs["revision"] = section.revision
     return kwargs
 
 
-def build_tokenizer(model_section: Any) -> Any:
-    """The tokenizer of `model.tokenizer_name_or_path` (default: the model's), with a pad token
+def build_tokenizer(model_section: ModelSection) -> Any:
+    """The tokenizer of `model.tokenizer_name_or_path` (None: the model's), with a pad token
     (the EOS token when the tokenizer has none) and `model.chat_template` applied when set."""
     from transformers import AutoTokenizer
 
-    source = getattr(model_section, "tokenizer_name_or_path", None) or model_section.name_or_path
+    own = model_section.tokenizer_name_or_path is None
+    source = model_section.name_or_path if own else model_section.tokenizer_name_or_path
     kwargs = _hub_kwargs(model_section)
-    gguf_file = getattr(model_section, "gguf_file", None)
-    if gguf_file and not getattr(model_section, "tokenizer_name_or_path", None):
-        kwargs["gguf_file"] = gguf_file
+    if model_section.gguf_file and own:
+        kwargs["gguf_file"] = model_section.gguf_file
     path = resolve_model_source(str(source))
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
@@ -66,7 +74,7 @@ def build_tokenizer(model_section: Any) -> Any:
     if tokenizer.pad_token_id is None:
         # a pad id is only used for padding positions that every loss masks out
         tokenizer.pad_token = tokenizer.eos_token
-    template = getattr(model_section, "chat_template", None)
+    template = model_section.chat_template
     if template:
         candidate = Path(str(template)).expanduser()
         tokenizer.chat_template = (
@@ -78,12 +86,11 @@ def build_tokenizer(model_section: Any) -> Any:
 
 
 def resolve_dtype(name: str | None) -> Any:
-    """The weights' dtype for `from_pretrained`: float32 by default (mixed precision comes from
+    """The weights' dtype for `from_pretrained` (`model.dtype`: mixed precision comes from
     training.bf16/fp16), or `auto` for the checkpoint's own."""
     import torch
 
     table = {
-        None: torch.float32,
         "float32": torch.float32,
         "bfloat16": torch.bfloat16,
         "float16": torch.float16,
@@ -97,15 +104,14 @@ def resolve_dtype(name: str | None) -> Any:
     return table[key]
 
 
-def is_encoder_decoder_model(model_section: Any, training: Any) -> bool:
+def is_encoder_decoder_model(model_section: ModelSection, training: TrainingConfig) -> bool:
     """`training.is_encoder_decoder` when set, else what the model's config says."""
-    forced = getattr(training, "is_encoder_decoder", None)
-    if forced is not None:
-        return bool(forced)
+    if training.is_encoder_decoder is not None:
+        return training.is_encoder_decoder
     from transformers import AutoConfig
 
     kwargs = _hub_kwargs(model_section)
-    if getattr(model_section, "gguf_file", None):
+    if model_section.gguf_file:
         kwargs["gguf_file"] = model_section.gguf_file
     try:
         config = AutoConfig.from_pretrained(
@@ -119,22 +125,25 @@ def is_encoder_decoder_model(model_section: Any, training: Any) -> bool:
     return bool(getattr(config, "is_encoder_decoder", False))
 
 
-def build_model(model_section: Any, training: Any, peft_section: Any = None) -> Any:
+def build_model(
+    model_section: ModelSection, training: TrainingConfig, peft_section: PeftSection | None = None
+) -> Any:
     """The trainable policy: loaded, dropout off (`disable_dropout`), gradient checkpointing,
     NEFTune noise, LoRA adapters (`peft`), and `torch.compile` as the recipe asks."""
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     encoder_decoder = is_encoder_decoder_model(model_section, training)
     kwargs: dict[str, Any] = _hub_kwargs(model_section)
-    kwargs["dtype"] = resolve_dtype(getattr(model_section, "dtype", "float32"))
-    if getattr(model_section, "attn_implementation", None):
+    kwargs["dtype"] = resolve_dtype(model_section.dtype)
+    if model_section.attn_implementation is not None:
         kwargs["attn_implementation"] = model_section.attn_implementation
-    if getattr(model_section, "gguf_file", None):
+    if model_section.gguf_file:
         from transformers import GgufConfig
 
         kwargs["gguf_file"] = model_section.gguf_file
         kwargs["quantization_config"] = GgufConfig(dequantize=True)
-    kwargs.update(dict(getattr(training, "model_init_kwargs", None) or {}))
+    if training.model_init_kwargs:
+        kwargs.update(training.model_init_kwargs)
     auto_cls = AutoModelForSeq2SeqLM if encoder_decoder else AutoModelForCausalLM
     source = resolve_model_source(model_section.name_or_path)
     try:
@@ -155,7 +164,9 @@ def build_model(model_section: Any, training: Any, peft_section: Any = None) -> 
         disable_dropout(model)
     if training.gradient_checkpointing:
         model.config.use_cache = False
-        options = _as_dict(training.gradient_checkpointing_kwargs) or {"use_reentrant": False}
+        options = training.gradient_checkpointing_kwargs
+        if not options:
+            options = NON_REENTRANT_CHECKPOINTING
         if hasattr(model, "activation_checkpointing_enable"):  # the transformers 5 name
             model.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
         else:
@@ -172,22 +183,13 @@ def build_model(model_section: Any, training: Any, peft_section: Any = None) -> 
     if training.torch_compile:
         import torch
 
+        backend = training.torch_compile_backend
         model = torch.compile(
             model,
-            backend=training.torch_compile_backend or "inductor",
+            backend=TORCH_COMPILE_BACKEND if backend is None else backend,
             mode=training.torch_compile_mode,
         )
     return model
-
-
-def _as_dict(value: Any) -> dict[str, Any]:
-    if not value:
-        return {}
-    if isinstance(value, str):
-        import json
-
-        return dict(json.loads(value))
-    return dict(value)
 
 
 def disable_dropout(model: Any) -> None:
@@ -200,7 +202,7 @@ def disable_dropout(model: Any) -> None:
 
 
 def apply_lora(
-    model: Any, peft_section: Any, *, encoder_decoder: bool, gradient_checkpointing: bool
+    model: Any, peft_section: PeftSection, *, encoder_decoder: bool, gradient_checkpointing: bool
 ) -> Any:
     """Wrap the model with LoRA adapters; only the adapters (and `modules_to_save`) train."""
     try:
@@ -210,14 +212,15 @@ def apply_lora(
             "the recipe has a `peft` section but the peft package is not installed",
             hint="pip install peft (or pip install 'cpo-cli[peft]')",
         ) from exc
-    target = getattr(peft_section, "target_modules", None)
+    target = peft_section.target_modules
     config = LoraConfig(
         r=peft_section.r,
-        lora_alpha=peft_section.lora_alpha,
+        # peft annotates an int but only divides by it: a float alpha (e.g. 16.5) is valid
+        lora_alpha=peft_section.lora_alpha,  # type: ignore[arg-type]
         lora_dropout=peft_section.lora_dropout,
-        target_modules=list(target) if isinstance(target, (list, tuple)) else target,
-        bias=getattr(peft_section, "bias", "none"),
-        modules_to_save=getattr(peft_section, "modules_to_save", None),
+        target_modules=list(target) if isinstance(target, list) else target,
+        bias=peft_section.bias,
+        modules_to_save=peft_section.modules_to_save,
         task_type=TaskType.SEQ_2_SEQ_LM if encoder_decoder else TaskType.CAUSAL_LM,
     )
     if gradient_checkpointing:

@@ -16,6 +16,8 @@ from cpo_cli.recipe.choices import ENGINE_OPTIMIZERS
 if TYPE_CHECKING:
     import torch
 
+    from cpo_cli.recipe.training import TrainingConfig
+
 #: optimizer names (HF spelling) that need bitsandbytes, mapped to its class name
 _BNB_OPTIMIZERS: dict[str, tuple[str, dict[str, Any]]] = {
     "adamw_bnb_8bit": ("AdamW8bit", {}),
@@ -84,17 +86,17 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[s
     return [g for g in groups if g["params"]]
 
 
-def build_optimizer(model: torch.nn.Module, training: Any) -> torch.optim.Optimizer:
+def build_optimizer(model: torch.nn.Module, training: TrainingConfig) -> torch.optim.Optimizer:
     """The optimizer named by `training.optim` (or Adafactor when `training.adafactor`)."""
     import torch
 
-    name = "adafactor" if getattr(training, "adafactor", False) else str(training.optim)
+    name = "adafactor" if training.adafactor else training.optim
     groups = parameter_groups(model, training.weight_decay)
     if not groups:
         raise RecipeError(
             "recipe", ["the model has no trainable parameters (check peft and model settings)"]
         )
-    extra = parse_optim_args(getattr(training, "optim_args", None))
+    extra = parse_optim_args(training.optim_args)
     lr = training.learning_rate
     adam = {
         "lr": lr,
@@ -150,17 +152,17 @@ def _fused_adamw_available(groups: list[dict[str, Any]]) -> bool:
     )
 
 
-def warmup_steps(training: Any, total_steps: int) -> int:
+def warmup_steps(training: TrainingConfig, total_steps: int) -> int:
     """`warmup_steps` wins when set; otherwise `warmup_ratio` of the optimizer steps (rounded up,
     as the HF Trainer does)."""
-    if training.warmup_steps and training.warmup_steps > 0:
-        return int(training.warmup_steps)
-    ratio = float(training.warmup_ratio or 0.0)
-    # newer transformers let warmup_steps be a float < 1 meaning a ratio; honour both spellings
-    return math.ceil(total_steps * ratio)
+    if training.warmup_steps > 0:
+        return training.warmup_steps
+    return math.ceil(total_steps * training.warmup_ratio)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, training: Any, total_steps: int) -> Any:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, training: TrainingConfig, total_steps: int
+) -> Any:
     """The learning-rate schedule by its transformers name, stepped once per optimizer step."""
     from transformers import get_scheduler
 

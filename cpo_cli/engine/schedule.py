@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from cpo_cli.errors import RecipeError
+
+if TYPE_CHECKING:
+    from cpo_cli.engine.checkpoint import TrainerState
+    from cpo_cli.recipe.training import TrainingConfig
 
 
 @dataclass(frozen=True)
@@ -21,7 +25,7 @@ class Plan:
     num_epochs: int
 
 
-def build_plan(batches_per_epoch: int, training: Any) -> Plan:
+def build_plan(batches_per_epoch: int, training: TrainingConfig) -> Plan:
     """`max_steps` (> 0) wins over `num_train_epochs`, which may be fractional (0.5 = half an
     epoch). The last accumulation window of an epoch may be short: it still makes a step."""
     if batches_per_epoch <= 0:
@@ -33,14 +37,14 @@ def build_plan(batches_per_epoch: int, training: Any) -> Plan:
                 "or an empty dataset)"
             ],
         )
-    accumulation = max(1, int(training.gradient_accumulation_steps))
+    accumulation = training.gradient_accumulation_steps
     steps_per_epoch = math.ceil(batches_per_epoch / accumulation)
-    if training.max_steps and training.max_steps > 0:
-        total = int(training.max_steps)
+    if training.max_steps > 0:
+        total = training.max_steps
         epochs = math.ceil(total / steps_per_epoch)
     else:
-        total = max(1, math.ceil(float(training.num_train_epochs) * steps_per_epoch))
-        epochs = max(1, math.ceil(float(training.num_train_epochs)))
+        total = max(1, math.ceil(training.num_train_epochs * steps_per_epoch))
+        epochs = max(1, math.ceil(training.num_train_epochs))
     return Plan(batches_per_epoch, accumulation, steps_per_epoch, total, epochs)
 
 
@@ -56,7 +60,7 @@ def every(value: float | None, total_steps: int) -> int:
 class Schedule:
     """When to log, evaluate and save, from the `*_strategy` / `*_steps` fields."""
 
-    def __init__(self, plan: Plan, training: Any, *, has_eval: bool) -> None:
+    def __init__(self, plan: Plan, training: TrainingConfig, *, has_eval: bool) -> None:
         self.plan = plan
         self.training = training
         self.has_eval = has_eval
@@ -66,10 +70,10 @@ class Schedule:
         )
         self.eval_every = every(eval_steps, plan.total_steps)
         self.save_every = every(training.save_steps, plan.total_steps)
-        self.eval_on_start = bool(training.eval_on_start) and has_eval
+        self.eval_on_start = training.eval_on_start and has_eval
 
     def should_log(self, step: int, end_of_epoch: bool) -> bool:
-        strategy = str(self.training.logging_strategy)
+        strategy = self.training.logging_strategy
         if strategy == "no":
             return False
         if step == 1 and self.training.logging_first_step:
@@ -81,16 +85,17 @@ class Schedule:
         return self.log_every > 0 and step % self.log_every == 0
 
     def should_evaluate(self, step: int, end_of_epoch: bool, epoch: float) -> bool:
-        strategy = str(self.training.eval_strategy)
+        strategy = self.training.eval_strategy
         if not self.has_eval or strategy == "no":
             return False
-        delay = float(self.training.eval_delay or 0)
+        # eval_delay None: no delay
+        delay = 0.0 if self.training.eval_delay is None else self.training.eval_delay
         if strategy == "epoch":
             return end_of_epoch and epoch >= delay
         return self.eval_every > 0 and step % self.eval_every == 0 and step >= delay
 
-    def should_save(self, step: int, end_of_epoch: bool, state: Any) -> bool:
-        strategy = str(self.training.save_strategy)
+    def should_save(self, step: int, end_of_epoch: bool, state: TrainerState) -> bool:
+        strategy = self.training.save_strategy
         if strategy == "no":
             return False
         if strategy == "epoch":
@@ -99,10 +104,10 @@ class Schedule:
             return state.best_step == step
         return self.save_every > 0 and step % self.save_every == 0
 
-    def evaluate_at_end(self, state: Any) -> bool:
+    def evaluate_at_end(self, state: TrainerState) -> bool:
         """One last evaluation when evaluation is on and the final step was not evaluated."""
         return (
             self.has_eval
-            and str(self.training.eval_strategy) != "no"
+            and self.training.eval_strategy != "no"
             and state.last_eval_step != state.global_step
         )

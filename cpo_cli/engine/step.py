@@ -8,7 +8,7 @@ mean pair loss + cpo_alpha · NLL(chosen) + router_aux_loss_coef · router loss.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from cpo_cli.metric_names import PAIR_METRICS
 
@@ -16,21 +16,22 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from cpo_cli.recipe.training import TrainingConfig
+
 #: metric names exactly as TRL logs them (the engine adds the `eval_` prefix in evaluation)
 METRIC_NAMES: tuple[str, ...] = PAIR_METRICS
 
 
-def effective_cpo_alpha(training: Any) -> float:
+def effective_cpo_alpha(training: TrainingConfig) -> float:
     """`cpo_alpha`, except 0 for `alphapo` (TRL's CPOConfig rewrites alphapo that way)."""
     return 0.0 if training.loss_type == "alphapo" else float(training.cpo_alpha)
 
 
 def batch_loss_and_metrics(
-    model: nn.Module, batch: dict[str, torch.Tensor], training: Any
+    model: nn.Module, batch: dict[str, torch.Tensor], training: TrainingConfig
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(loss to differentiate, detached scalar metrics) for one `collate_pairs` batch.
 
-    `training` is the recipe's `TrainingConfig` (any object with its attributes will do).
     Metrics are means over this batch's pairs; `nll_loss` is 0 when the NLL term is off, as
     in TRL. `logits/*` are defined in `cpo_cli.engine.forward` (answer-predicting positions).
     """
@@ -42,14 +43,13 @@ def batch_loss_and_metrics(
     from cpo_cli.losses.total import total_loss
 
     spec = LOSSES[training.loss_type]
-    out = sequence_logps(model, batch, chunk_size=int(training.logprob_chunk_size))
+    out = sequence_logps(model, batch, chunk_size=training.logprob_chunk_size)
     logps = out.averaged() if spec.averages_logps else out.logps
     b = out.num_pairs
     chosen_logps, rejected_logps = logps[:b], logps[b:]
 
-    alpha = float(getattr(training, "alpha", 0.0))
-    chosen_rewards = alphapo_reward(chosen_logps, alpha)
-    rejected_rewards = alphapo_reward(rejected_logps, alpha)
+    chosen_rewards = alphapo_reward(chosen_logps, training.alpha)
+    rejected_rewards = alphapo_reward(rejected_logps, training.alpha)
     knobs = {k: getattr(training, k) for k in spec.knobs if k != "alpha"}
     pair_losses = get_loss_fn(spec.name)(
         chosen_rewards, rejected_rewards, beta=training.beta, **knobs

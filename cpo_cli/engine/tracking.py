@@ -7,11 +7,15 @@ import importlib.util
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cpo_cli.errors import DependencyMissingError, RecipeError
 from cpo_cli.recipe.choices import ENGINE_TRACKERS
+
+if TYPE_CHECKING:
+    from cpo_cli.recipe.training import TrainingConfig
 
 #: report_to names we can honour (the recipe's `ENGINE_TRACKERS`), with the package each needs
 BACKENDS = {name: name for name in ENGINE_TRACKERS}
@@ -121,7 +125,7 @@ class Tracker:
             sink.close()
 
 
-def requested_backends(report_to: Any) -> list[str]:
+def requested_backends(report_to: str | Sequence[str] | None) -> list[str]:
     """`report_to` as a list of backend names; None/"none" → none, "all" → the installed ones."""
     if report_to is None:
         return []
@@ -144,7 +148,7 @@ def requested_backends(report_to: Any) -> list[str]:
     return names
 
 
-def check_backends(report_to: Any) -> list[str]:
+def check_backends(report_to: str | Sequence[str] | None) -> list[str]:
     """Fail before training starts when a requested backend's package is missing."""
     names = requested_backends(report_to)
     for name in names:
@@ -159,7 +163,7 @@ def check_backends(report_to: Any) -> list[str]:
 
 
 def build_tracker(
-    training: Any,
+    training: TrainingConfig,
     output_dir: Path,
     *,
     is_main_process: bool,
@@ -172,6 +176,7 @@ def build_tracker(
         return Tracker([NullSink()])
     sinks: list[Any] = [JsonlSink(output_dir / "metrics.jsonl", resume_step=resume_step)]
     if "tensorboard" in names:
+        # logging_dir None: `<output_dir>/runs` (as the schema says)
         log_dir = Path(training.logging_dir) if training.logging_dir else output_dir / "runs"
         sinks.append(TensorBoardSink(log_dir))
     if "wandb" in names:

@@ -402,8 +402,8 @@ class TrainingConfig(BaseModel):
     )
     gradient_checkpointing_kwargs: dict[str, Any] | None = Field(
         default=None,
-        description="Arguments of `gradient_checkpointing_enable`, e.g. "
-        "`{use_reentrant: false}`; a JSON object string is accepted.",
+        description="Arguments of `gradient_checkpointing_enable`; a JSON object string is "
+        "accepted. None: `{use_reentrant: false}` (works with frozen embeddings and LoRA).",
     )
     include_inputs_for_metrics: bool = Field(
         default=False, description="Deprecated: pass inputs to `compute_metrics`."
@@ -447,7 +447,9 @@ class TrainingConfig(BaseModel):
         default=False, description="Compile the model with `torch.compile`."
     )
     torch_compile_backend: str | None = Field(
-        default=None, description="`torch.compile` backend (e.g. `inductor`); setting it compiles."
+        default=None,
+        description="`torch.compile` backend (e.g. `inductor`); setting it compiles. None: "
+        "`inductor`.",
     )
     torch_compile_mode: TorchCompileMode | None = Field(
         default=None,
@@ -489,17 +491,21 @@ class TrainingConfig(BaseModel):
     max_length: int | None = Field(
         default=1024,
         ge=1,
-        description="Longest prompt + answer in tokens; longer pairs are truncated "
-        "(None: no limit).",
+        description="Longest prompt + answer in tokens; longer pairs are truncated. None: no "
+        "limit, no pair is truncated (TRL falls back to 512 instead).",
     )
     max_prompt_length: int | None = Field(
         default=512,
         ge=1,
-        description="Longest prompt in tokens when a pair must be truncated; must be below "
-        "`max_length`.",
+        description="Longest prompt in tokens when a pair must be truncated (encoder-decoder "
+        "models: always); must be below `max_length`. None: the prompt is not cut.",
     )
     max_completion_length: int | None = Field(
-        default=None, ge=1, description="Longest answer in tokens (encoder-decoder models)."
+        default=None,
+        ge=1,
+        description="Longest answer in tokens, for encoder-decoder models (decoder-only "
+        "answers are bounded by `max_length`). None: answers are not truncated (TRL falls back "
+        "to 128 instead).",
     )
     beta: float = Field(
         default=0.1,

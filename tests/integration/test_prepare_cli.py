@@ -46,8 +46,7 @@ def test_prepare_with_a_tokenizer_writes_folder_manifest_and_json(
 def test_prepare_with_a_recipe_then_train_settings_must_match(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    from types import SimpleNamespace
-
+    from support import make_training
     from transformers import AutoTokenizer
 
     from cpo_cli.data import load_prepared
@@ -66,11 +65,10 @@ def test_prepare_with_a_recipe_then_train_settings_must_match(
     )  # fmt: skip
     assert code == 0, output
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    lengths = dict(max_completion_length=None, truncation_mode="keep_end", is_encoder_decoder=None)
-    ok = load_prepared(out, tok, SimpleNamespace(max_length=256, max_prompt_length=128, **lengths))
+    ok = load_prepared(out, tok, make_training(max_length=256, max_prompt_length=128))
     assert len(ok.dataset) == 300
     try:
-        load_prepared(out, tok, SimpleNamespace(max_length=512, max_prompt_length=128, **lengths))
+        load_prepared(out, tok, make_training(max_length=512, max_prompt_length=128))
     except DataError as err:
         assert "max_length: prepared with 256, this run uses 512" in err.message
     else:

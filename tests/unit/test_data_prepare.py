@@ -6,14 +6,15 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from support import make_training
 
 from cpo_cli.assets import DEMO_DATA_DIR
 from cpo_cli.data import SourceSpec, load_prepared, prepare_dataset, save_prepared
 from cpo_cli.errors import DataError
+from cpo_cli.recipe import TrainingConfig
 
 COLUMNS = [
     "prompt",
@@ -25,16 +26,8 @@ COLUMNS = [
 ]
 
 
-def training(**overrides: Any) -> SimpleNamespace:
-    base = dict(
-        max_length=1024,
-        max_prompt_length=512,
-        max_completion_length=None,
-        truncation_mode="keep_end",
-        dataset_num_proc=None,
-        is_encoder_decoder=None,
-    )
-    return SimpleNamespace(**{**base, **overrides})
+def training(**overrides: Any) -> TrainingConfig:
+    return make_training(**overrides)
 
 
 def demo(name: str) -> Path:

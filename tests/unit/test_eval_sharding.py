@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
+from support import make_training
 
 
 def _rows(n: int) -> list[dict[str, list[int]]]:
@@ -21,14 +20,7 @@ def test_each_pair_lands_in_exactly_one_shard(n: int, processes: int) -> None:
     from cpo_cli.engine.data import build_eval_dataloader
 
     dataset = Dataset.from_list(_rows(n))
-    training = SimpleNamespace(
-        per_device_eval_batch_size=2,
-        dataloader_num_workers=0,
-        dataloader_persistent_workers=False,
-        dataloader_prefetch_factor=None,
-        dataloader_pin_memory=False,
-        seed=42,
-    )
+    training = make_training(per_device_eval_batch_size=2, dataloader_pin_memory=False)
     seen: list[int] = []
     pairs = 0
     for rank in range(processes):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-from types import SimpleNamespace
+from typing import Any
 
 import pytest
+from support import make_training
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch = pytest.importorskip("torch")
@@ -21,6 +22,7 @@ from cpo_cli.engine.forward import (  # noqa: E402
 )
 from cpo_cli.engine.step import METRIC_NAMES, batch_loss_and_metrics  # noqa: E402
 from cpo_cli.losses.registry import LOSS_NAMES  # noqa: E402
+from cpo_cli.recipe import TrainingConfig  # noqa: E402
 
 VOCAB = 96
 
@@ -72,19 +74,8 @@ def reference_logps(model, rows) -> torch.Tensor:  # type: ignore[no-untyped-def
     return (per_token * mask).sum(-1)
 
 
-def training(loss_type: str, **kw: float) -> SimpleNamespace:
-    base = dict(
-        loss_type=loss_type,
-        beta=0.1,
-        label_smoothing=0.0,
-        simpo_gamma=0.5,
-        cpo_alpha=1.0,
-        alpha=0.0,
-        logprob_chunk_size=1024,
-        prefix_sharing=True,
-    )
-    base.update(kw)
-    return SimpleNamespace(**base)
+def training(loss_type: str, **kw: float) -> TrainingConfig:
+    return make_training(loss_type=loss_type, **kw)
 
 
 def test_packed_attention_mask_by_hand() -> None:
@@ -396,3 +387,28 @@ def test_unreproducible_head_falls_back_to_model_logits(capsys: pytest.CaptureFi
             model, collate_pairs(rows, pad_token_id=0, layout=layout), chunk_size=4
         )
         torch.testing.assert_close(out.logps, reference_logps(model, rows), rtol=1e-5, atol=1e-5)
+
+
+def test_the_lm_head_runs_in_the_recipes_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`training.logprob_chunk_size` (schema default 256) is the chunk the head runs in; the
+    forward has no default of its own that could drift from the schema."""
+    import inspect
+
+    from cpo_cli.engine import chunked_head
+
+    param = inspect.signature(sequence_logps).parameters["chunk_size"]
+    assert param.default is inspect.Parameter.empty
+    model = tiny_causal_lm()
+    model_support(model)  # the probe runs its own small chunks once; not counted
+    seen: list[int] = []
+    real = chunked_head.token_logps_and_logit_sums
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append(args[4])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(chunked_head, "token_logps_and_logit_sums", spy)
+    batch = collate_pairs(random_rows(), pad_token_id=0, layout="pair_rows")
+    batch_loss_and_metrics(model, batch, make_training())
+    batch_loss_and_metrics(model, batch, make_training(logprob_chunk_size=5))
+    assert seen == [256, 5]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -144,7 +143,7 @@ def test_bad_scheduler_kwargs_name_the_fields() -> None:
 def test_no_trainable_parameters_is_a_recipe_error() -> None:
     model = Tiny().requires_grad_(False)
     with pytest.raises(RecipeError):
-        build_optimizer(model, SimpleNamespace(**training().model_dump()))
+        build_optimizer(model, training())
 
 
 @pytest.mark.parametrize("name", ENGINE_OPTIMIZERS)

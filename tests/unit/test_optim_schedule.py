@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from cpo_cli.engine.checkpoint import TrainerState
 from cpo_cli.engine.schedule import Schedule, build_plan, every
 from cpo_cli.errors import RecipeError
 from cpo_cli.recipe import TrainingConfig
@@ -55,7 +55,7 @@ def test_eval_steps_default_to_logging_steps_and_respect_the_delay() -> None:
 
 def test_epoch_strategies() -> None:
     s = schedule(eval_strategy="epoch", save_strategy="epoch", logging_strategy="epoch")
-    state = SimpleNamespace(best_step=None)
+    state = TrainerState(best_step=None)
     assert s.should_evaluate(3, True, 1.0) and not s.should_evaluate(3, False, 0.3)
     assert s.should_save(3, True, state) and not s.should_save(3, False, state)
     assert s.should_log(3, True) and not s.should_log(3, False)
@@ -63,11 +63,11 @@ def test_epoch_strategies() -> None:
 
 def test_save_best_saves_only_at_a_new_best() -> None:
     s = schedule(save_strategy="best", eval_strategy="steps", eval_steps=1)
-    assert s.should_save(4, False, SimpleNamespace(best_step=4))
-    assert not s.should_save(5, False, SimpleNamespace(best_step=4))
+    assert s.should_save(4, False, TrainerState(best_step=4))
+    assert not s.should_save(5, False, TrainerState(best_step=4))
 
 
 def test_final_evaluation_only_when_the_last_step_was_not_evaluated() -> None:
     s = schedule(eval_strategy="steps", eval_steps=3)
-    assert s.evaluate_at_end(SimpleNamespace(last_eval_step=9, global_step=10))
-    assert not s.evaluate_at_end(SimpleNamespace(last_eval_step=10, global_step=10))
+    assert s.evaluate_at_end(TrainerState(last_eval_step=9, global_step=10))
+    assert not s.evaluate_at_end(TrainerState(last_eval_step=10, global_step=10))

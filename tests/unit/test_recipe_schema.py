@@ -99,3 +99,12 @@ def test_json_schema_is_generated() -> None:
     props = schema["$defs"]["TrainingConfig"]["properties"]
     assert props["loss_type"]["enum"] == list(LOSS_NAMES)
     assert schema["additionalProperties"] is False
+
+
+def test_none_lengths_say_no_limit() -> None:
+    """The decided meaning of None for the lengths, as the reference shows it (the tokeniser's
+    behaviour is pinned in test_tokenize.py)."""
+    fields = TrainingConfig.model_fields
+    assert "None: no limit" in (fields["max_length"].description or "")
+    assert "None: answers are not truncated" in (fields["max_completion_length"].description or "")
+    assert "None: the prompt is not cut" in (fields["max_prompt_length"].description or "")

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import make_training
 
 from cpo_cli.data.tokenize import (
     LengthSettings,
@@ -28,8 +29,13 @@ def ids(tok: Any, text: str) -> list[int]:
     return list(tok(text, add_special_tokens=False)["input_ids"])
 
 
-def one(tok: Any, prompt: str, chosen: str, rejected: str, **lengths: Any) -> Any:
-    out = tokenize_pairs([prompt], [chosen], [rejected], tok, LengthSettings(**lengths))
+def lengths(**fields: Any) -> LengthSettings:
+    """The length settings of a recipe with these `training` fields (schema defaults else)."""
+    return LengthSettings.from_training(make_training(**fields))
+
+
+def one(tok: Any, prompt: str, chosen: str, rejected: str, **fields: Any) -> Any:
+    out = tokenize_pairs([prompt], [chosen], [rejected], tok, lengths(**fields))
     return SimpleNamespace(
         prompt=out.prompt_input_ids[0],
         chosen=out.chosen_input_ids[0],
@@ -130,9 +136,9 @@ def test_truncation_keep_end_and_keep_start(tiny_tokenizer: Any) -> None:
     prompt = "Question: " + " ".join(f"w{i}" for i in range(60)) + "\nAnswer:"
     prompt_ids = ids(tok, prompt)
     assert len(prompt_ids) > 40
-    lengths = dict(max_length=40, max_prompt_length=24)
-    end = one(tok, prompt, " yes it is", " no it is not", truncation_mode="keep_end", **lengths)
-    start = one(tok, prompt, " yes it is", " no it is not", truncation_mode="keep_start", **lengths)
+    limits = dict(max_length=40, max_prompt_length=24)
+    end = one(tok, prompt, " yes it is", " no it is not", truncation_mode="keep_end", **limits)
+    start = one(tok, prompt, " yes it is", " no it is not", truncation_mode="keep_start", **limits)
     for pair in (end, start):
         assert pair.truncated and pair.drop is None
         assert len(pair.prompt) == 24 and pair.prompt[0] == tok.bos_token_id
@@ -182,7 +188,7 @@ def test_prompt_plus_answer_is_always_the_whole_text(
     """Whatever merges happen at the boundary, shared prompt + answer (minus the EOS we add)
     re-tokenise exactly as the whole text, and no answer is empty."""
     tok = tiny_tokenizer
-    out = tokenize_pairs([prompt], [chosen], [rejected], tok, LengthSettings())
+    out = tokenize_pairs([prompt], [chosen], [rejected], tok, lengths())
     if out.drop[0] is not None:
         assert out.drop[0] in ("identical_answers", "prompt_boundary")
         return
@@ -191,6 +197,34 @@ def test_prompt_plus_answer_is_always_the_whole_text(
     assert p[1:] + c[:-1] == ids(tok, prompt + chosen)
     assert p[1:] + r[:-1] == ids(tok, prompt + rejected)
     assert len(ids(tok, prompt)) - (len(p) - 1) <= 1
+
+
+# ---- what None means: no limit (the schema's meaning; TRL falls back to 512 / 128) ----------
+
+
+def test_max_length_none_truncates_nothing(tiny_tokenizer: Any) -> None:
+    tok = tiny_tokenizer
+    prompt = "Question: " + " ".join(f"w{i}" for i in range(300)) + "\nAnswer:"
+    answer = " " + " ".join(f"a{i}" for i in range(200))
+    pair = one(tok, prompt, answer, " no", max_length=None)
+    assert len(pair.prompt) + len(pair.chosen) > 512  # beyond TRL's fallback
+    assert not pair.truncated and pair.drop is None
+    assert pair.prompt[1:] == ids(tok, prompt)
+    assert pair.chosen == [*ids(tok, answer), tok.eos_token_id]
+
+
+def test_encoder_decoder_max_completion_length_none_keeps_whole_answers(
+    tiny_tokenizer: Any,
+) -> None:
+    tok = tiny_tokenizer
+    answer = " " + " ".join(f"a{i}" for i in range(150))
+    pair = one(
+        tok, "Translate: the cat", answer, " le chien",
+        is_encoder_decoder=True, max_completion_length=None,
+    )  # fmt: skip
+    assert len(pair.chosen) > 128  # beyond TRL's fallback
+    assert not pair.truncated and pair.drop is None
+    assert pair.chosen == [*ids(tok, answer), tok.eos_token_id]
 
 
 # ---- encoder-decoder -------------------------------------------------------------------------
@@ -238,7 +272,7 @@ def test_matches_trl_tokenize_row_on_the_demo_data(
         [r["chosen"] for r in rows],
         [r["rejected"] for r in rows],
         tok,
-        LengthSettings(),
+        lengths(),
     )
     for i, row in enumerate(rows):
         trl = _trl_tokenize(tok, row)
@@ -311,8 +345,8 @@ class _MergingTokenizer:
 
 
 def test_prompt_that_changes_by_more_than_one_token_is_dropped() -> None:
-    out = tokenize_pairs(["ab"], ["c"], ["d"], _MergingTokenizer(), LengthSettings())
+    out = tokenize_pairs(["ab"], ["c"], ["d"], _MergingTokenizer(), lengths())
     assert out.drop == ["prompt_boundary"]
-    out = tokenize_pairs(["ab"], ["d"], ["d"], _MergingTokenizer(), LengthSettings())
+    out = tokenize_pairs(["ab"], ["d"], ["d"], _MergingTokenizer(), lengths())
     assert out.drop == ["identical_answers"]
     assert out.chosen_input_ids[0] == [4, 0] and out.prompt_input_ids[0] == [1, 2]
