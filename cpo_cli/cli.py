@@ -8,7 +8,6 @@ Nothing here imports torch or transformers: `cpo --help` and `cpo recipe validat
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Sequence
 from typing import Annotated
@@ -17,11 +16,9 @@ import typer
 
 from cpo_cli import __version__, console
 from cpo_cli.commands import eval_cmd, prepare, push, train
+from cpo_cli.commands.options import Quiet
 from cpo_cli.commands.recipe import recipe_app
 from cpo_cli.errors import EXIT_INTERRUPTED, EXIT_OK, CpoError
-
-# Rich boxes and colours only for people at a terminal; pipelines and NO_COLOR get plain text.
-_RICH = sys.stdout.isatty() and "NO_COLOR" not in os.environ
 
 app = typer.Typer(
     name="cpo",
@@ -29,7 +26,7 @@ app = typer.Typer(
     "(CPO) and its variants (SimPO, CPO-SimPO, IPO, hinge, AlphaPO) from one YAML recipe.\n\n"
     "Exit codes: 0 ok, 1 user error, 2 usage error, 3 quality gate failed, 130 interrupted.",
     context_settings={"help_option_names": ["-h", "--help"]},
-    rich_markup_mode="rich" if _RICH else None,
+    rich_markup_mode=console.help_markup(),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -54,9 +51,7 @@ def _root(
             is_eager=True,
         ),
     ] = False,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="Print only warnings, errors and results.")
-    ] = False,
+    quiet: Quiet = False,
 ) -> None:
     """cpo: declarative CPO training."""
     console.set_quiet(quiet)

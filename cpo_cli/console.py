@@ -5,11 +5,22 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
+from typing import Any, Literal, TextIO
 
 from rich.console import Console
 
 _quiet = False
+
+
+def is_plain(stream: TextIO) -> bool:
+    """The one terminal check: plain text for pipes, files, CI logs and `NO_COLOR`; rich boxes
+    and colours only for a person at a terminal."""
+    return not stream.isatty() or "NO_COLOR" in os.environ
+
+
+def help_markup() -> Literal["rich"] | None:
+    """Typer's help style for this output (`rich_markup_mode`)."""
+    return None if is_plain(sys.stdout) else "rich"
 
 
 def is_main_process() -> bool:
@@ -18,7 +29,7 @@ def is_main_process() -> bool:
 
 
 def _make_console(stderr: bool = False) -> Console:
-    plain = not (sys.stderr if stderr else sys.stdout).isatty() or "NO_COLOR" in os.environ
+    plain = is_plain(sys.stderr if stderr else sys.stdout)
     return Console(
         stderr=stderr,
         no_color=plain,

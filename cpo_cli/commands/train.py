@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cpo_cli import console
+from cpo_cli.commands.options import Quiet
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -24,15 +25,13 @@ def train(
             show_default=False,
         ),
     ] = None,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="Only warnings, errors and the final summary.")
-    ] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Train a model with CPO from a recipe: checkpoints, metrics.jsonl and the final model go to
     training.output_dir. Works under `accelerate launch -m cpo_cli train RECIPE`."""
     from cpo_cli.recipe.loader import load_recipe
 
-    if quiet:
+    if quiet:  # `cpo train R --quiet` as well as `cpo --quiet train R`
         console.set_quiet(True)
     loaded = load_recipe(recipe, overrides or [])
     for warning in loaded.warnings:

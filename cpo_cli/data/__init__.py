@@ -8,14 +8,12 @@ from __future__ import annotations
 
 from cpo_cli.data.prepare import PreparedData, load_prepared, prepare_dataset, save_prepared
 from cpo_cli.data.report import PrepareReport
-from cpo_cli.data.sources import SourceSpec
 from cpo_cli.data.tokenize import LengthSettings
 
 __all__ = [
     "LengthSettings",
     "PrepareReport",
     "PreparedData",
-    "SourceSpec",
     "load_prepared",
     "prepare_dataset",
     "save_prepared",

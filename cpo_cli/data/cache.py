@@ -14,8 +14,16 @@ import os
 import shutil
 from pathlib import Path
 
+from cpo_cli.cache_root import cache_root
+
 MARKER = ".cpo-cache-entry"
 DEFAULT_MAX_ENTRIES = 16
+
+
+def prepared_cache_dir() -> Path:
+    """Where raw datasets prepared by `cpo train` / `cpo eval` are cached: `<cache root>/prepared`
+    (keyed by file, settings and tokenizer, so reuse is safe)."""
+    return cache_root() / "prepared"
 
 
 def mark_used(entry: Path, source: Path) -> None:

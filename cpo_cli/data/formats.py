@@ -11,20 +11,11 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import takewhile
-from typing import Any, Literal
+from typing import Any
 
 from cpo_cli.errors import DataError
+from cpo_cli.format_names import CANONICAL_COLUMNS, CanonicalColumn, RowFormat
 
-RowFormat = Literal["standard", "conversational", "implicit", "scored"]
-FORMATS: tuple[str, ...] = ("auto", "standard", "conversational", "implicit", "scored")
-CANONICAL_COLUMNS: tuple[str, ...] = (
-    "prompt",
-    "chosen",
-    "rejected",
-    "messages",
-    "candidates",
-    "scores",
-)
 ROLES = frozenset({"system", "user", "assistant", "tool"})
 
 #: Why a row was dropped: the report's keys, in the order they are shown.
@@ -107,6 +98,7 @@ def parse_columns(spec: str | None) -> dict[str, str]:
 
 
 def check_column_mapping(mapping: Mapping[str, str]) -> None:
+    """A `--columns` mapping names only canonical columns (before it becomes a `DataSource`)."""
     unknown = sorted(set(mapping) - set(CANONICAL_COLUMNS))
     if unknown:
         raise DataError(
@@ -116,17 +108,17 @@ def check_column_mapping(mapping: Mapping[str, str]) -> None:
 
 
 def rename_columns(
-    columns: Sequence[str], mapping: Mapping[str, str], source: str
+    columns: Sequence[str], mapping: Mapping[CanonicalColumn, str], source: str
 ) -> dict[str, str]:
-    """Dataset column -> canonical name, checking every mapped column exists."""
-    check_column_mapping(mapping)
+    """Dataset column -> canonical name, checking every mapped column exists (the canonical
+    names themselves are checked by the recipe's `DataSource`)."""
     missing = [f"{c}={d}" for c, d in mapping.items() if d not in columns]
     if missing:
         raise DataError(
             f"{source}: column mapping names column(s) not in the dataset: {', '.join(missing)}",
             hint=f"the dataset's columns are: {', '.join(columns) or '(none)'}",
         )
-    renamed = {dataset_col: canonical for canonical, dataset_col in mapping.items()}
+    renamed: dict[str, str] = {dataset_col: canonical for canonical, dataset_col in mapping.items()}
     for col in columns:
         if col not in renamed and col in CANONICAL_COLUMNS and col not in mapping:
             renamed[col] = col

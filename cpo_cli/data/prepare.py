@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cpo_cli.data import cache
-from cpo_cli.data.formats import FORMATS, detect_format, rename_columns
+from cpo_cli.data.formats import detect_format, rename_columns
 from cpo_cli.data.manifest import (
     FORMAT_VERSION,
     MANIFEST_NAME,
@@ -31,7 +31,7 @@ from cpo_cli.data.manifest import (
 )
 from cpo_cli.data.pipeline import ID_COLUMNS, TEXT_COLUMNS, run_pipeline
 from cpo_cli.data.report import PrepareReport, length_stats
-from cpo_cli.data.sources import SourceSpec, is_local, load_rows
+from cpo_cli.data.sources import as_source, is_local, load_rows
 from cpo_cli.data.tokenize import LengthSettings
 from cpo_cli.errors import DataError
 
@@ -51,7 +51,7 @@ class PreparedData:
 
 
 def prepare_dataset(
-    source: DataSource | SourceSpec | str | Path,
+    source: DataSource | str | Path,
     tokenizer: Any,
     training: TrainingConfig,
     *,
@@ -64,32 +64,27 @@ def prepare_dataset(
     Bad rows are dropped and counted by reason; with `strict` any drop raises `DataError`.
     A source that is already a prepared folder is loaded with `load_prepared` instead.
     """
-    spec = SourceSpec.from_source(source)
-    if spec.format not in (*FORMATS, "prepared"):
-        raise DataError(
-            f"{spec.path}: unknown data format {spec.format!r}",
-            hint=f"use one of {', '.join((*FORMATS, 'prepared'))}",
-        )
-    folder = Path(spec.path).expanduser()
-    if spec.format == "prepared" or (folder.is_dir() and (folder / MANIFEST_NAME).is_file()):
+    source = as_source(source)
+    folder = Path(source.path).expanduser()
+    if source.format == "prepared" or (folder.is_dir() and (folder / MANIFEST_NAME).is_file()):
         prepared = load_prepared(folder, tokenizer, training, is_encoder_decoder=is_encoder_decoder)
         _check_strict(prepared.report, strict)
         return prepared
     settings = LengthSettings.from_training(training, is_encoder_decoder)
     tok_info = tokenizer_fingerprint(tokenizer)
-    cache_folder = _cache_folder(cache_dir, spec, settings, tok_info)
+    cache_folder = _cache_folder(cache_dir, source, settings, tok_info)
     if cache_folder is not None and (cache_folder / MANIFEST_NAME).is_file():
         cached = load_prepared(
             cache_folder, tokenizer, training, is_encoder_decoder=settings.is_encoder_decoder
         )
         _check_strict(cached.report, strict)
-        cache.mark_used(cache_folder, Path(spec.path).expanduser())
+        cache.mark_used(cache_folder, Path(source.path).expanduser())
         return cached
-    prepared = _prepare(spec, tokenizer, settings, tok_info, training.dataset_num_proc)
+    prepared = _prepare(source, tokenizer, settings, tok_info, training.dataset_num_proc)
     _check_strict(prepared.report, strict)
     if cache_folder is not None:
         prepared.path = save_prepared(prepared, cache_folder)
-        cache.mark_used(cache_folder, Path(spec.path).expanduser())
+        cache.mark_used(cache_folder, Path(source.path).expanduser())
         cache.prune(cache_folder.parent, keep=cache_folder)
     return prepared
 
@@ -104,21 +99,21 @@ def _check_strict(report: PrepareReport, strict: bool) -> None:
 
 
 def _prepare(
-    spec: SourceSpec,
+    source: DataSource,
     tokenizer: Any,
     settings: LengthSettings,
     tok_info: dict[str, Any],
     num_proc: int | None,
 ) -> PreparedData:
-    raw = load_rows(spec)
+    raw = load_rows(source)
     if not raw.rows:
-        raise DataError(f"{spec.path}: the dataset has no rows")
-    renamed = rename_columns(raw.columns, spec.columns, spec.path)
+        raise DataError(f"{source.path}: the dataset has no rows")
+    renamed = rename_columns(raw.columns, source.columns, source.path)
     rows = [_canonical(row, renamed) for row in raw.rows]
-    fmt = spec.format
+    fmt: str = source.format
     if fmt == "auto":
-        fmt = detect_format(list(renamed.values()), rows[:20], spec.path)
-    report = PrepareReport(source=spec.path, format=fmt, rows_in=len(rows))
+        fmt = detect_format(list(renamed.values()), rows[:20], source.path)
+    report = PrepareReport(source=source.path, format=fmt, rows_in=len(rows))
     if settings.is_encoder_decoder and settings.max_completion_length is None:
         report.notes.append("max_completion_length is not set: answers are not truncated")
     if not settings.is_encoder_decoder and settings.max_length is None:
@@ -129,8 +124,8 @@ def _prepare(
     processed = run_pipeline(
         rows,
         tokenizer=tokenizer,
-        fmt="scored" if fmt == "scored" else spec.format,
-        source=spec.path,
+        fmt="scored" if fmt == "scored" else source.format,
+        source=source.path,
         settings=settings,
         num_proc=num_proc,
     )
@@ -155,7 +150,7 @@ def _prepare(
         )
     _fill_stats(report, columns)
     dataset = _to_dataset(columns)
-    manifest = _manifest(spec, raw.identity, fmt, settings, tok_info, report)
+    manifest = _manifest(source, raw.identity, fmt, settings, tok_info, report)
     return PreparedData(dataset=dataset, report=report, manifest=manifest)
 
 
@@ -187,7 +182,7 @@ def _to_dataset(columns: Mapping[str, list[Any]]) -> Any:
 
 
 def _manifest(
-    spec: SourceSpec,
+    source: DataSource,
     identity: dict[str, Any],
     fmt: str,
     settings: LengthSettings,
@@ -199,7 +194,7 @@ def _manifest(
     return {
         "format_version": FORMAT_VERSION,
         "created_by": f"cpo {__version__}",
-        "source": {**spec.describe(), "identity": identity},
+        "source": {**source.model_dump(mode="json"), "identity": identity},
         "format": fmt,
         "rows": {"in": report.rows_in, "kept": report.rows_kept, "dropped": report.rows_dropped},
         "settings": settings.as_dict(),
@@ -211,7 +206,7 @@ def _manifest(
 
 def _cache_folder(
     cache_dir: str | Path | None,
-    spec: SourceSpec,
+    source: DataSource,
     settings: LengthSettings,
     tok_info: dict[str, Any],
 ) -> Path | None:
@@ -220,9 +215,9 @@ def _cache_folder(
     caches their download)."""
     from cpo_cli import __version__
 
-    if cache_dir is None or not is_local(spec.path):
+    if cache_dir is None or not is_local(source.path):
         return None
-    path = Path(spec.path).expanduser()
+    path = Path(source.path).expanduser()
     if not path.exists():
         return None
     stat = path.stat()
@@ -230,7 +225,7 @@ def _cache_folder(
         "path": str(path.resolve()),
         "size": stat.st_size,
         "mtime_ns": stat.st_mtime_ns,
-        "spec": spec.describe(),
+        "spec": source.model_dump(mode="json"),
         "settings": settings.as_dict(),
         "tokenizer": tok_info["fingerprint"],
         "format_version": FORMAT_VERSION,

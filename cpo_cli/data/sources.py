@@ -12,7 +12,7 @@ import itertools
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,45 +24,13 @@ if TYPE_CHECKING:
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 
 
-@dataclass(frozen=True)
-class SourceSpec:
-    """Where the raw rows come from (the fields of the recipe's `DataSource` this layer reads)."""
+def as_source(source: DataSource | str | os.PathLike[str]) -> DataSource:
+    """A recipe `DataSource`; a plain path or Hub name reads its `train` split as `auto`."""
+    from cpo_cli.recipe.schema import DataSource
 
-    path: str
-    split: str | None = None
-    subset: str | None = None
-    revision: str | None = None
-    format: str = "auto"
-    columns: dict[str, str] = field(default_factory=dict)
-    max_rows: int | None = None
-
-    @classmethod
-    def from_source(cls, source: DataSource | SourceSpec | str | os.PathLike[str]) -> SourceSpec:
-        """From a `cpo_cli.recipe.DataSource`, a `SourceSpec`, or a plain path."""
-        if isinstance(source, SourceSpec):
-            return source
-        if isinstance(source, (str, os.PathLike)):
-            return cls(path=str(source))
-        return cls(
-            path=source.path,
-            split=source.split,
-            subset=source.subset,
-            revision=source.revision,
-            format=source.format,
-            columns={str(canonical): column for canonical, column in source.columns.items()},
-            max_rows=source.max_rows,
-        )
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "split": self.split,
-            "subset": self.subset,
-            "revision": self.revision,
-            "format": self.format,
-            "columns": dict(self.columns),
-            "max_rows": self.max_rows,
-        }
+    if isinstance(source, DataSource):
+        return source
+    return DataSource(path=str(source))
 
 
 @dataclass
@@ -89,14 +57,14 @@ def is_local(path: str) -> bool:
     )
 
 
-def load_rows(spec: SourceSpec) -> RawRows:
+def load_rows(source: DataSource) -> RawRows:
     """Every row of the source (at most `max_rows`), or a `DataError` saying what is wrong."""
-    if is_local(spec.path):
-        raw = _load_local(Path(spec.path).expanduser(), spec)
+    if is_local(source.path):
+        raw = _load_local(Path(source.path).expanduser(), source)
     else:
-        raw = _load_hub(spec)
-    if spec.max_rows is not None and len(raw.rows) > spec.max_rows:
-        raw.rows = raw.rows[: spec.max_rows]
+        raw = _load_hub(source)
+    if source.max_rows is not None and len(raw.rows) > source.max_rows:
+        raw.rows = raw.rows[: source.max_rows]
     return raw
 
 
@@ -105,17 +73,17 @@ def _file_identity(path: Path) -> dict[str, Any]:
     return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def _load_local(path: Path, spec: SourceSpec) -> RawRows:
+def _load_local(path: Path, source: DataSource) -> RawRows:
     if not path.exists():
         raise DataError(
             f"dataset file not found: {path}",
             hint="check the path (relative paths are read from the current directory)",
         )
     if path.is_dir():
-        return _load_saved(path, spec)
+        return _load_saved(path, source)
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        rows = list(itertools.islice(_read_jsonl(path), spec.max_rows))
+        rows = list(itertools.islice(_read_jsonl(path), source.max_rows))
     elif suffix == ".json":
         rows = _read_json(path)
     elif suffix in (".parquet", ".csv"):
@@ -183,7 +151,7 @@ def _dataset_rows(ds: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def _load_saved(path: Path, spec: SourceSpec) -> RawRows:
+def _load_saved(path: Path, source: DataSource) -> RawRows:
     import datasets
 
     if not ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
@@ -195,17 +163,16 @@ def _load_saved(path: Path, spec: SourceSpec) -> RawRows:
         loaded = datasets.load_from_disk(str(path))
     except Exception as exc:
         raise DataError(f"{path}: cannot load this saved dataset: {exc}") from exc
-    ds = _pick_split(loaded, spec, str(path))
+    ds = _pick_split(loaded, source.split, str(path))
     identity = {"path": str(path.resolve()), "fingerprint": getattr(ds, "_fingerprint", None)}
     return RawRows(_dataset_rows(ds), list(ds.column_names), identity)
 
 
-def _pick_split(loaded: Any, spec: SourceSpec, name: str) -> Any:
+def _pick_split(loaded: Any, split: str, name: str) -> Any:
     import datasets
 
     if not isinstance(loaded, datasets.DatasetDict):
         return loaded
-    split = spec.split or "train"
     if split not in loaded:
         raise DataError(
             f"{name}: no split {split!r}",
@@ -214,22 +181,24 @@ def _pick_split(loaded: Any, spec: SourceSpec, name: str) -> Any:
     return loaded[split]
 
 
-def _load_hub(spec: SourceSpec) -> RawRows:
+def _load_hub(source: DataSource) -> RawRows:
     import datasets
 
-    split = spec.split or "train"
+    split = source.split
     # `train[:N]` makes `datasets` read only the rows asked for
-    wanted = f"{split}[:{spec.max_rows}]" if spec.max_rows is not None else split
+    wanted = f"{split}[:{source.max_rows}]" if source.max_rows is not None else split
     from huggingface_hub import constants
 
     offline = constants.is_offline_mode()
     if not offline:
-        _ask_hub_first(spec)
+        _ask_hub_first(source)
     try:
-        ds = datasets.load_dataset(spec.path, spec.subset, split=wanted, revision=spec.revision)
+        ds = datasets.load_dataset(
+            source.path, source.subset, split=wanted, revision=source.revision
+        )
     except Exception as exc:  # network, auth, missing config/split: all user-fixable
         reason = first_line(exc)
-        where = f"{spec.path!r}" + (f" (subset {spec.subset!r})" if spec.subset else "")
+        where = f"{source.path!r}" + (f" (subset {source.subset!r})" if source.subset else "")
         hint = (
             "the Hub is switched off (HF_HUB_OFFLINE=1) and the dataset is not in the local "
             "cache: give a local file or folder instead, or go online"
@@ -241,18 +210,18 @@ def _load_hub(spec: SourceSpec) -> RawRows:
             f"cannot load dataset {where} split {split!r}: {reason}", hint=hint
         ) from exc
     if isinstance(ds, datasets.DatasetDict):  # defensive: split=... should return one split
-        ds = _pick_split(ds, spec, spec.path)
+        ds = _pick_split(ds, split, source.path)
     identity = {
-        "hub": spec.path,
-        "subset": spec.subset,
+        "hub": source.path,
+        "subset": source.subset,
         "split": split,
-        "revision": spec.revision,
+        "revision": source.revision,
         "fingerprint": getattr(ds, "_fingerprint", None),
     }
     return RawRows(_dataset_rows(ds), list(ds.column_names), identity)
 
 
-def _ask_hub_first(spec: SourceSpec) -> None:
+def _ask_hub_first(source: DataSource) -> None:
     """One request, no retries, before `datasets` makes its own: a missing, private or gated
     dataset, a missing revision or an unreachable Hub becomes a clear error in well under a
     second, instead of ~25 s of retries ending in a vague one. An unreachable Hub is not an
@@ -265,10 +234,10 @@ def _ask_hub_first(spec: SourceSpec) -> None:
         RevisionNotFoundError,
     )
 
-    name = spec.path
+    name = source.path
     try:
         HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None).dataset_info(
-            name, revision=spec.revision, timeout=10
+            name, revision=source.revision, timeout=10
         )
     except GatedRepoError as exc:
         raise DataError(
@@ -284,7 +253,7 @@ def _ask_hub_first(spec: SourceSpec) -> None:
         ) from exc
     except RevisionNotFoundError as exc:
         raise DataError(
-            f"dataset {name!r} has no revision {spec.revision!r} on the Hub",
+            f"dataset {name!r} has no revision {source.revision!r} on the Hub",
             hint="check --revision (a branch, tag or commit of the dataset repository)",
         ) from exc
     except HfHubHTTPError:

@@ -3,10 +3,8 @@ and dynamic padding (each batch padded to its own longest row by `collate_pairs`
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from functools import partial
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -213,13 +211,6 @@ def build_eval_dataloader(
     )
 
 
-def prepared_cache_dir() -> Path:
-    """Where raw datasets prepared by `cpo train` are cached: `$CPO_CACHE/prepared`, else
-    `~/.cache/cpo/prepared` (keyed by file, settings and tokenizer, so reuse is safe)."""
-    root = os.environ.get("CPO_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "cpo") / "prepared"
-
-
 def prepare_source(
     name: str,
     source: DataSource,
@@ -232,6 +223,7 @@ def prepare_source(
     these lengths, or a raw source prepared in-process (cached). `cpo eval` shares it, so eval
     pairs are exactly the pairs training would see."""
     from cpo_cli import console
+    from cpo_cli.data.cache import prepared_cache_dir
     from cpo_cli.data.prepare import prepare_dataset
     from cpo_cli.errors import DataError
 

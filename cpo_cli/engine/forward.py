@@ -26,7 +26,7 @@ from __future__ import annotations
 import inspect
 import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from cpo_cli import console
 
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-Layout = Literal["packed", "pair_rows"]
+    from cpo_cli.data.collate import Layout
 
 _PROBE_TOL = {"float32": 1e-4, "float64": 1e-6}  # other dtypes (bf16, fp16): 2e-2
 _SUPPORT: weakref.WeakKeyDictionary[Any, _Support] = weakref.WeakKeyDictionary()

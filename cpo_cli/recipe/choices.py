@@ -1,12 +1,15 @@
 """The string choices a recipe accepts, as `Literal` types (so validation, the JSON schema and the
 docs list them). They follow transformers' own enums of the CPOConfig era; the loss names come
-from the single loss registry."""
+from the single loss registry, the data formats and column names from `cpo_cli.format_names`."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal, get_args
 
+from cpo_cli.format_names import CanonicalColumn, DataFormat, RowFormat
 from cpo_cli.losses.registry import LOSS_NAMES
+
+__all__ = ["CanonicalColumn", "DataFormat", "RowFormat"]  # defined with the data format names
 
 # The loss names come from the registry at import time (one list for validation, docs and help);
 # a type checker cannot follow that, so it sees a plain `str`.
@@ -146,9 +149,6 @@ ModelDtype = Literal["auto", "float32", "bfloat16", "float16"]
 AttnImplementation = Literal[
     "eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"
 ]
-DataFormat = Literal["auto", "standard", "conversational", "implicit", "scored", "prepared"]
-#: canonical column names a `data.*.columns` mapping may rename
-CanonicalColumn = Literal["prompt", "chosen", "rejected", "messages", "candidates", "scores"]
 LoraBias = Literal["none", "all", "lora_only"]
 
 

@@ -11,8 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-#: shown instead of values that must not be printed
-HIDDEN = "***"
+from cpo_cli.recipe.secrets import REDACTED
 
 
 def _submodel(annotation: Any) -> type[BaseModel] | None:
@@ -78,7 +77,7 @@ def all_field_paths(root: type[BaseModel], prefix: str = "") -> Iterator[str]:
 def show_value(value: Any, hidden: bool = False) -> str:
     """A short, YAML-like rendering of a value for an error line."""
     if hidden:
-        return HIDDEN
+        return REDACTED
     if value is None:
         return "null"
     if isinstance(value, bool):

@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
+from cpo_cli.format_names import CANONICAL_COLUMNS
 from cpo_cli.recipe.choices import (
     AttnImplementation,
     CanonicalColumn,
@@ -83,7 +84,7 @@ class DataSource(BaseModel):
     columns: dict[CanonicalColumn, str] = Field(
         default_factory=dict,
         description="Canonical name -> dataset column, for datasets with other column names "
-        "(canonical: prompt, chosen, rejected, messages, candidates, scores).",
+        f"(canonical: {', '.join(CANONICAL_COLUMNS)}).",
     )
     max_rows: int | None = Field(
         default=None, ge=1, description="Use only the first this many rows (quick runs)."

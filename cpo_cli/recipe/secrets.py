@@ -63,10 +63,16 @@ def _values_at(data: Any, paths: Iterable[str]) -> tuple[str, ...]:
     return tuple(sorted(set(found), key=len, reverse=True))
 
 
+def redact_data(data: Any, secret_paths: Iterable[str] = ()) -> Any:
+    """A copy of plain nested data (mappings, lists, scalars) with every secret replaced by
+    `***`: values under secret-looking keys or at `secret_paths`, and copies of them elsewhere."""
+    paths = frozenset(secret_paths)
+    return _walk_redact(data, "", paths, _values_at(data, paths))
+
+
 def redact_mapping(data: Mapping[str, Any], secret_paths: Iterable[str] = ()) -> dict[str, Any]:
     """A copy of a plain nested mapping with every secret replaced by `***`."""
-    paths = frozenset(secret_paths)
-    return _walk_redact(data, "", paths, _values_at(data, paths))  # type: ignore[no-any-return]
+    return redact_data(data, secret_paths)  # type: ignore[no-any-return]
 
 
 def redact_text(text: str, data: Mapping[str, Any], secret_paths: Iterable[str] = ()) -> str:

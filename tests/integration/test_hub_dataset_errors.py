@@ -11,8 +11,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from cpo_cli.data.sources import SourceSpec, load_rows
+from cpo_cli.data.sources import load_rows
 from cpo_cli.errors import DataError
+from cpo_cli.recipe import DataSource
 
 #: dataset name → (status, X-Error-Code) the stand-in answers for its info request
 ANSWERS = {
@@ -74,7 +75,7 @@ def test_hub_answers_become_one_line_errors(
 ) -> None:
     started = time.monotonic()
     with pytest.raises(DataError) as caught:
-        load_rows(SourceSpec(path=name, revision=revision))
+        load_rows(DataSource(path=name, revision=revision))
     assert says in str(caught.value)
     assert hint in (caught.value.hint or "")
     assert time.monotonic() - started < 10  # one request, not datasets' retry loop
@@ -89,7 +90,7 @@ def test_an_unreachable_hub_fails_fast_and_says_how_to_go_offline(
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
     started = time.monotonic()
     with pytest.raises(DataError) as caught:
-        load_rows(SourceSpec(path="alice/never-downloaded"))
+        load_rows(DataSource(path="alice/never-downloaded"))
     assert "cannot reach the Hugging Face Hub" in str(caught.value)
     assert "HF_HUB_OFFLINE=1" in (caught.value.hint or "")
     assert time.monotonic() - started < 10

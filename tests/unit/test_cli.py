@@ -168,3 +168,20 @@ def test_validate_a_folder_recursively(tmp_path: Path) -> None:
     empty.mkdir()
     result = runner.invoke(app, ["recipe", "validate", str(empty)])
     assert result.exit_code == 1 and "is a folder" in result.stdout
+
+
+def test_one_terminal_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rich output only for a terminal without NO_COLOR; the help style follows the same check."""
+    import io
+
+    from cpo_cli import console
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    assert not console.is_plain(Terminal()) and console.is_plain(io.StringIO())
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert console.is_plain(Terminal())
+    assert console.help_markup() is None

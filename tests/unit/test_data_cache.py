@@ -77,3 +77,17 @@ def test_a_read_only_cache_is_not_an_error(tmp_path: Path) -> None:
     src.write_text("{}\n")
     missing = tmp_path / "no-such-folder"
     cache.mark_used(missing, src)  # cannot write the marker: housekeeping, not a failure
+
+
+def test_one_cache_root_for_prepared_data_and_converted_models(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cpo_cli.assets.smollm2 import default_cache_dir
+    from cpo_cli.cache_root import cache_root
+
+    monkeypatch.setenv("CPO_CACHE", str(tmp_path))
+    assert cache_root() == tmp_path
+    assert cache.prepared_cache_dir() == tmp_path / "prepared"
+    assert default_cache_dir().parent == tmp_path
+    monkeypatch.delenv("CPO_CACHE")
+    assert cache_root() == Path.home() / ".cache" / "cpo"

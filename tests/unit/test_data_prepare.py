@@ -12,9 +12,9 @@ import pytest
 from support import make_training
 
 from cpo_cli.assets import DEMO_DATA_DIR
-from cpo_cli.data import SourceSpec, load_prepared, prepare_dataset, save_prepared
+from cpo_cli.data import load_prepared, prepare_dataset, save_prepared
 from cpo_cli.errors import DataError
-from cpo_cli.recipe import TrainingConfig
+from cpo_cli.recipe import DataSource, TrainingConfig
 
 COLUMNS = [
     "prompt",
@@ -69,8 +69,9 @@ def test_conversational_and_standard_copies_hold_the_same_answers(tiny_tokenizer
 
 
 def test_scored_candidates_with_a_column_mapping(tiny_tokenizer: Any) -> None:
-    source = SourceSpec(
-        str(demo("demo_scored.jsonl")), columns={"prompt": "source", "candidates": "translations"}
+    source = DataSource(
+        path=str(demo("demo_scored.jsonl")),
+        columns={"prompt": "source", "candidates": "translations"},
     )
     report = prepare_dataset(source, tiny_tokenizer, training()).report
     assert report.format == "scored"
@@ -149,7 +150,7 @@ def test_parquet_csv_json_and_saved_folder_give_the_same_pairs(
         tmp_path / "d.parquet",
         tmp_path / "d.csv",
         tmp_path / "d.json",
-        SourceSpec(str(tmp_path / "saved"), split="test"),
+        DataSource(path=str(tmp_path / "saved"), split="test"),
     ):
         got = prepare_dataset(source, tiny_tokenizer, training())
         assert got.dataset["chosen_input_ids"] == expected, source
@@ -177,7 +178,7 @@ def test_offline_hub_name_is_a_clear_error(
     start = time.monotonic()
     with pytest.raises(DataError, match="cannot load dataset 'someone/no-such-prefs'") as info:
         prepare_dataset(
-            SourceSpec("someone/no-such-prefs", split="train"), tiny_tokenizer, training()
+            DataSource(path="someone/no-such-prefs", split="train"), tiny_tokenizer, training()
         )
     assert "HF_HUB_OFFLINE" in (info.value.hint or "")
     assert time.monotonic() - start < 60
@@ -185,12 +186,12 @@ def test_offline_hub_name_is_a_clear_error(
 
 def test_max_rows_and_mapping_errors(tiny_tokenizer: Any) -> None:
     prepared = prepare_dataset(
-        SourceSpec(str(demo("demo_train.jsonl")), max_rows=7), tiny_tokenizer, training()
+        DataSource(path=str(demo("demo_train.jsonl")), max_rows=7), tiny_tokenizer, training()
     )
     assert prepared.report.rows_in == 7
     with pytest.raises(DataError, match="prompt=question"):
         prepare_dataset(
-            SourceSpec(str(demo("demo_train.jsonl")), columns={"prompt": "question"}),
+            DataSource(path=str(demo("demo_train.jsonl")), columns={"prompt": "question"}),
             tiny_tokenizer,
             training(),
         )
@@ -208,8 +209,9 @@ def test_workers_give_the_same_result(tiny_tokenizer: Any, monkeypatch: pytest.M
     monkeypatch.setattr(pipeline, "BATCH_SIZE", 4)
     messy = prepare_dataset(demo("demo_messy.jsonl"), tiny_tokenizer, training(dataset_num_proc=2))
     assert messy.report.dropped_rows == MESSY_DROPS
-    scored = SourceSpec(
-        str(demo("demo_scored.jsonl")), columns={"prompt": "source", "candidates": "translations"}
+    scored = DataSource(
+        path=str(demo("demo_scored.jsonl")),
+        columns={"prompt": "source", "candidates": "translations"},
     )
     notes = prepare_dataset(scored, tiny_tokenizer, training(dataset_num_proc=2)).report.notes
     assert any("4 ties for the best" in n and "6 candidates" in n for n in notes)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cpo_cli.errors import HubError
 from cpo_cli.hub import plan_push, redact_recipe_text, resolve_settings
@@ -115,3 +116,14 @@ def test_adapter_config_names_the_hub_base_in_the_upload_only(tmp_path: Path) ->
     uploaded = json.loads(adapter.content or b"")
     assert uploaded == {**local, "base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct"}
     assert json.loads((out / "adapter_config.json").read_text()) == local
+
+
+def test_uploads_hide_what_the_recipe_layer_hides() -> None:
+    """One definition of a secret (`cpo_cli.recipe.secrets`): what `cpo recipe show` and the
+    saved recipes hide, an upload hides too, copies of the value included."""
+    from cpo_cli.recipe.secrets import redact_mapping
+
+    text = "training:\n  hub_token: hf_x1\nextra:\n  db_password: pw-secret\n  note: pw-secret\n"
+    out = redact_recipe_text(text)
+    assert "hf_x1" not in out and "pw-secret" not in out
+    assert yaml.safe_load(out) == redact_mapping(yaml.safe_load(text))

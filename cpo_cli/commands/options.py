@@ -1,0 +1,54 @@
+"""Command-line options more than one command takes, defined once: `--quiet`, and a dataset
+named on the command line (`--dataset/--split/--columns/--format/...`) turned into the recipe's
+own `DataSource`, so it is checked by the same schema as `data.train` / `data.eval`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from cpo_cli.errors import UsageError
+
+if TYPE_CHECKING:
+    from cpo_cli.recipe.schema import DataSource
+
+#: `cpo --quiet ...` and `cpo train RECIPE --quiet` (people put it after the command too)
+Quiet = Annotated[
+    bool, typer.Option("--quiet", "-q", help="Print only warnings, errors and results.")
+]
+
+
+def data_source(
+    dataset: str,
+    *,
+    split: str | None = None,
+    subset: str | None = None,
+    revision: str | None = None,
+    columns: str | None = None,
+    data_format: str | None = None,
+    max_rows: int | None = None,
+) -> DataSource:
+    """`--dataset` and the options describing it as a validated `DataSource`; an option left
+    out keeps the schema's default. A bad value is a usage error naming the option's field."""
+    from pydantic import ValidationError
+
+    from cpo_cli.data.formats import parse_columns
+    from cpo_cli.recipe.schema import DataSource
+
+    given = {
+        "split": split,
+        "subset": subset,
+        "revision": revision,
+        "format": data_format,
+        "max_rows": max_rows,
+    }
+    fields: dict[str, Any] = {"path": dataset, "columns": parse_columns(columns)}
+    fields.update({key: value for key, value in given.items() if value is not None})
+    try:
+        return DataSource(**fields)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise UsageError(f"--dataset {dataset}: {problems}") from None
