@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from cpo_cli.recipe.choices import BUILTIN_MODELS, BUILTIN_PREFIX
+
 #: Where the engine may leave the resolved recipe, in the order we look.
 RECIPE_FILE_NAMES = ("recipe.yaml", "resolved_recipe.yaml", "cpo_recipe.yaml", "recipe.yml")
 #: Final metrics summaries, in the order we look: the engine's `train_results.json`
@@ -59,7 +61,7 @@ _LOSS_KNOBS = ("simpo_gamma", "alpha", "label_smoothing")
 #: Shown only when set to something other than "off".
 _SHOWN_WHEN_ON = ("warmup_ratio", "warmup_steps", "weight_decay", "bf16", "fp16")
 #: cpo's builtin model names and the Hub models they are (for metadata and license).
-BUILTIN_HUB_IDS = {"builtin:smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+BUILTIN_HUB_IDS = {BUILTIN_PREFIX + name: hub_id for name, hub_id in BUILTIN_MODELS.items()}
 _PEFT_FIELDS = ("r", "lora_alpha", "lora_dropout", "target_modules", "merge_at_end")
 #: Metric keys shown in the card's table (when present), in this order.
 _CARD_METRICS = (

@@ -219,7 +219,6 @@ def train(loaded: LoadedRecipe, *, show_progress: bool = True) -> TrainResult:
 
     training = loaded.recipe.training
     check_backends(training.report_to)  # a missing tracker package fails before the model loads
-    check_best_metric(training)
     started = time.perf_counter()
     try:
         run = build_run(loaded)
@@ -435,21 +434,6 @@ def best_metric_name(training: TrainingConfig) -> str:
     return name if name.startswith("eval_") else f"eval_{name}"
 
 
-def check_best_metric(training: TrainingConfig) -> None:
-    if not training.metric_for_best_model:
-        return
-    allowed = {f"eval_{k}" for k in EVAL_METRICS}
-    if best_metric_name(training) not in allowed:
-        raise RecipeError(
-            "recipe",
-            [
-                f"training.metric_for_best_model: {training.metric_for_best_model!r} is not an "
-                f"evaluation metric; choose one of {', '.join(sorted(EVAL_METRICS))} (the eval_ "
-                "prefix is optional)"
-            ],
-        )
-
-
 def _greater_is_better(training: TrainingConfig) -> bool:
     if training.greater_is_better is not None:
         return training.greater_is_better
@@ -458,15 +442,8 @@ def _greater_is_better(training: TrainingConfig) -> bool:
 
 def _track_best(run: Run, state: TrainerState, metrics: dict[str, float]) -> None:
     """Remember the best evaluation; the checkpoint saved at this step becomes the best one."""
-    name = best_metric_name(run.training)
-    if name not in metrics:
-        if run.training.load_best_model_at_end or run.training.metric_for_best_model:
-            raise CpoError(
-                f"training.metric_for_best_model: evaluation has no {name!r}; "
-                f"it has {', '.join(sorted(metrics))}"
-            )
-        return
-    value = metrics[name]
+    # the recipe rules accept only names evaluation reports, and it reports every one of them
+    value = metrics[best_metric_name(run.training)]
     better = state.best_metric is None or (
         value > state.best_metric if _greater_is_better(run.training) else value < state.best_metric
     )

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cpo_cli.errors import DependencyMissingError, ModelLoadError, RecipeError, first_line
+from cpo_cli.recipe.choices import builtin_model, unknown_builtin
 
 if TYPE_CHECKING:
+    from cpo_cli.recipe.choices import ModelDtype
     from cpo_cli.recipe.schema import ModelSection, PeftSection
     from cpo_cli.recipe.training import TrainingConfig
 
-BUILTIN_PREFIX = "builtin:"
-BUILTIN_MODELS = ("smollm2-135m-instruct",)
 #: what `training.gradient_checkpointing_kwargs: null` means (non-reentrant checkpointing, the
 #: variant that works with frozen embeddings and LoRA)
 NON_REENTRANT_CHECKPOINTING: dict[str, Any] = {"use_reentrant": False}
@@ -28,21 +28,17 @@ TORCH_COMPILE_BACKEND = "inductor"
 
 
 def resolve_model_source(name_or_path: str) -> str:
-    """A loadable name or folder for `model.name_or_path` (builtin names converted on first use)."""
-    if not name_or_path.startswith(BUILTIN_PREFIX):
+    """A loadable name or folder for `model.name_or_path` (builtin names converted on first use).
+    The recipe rules refuse unknown builtin names at load time; a name given on the command line
+    (`cpo eval --model`) is checked here, by the same function."""
+    problem = unknown_builtin(name_or_path)
+    if problem is not None:
+        raise RecipeError("recipe", [f"model.name_or_path: {problem}"])
+    if builtin_model(name_or_path) is None:
         return name_or_path
-    name = name_or_path[len(BUILTIN_PREFIX) :].strip().lower()
-    if name == "smollm2-135m-instruct":
-        from cpo_cli.assets.smollm2 import ensure_smollm2
+    from cpo_cli.assets.smollm2 import ensure_smollm2  # the one builtin model
 
-        return str(ensure_smollm2())
-    raise RecipeError(
-        "recipe",
-        [
-            f"model.name_or_path: {name_or_path!r} is not a builtin model; builtin models: "
-            + ", ".join(BUILTIN_PREFIX + n for n in BUILTIN_MODELS)
-        ],
-    )
+    return str(ensure_smollm2())
 
 
 def _hub_kwargs(section: ModelSection) -> dict[str, Any]:
@@ -85,7 +81,7 @@ def build_tokenizer(model_section: ModelSection) -> Any:
     return tokenizer
 
 
-def resolve_dtype(name: str | None) -> Any:
+def resolve_dtype(name: ModelDtype) -> Any:
     """The weights' dtype for `from_pretrained` (`model.dtype`: mixed precision comes from
     training.bf16/fp16), or `auto` for the checkpoint's own."""
     import torch
@@ -96,12 +92,7 @@ def resolve_dtype(name: str | None) -> Any:
         "float16": torch.float16,
         "auto": "auto",
     }
-    key = None if name is None else str(name)
-    if key not in table:
-        raise RecipeError(
-            "recipe", [f"model.dtype: {name!r} is not one of auto, float32, bfloat16, float16"]
-        )
-    return table[key]
+    return table[name]
 
 
 def is_encoder_decoder_model(model_section: ModelSection, training: TrainingConfig) -> bool:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from cpo_cli.errors import DependencyMissingError, RecipeError
 from cpo_cli.recipe.choices import ENGINE_OPTIMIZERS
+from cpo_cli.recipe.optim_args import parse_optim_args
 
 if TYPE_CHECKING:
     import torch
@@ -35,38 +36,6 @@ _BNB_OPTIMIZERS: dict[str, tuple[str, dict[str, Any]]] = {
 #: the names a recipe may use (one list, in `cpo_cli.recipe.choices`); the torch ones are
 #: whatever is not bitsandbytes, and a test checks each name builds here
 SUPPORTED_OPTIMIZERS: tuple[str, ...] = ENGINE_OPTIMIZERS
-
-
-def parse_optim_args(optim_args: str | None) -> dict[str, Any]:
-    """`optim_args: "momentum=0.9,nesterov=True"` → keyword arguments (numbers, bools typed)."""
-    if not optim_args:
-        return {}
-    out: dict[str, Any] = {}
-    for item in optim_args.split(","):
-        if not item.strip():
-            continue
-        if "=" not in item:
-            raise RecipeError(
-                "recipe",
-                [
-                    f"training.optim_args: {item!r} is not key=value "
-                    "(write e.g. 'momentum=0.9,nesterov=True')"
-                ],
-            )
-        key, raw = (s.strip() for s in item.split("=", 1))
-        out[key] = _typed(raw)
-    return out
-
-
-def _typed(raw: str) -> Any:
-    if raw.lower() in ("true", "false"):
-        return raw.lower() == "true"
-    for cast in (int, float):
-        try:
-            return cast(raw)
-        except ValueError:
-            pass
-    return raw
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -96,7 +65,7 @@ def build_optimizer(model: torch.nn.Module, training: TrainingConfig) -> torch.o
         raise RecipeError(
             "recipe", ["the model has no trainable parameters (check peft and model settings)"]
         )
-    extra = parse_optim_args(training.optim_args)
+    extra = parse_optim_args(training.optim_args)  # checked when the recipe loaded
     lr = training.learning_rate
     adam = {
         "lr": lr,
@@ -166,11 +135,8 @@ def build_scheduler(
     """The learning-rate schedule by its transformers name, stepped once per optimizer step."""
     from transformers import get_scheduler
 
-    kwargs = training.lr_scheduler_kwargs or {}
-    if isinstance(kwargs, str):
-        import json
-
-        kwargs = json.loads(kwargs) if kwargs.strip() else {}
+    # a JSON string was parsed when the recipe loaded; None means no extra arguments
+    kwargs = {} if training.lr_scheduler_kwargs is None else training.lr_scheduler_kwargs
     try:
         return get_scheduler(
             str(training.lr_scheduler_type),

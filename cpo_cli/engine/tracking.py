@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from cpo_cli.errors import DependencyMissingError, RecipeError
+from cpo_cli.errors import DependencyMissingError
 from cpo_cli.recipe.choices import ENGINE_TRACKERS
 
 if TYPE_CHECKING:
@@ -135,17 +135,7 @@ def requested_backends(report_to: str | Sequence[str] | None) -> list[str]:
         return []
     if "all" in names:
         return [b for b, pkg in BACKENDS.items() if importlib.util.find_spec(pkg) is not None]
-    unknown = [n for n in names if n not in BACKENDS]
-    if unknown:
-        raise RecipeError(
-            "recipe",
-            [
-                f"training.report_to: {', '.join(map(repr, unknown))} "
-                f"is not supported by cpo; choose from "
-                f"{', '.join(BACKENDS)}, all or none"
-            ],
-        )
-    return names
+    return names  # the recipe rules accept only BACKENDS, all and none
 
 
 def check_backends(report_to: str | Sequence[str] | None) -> list[str]:

@@ -152,6 +152,27 @@ AttnImplementation = Literal[
 LoraBias = Literal["none", "all", "lora_only"]
 
 
+#: `builtin:NAME` models cpo ships for offline use, and the Hub model each one is
+BUILTIN_PREFIX = "builtin:"
+BUILTIN_MODELS: dict[str, str] = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+
+
+def builtin_model(name_or_path: str) -> str | None:
+    """The builtin name a `builtin:` value means (case and spaces ignored); None otherwise."""
+    if not name_or_path.startswith(BUILTIN_PREFIX):
+        return None
+    return name_or_path[len(BUILTIN_PREFIX) :].strip().lower()
+
+
+def unknown_builtin(name_or_path: str) -> str | None:
+    """Why a `builtin:` value names no model cpo ships (None: fine, or not a builtin)."""
+    name = builtin_model(name_or_path)
+    if name is None or name in BUILTIN_MODELS:
+        return None
+    shipped = ", ".join(BUILTIN_PREFIX + n for n in BUILTIN_MODELS)
+    return f"{name_or_path!r} is not a builtin model; builtin models: {shipped}"
+
+
 def choices(literal: object) -> tuple[str, ...]:
     """The allowed values of a `Literal` type, in order."""
     return tuple(get_args(literal))

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from cpo_cli.losses.registry import LOSSES
 from cpo_cli.metric_names import EVAL_METRICS
-from cpo_cli.recipe.choices import ENGINE_OPTIMIZERS, ENGINE_TRACKERS
+from cpo_cli.recipe.choices import ENGINE_OPTIMIZERS, ENGINE_TRACKERS, unknown_builtin
 from cpo_cli.recipe.schema import Recipe
 from cpo_cli.recipe.training import TrainingConfig
 
@@ -252,6 +252,18 @@ def _reporting_and_hub(r: Recipe, errors: list[str], warnings: list[str]) -> Non
         )
 
 
+def _builtin_models(r: Recipe, errors: list[str], warnings: list[str]) -> None:
+    """`builtin:NAME` must name a model cpo ships (checked now, not when the model loads)."""
+    named = {
+        "name_or_path": r.model.name_or_path,
+        "tokenizer_name_or_path": r.model.tokenizer_name_or_path,
+    }
+    for field, value in named.items():
+        problem = None if value is None else unknown_builtin(value)
+        if problem is not None:
+            errors.append(f"model.{field}: {problem}")
+
+
 def _peft(r: Recipe, errors: list[str], warnings: list[str]) -> None:
     if r.peft is not None and r.training.learning_rate <= 1e-6:
         warnings.append(
@@ -270,6 +282,7 @@ RULES: tuple[Rule, ...] = (
     _optimizer,
     _model_kwargs,
     _reporting_and_hub,
+    _builtin_models,
     _peft,
 )
 

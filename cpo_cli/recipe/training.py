@@ -27,6 +27,7 @@ from cpo_cli.recipe.choices import (
     TorchCompileMode,
     TruncationMode,
 )
+from cpo_cli.recipe.optim_args import parse_optim_args
 
 #: fields added beyond CPOConfig (documented as such)
 CPO_EXTENSIONS: tuple[str, ...] = ("alpha", "prefix_sharing", "logprob_chunk_size")
@@ -582,6 +583,13 @@ class TrainingConfig(BaseModel):
     def _yaml_no_is_a_strategy(cls, value: Any) -> Any:
         """YAML 1.1 reads a bare `no` (as in `training.save_strategy=no`) as false."""
         return "no" if value is False else value
+
+    @field_validator("optim_args")
+    @classmethod
+    def _optim_args_parse(cls, value: str | None) -> str | None:
+        """Kept as the string CPOConfig takes; checked now so a typo fails at load time."""
+        parse_optim_args(value)
+        return value
 
     @field_validator(*_JSON_DICT_FIELDS, mode="before")
     @classmethod

@@ -12,12 +12,12 @@ from cpo_cli.engine.optim import (
     build_optimizer,
     build_scheduler,
     parameter_groups,
-    parse_optim_args,
     warmup_steps,
 )
 from cpo_cli.errors import DependencyMissingError, RecipeError
 from cpo_cli.recipe import TrainingConfig
 from cpo_cli.recipe.choices import ENGINE_OPTIMIZERS
+from cpo_cli.recipe.optim_args import parse_optim_args
 
 
 def training(**kwargs: Any) -> TrainingConfig:
@@ -94,8 +94,13 @@ def test_optim_args_are_typed() -> None:
         "nesterov": True,
         "dampening": 0,
     }
-    with pytest.raises(RecipeError):
+    with pytest.raises(ValueError, match="'momentum' is not key=value"):
         parse_optim_args("momentum")
+
+
+def test_optim_args_reach_the_optimizer() -> None:
+    opt = build_optimizer(Tiny(), training(optim="sgd", optim_args="momentum=0.9,nesterov=True"))
+    assert opt.defaults["momentum"] == 0.9 and opt.defaults["nesterov"] is True
 
 
 def test_warmup_steps_win_over_the_ratio() -> None:

@@ -251,3 +251,36 @@ def test_bare_no_is_the_no_strategy(tmp_path) -> None:
     loaded = load_recipe(path, ["training.save_strategy=no", "training.logging_strategy=no"])
     assert loaded.recipe.training.save_strategy == "no"
     assert loaded.recipe.training.logging_strategy == "no"
+
+
+def test_optim_args_are_checked_when_the_recipe_loads() -> None:
+    """Not after the model has loaded: a bad `k=v` string is a recipe problem like any other."""
+    errors, _ = load({"optim": "sgd", "optim_args": "momentum=0.9,nesterov"})
+    assert errors == [
+        "training.optim_args: got 'momentum=0.9,nesterov'; expected key=value pairs, e.g. "
+        "'momentum=0.9,nesterov=True' ('nesterov' is not key=value)"
+    ]
+    assert load({"optim": "sgd", "optim_args": "momentum=0.9,nesterov=True"}) == ([], [])
+
+
+def test_lr_scheduler_kwargs_are_parsed_when_the_recipe_loads() -> None:
+    errors, _ = load({"lr_scheduler_kwargs": "{min_lr: 0.1}"})
+    assert len(errors) == 1 and errors[0].startswith("training.lr_scheduler_kwargs: got")
+    loaded = load_recipe_dict(
+        {"model": {"name_or_path": "m"}, "training": {"lr_scheduler_kwargs": '{"min_lr": 0.1}'}}
+    )
+    assert loaded.recipe.training.lr_scheduler_kwargs == {"min_lr": 0.1}
+
+
+def test_unknown_builtin_model_is_refused_when_the_recipe_loads() -> None:
+    data = {"model": {"name_or_path": "builtin:smollm3"}}
+    try:
+        load_recipe_dict(data)
+    except RecipeError as err:
+        assert err.problems == [
+            "model.name_or_path: 'builtin:smollm3' is not a builtin model; builtin models: "
+            "builtin:smollm2-135m-instruct"
+        ]
+    else:
+        raise AssertionError("an unknown builtin model was accepted")
+    assert load_recipe_dict({"model": {"name_or_path": "builtin:SmolLM2-135M-Instruct"}})
