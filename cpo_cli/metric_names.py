@@ -3,7 +3,7 @@ engine's logs and `cpo eval` (torch-free: the recipe layer checks `metric_for_be
 
 from __future__ import annotations
 
-#: per-batch preference metrics, as `engine.step.batch_loss_and_metrics` returns them
+#: per-batch preference metrics, as `engine.objective.batch_loss_and_metrics` returns them
 PAIR_METRICS: tuple[str, ...] = (
     "rewards/chosen",
     "rewards/rejected",

@@ -39,13 +39,9 @@ class TrainerState:
 
     #: optimizer steps taken
     global_step: int = 0
-    #: micro-batches (forward/backward passes) taken, over all epochs
-    micro_step: int = 0
     #: the epoch in progress (0-based) and how many of its micro-batches are done
     epoch: int = 0
     batches_done_in_epoch: int = 0
-    #: answer + prompt tokens trained on so far (this process), for tokens/s
-    tokens_seen: int = 0
     best_metric: float | None = None
     #: the optimizer step of the best evaluation, and the checkpoint saved at that step
     best_step: int | None = None

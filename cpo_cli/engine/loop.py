@@ -28,7 +28,7 @@ from cpo_cli.engine.checkpoint import (
     save_checkpoint,
     save_model,
 )
-from cpo_cli.engine.evaluate import MetricMeans
+from cpo_cli.engine.metric_means import MetricMeans
 from cpo_cli.engine.schedule import Plan, Schedule, build_plan
 from cpo_cli.errors import EXIT_INTERRUPTED, CpoError, RecipeError
 from cpo_cli.metric_names import EVAL_METRICS, TRAIN_ONLY_METRICS
@@ -277,7 +277,7 @@ def _train_loop(run: Run, state: TrainerState, tracker: Any, progress: Any) -> d
     """The optimisation itself. Returns the last logged training metrics and evaluation."""
     import torch
 
-    from cpo_cli.engine.step import batch_loss_and_metrics
+    from cpo_cli.engine.objective import batch_loss_and_metrics
 
     accelerator, model, training, plan = run.accelerator, run.model, run.training, run.plan
     schedule = Schedule(plan, training, has_eval=run.eval_loader is not None)
@@ -307,9 +307,7 @@ def _train_loop(run: Run, state: TrainerState, tracker: Any, progress: Any) -> d
                 # accelerate divides by `accumulation`; a short last window divides by its size
                 accelerator.backward(loss * (plan.accumulation / window_size))
             in_window += 1
-            state.micro_step += 1
             state.batches_done_in_epoch += 1
-            state.tokens_seen += sizes["tokens"]
             window_tokens += sizes["tokens"]
             # logging_nan_inf_filter: a non-finite loss is left out of the logged means
             keep = torch.isfinite(loss.detach()) if training.logging_nan_inf_filter else None
@@ -360,12 +358,11 @@ def _train_loop(run: Run, state: TrainerState, tracker: Any, progress: Any) -> d
             tick = time.perf_counter()
             if state.global_step >= plan.total_steps:
                 break
-        else:
-            # the epoch's data ran out: the next one starts from its first batch
-            state.epoch += 1
-            state.batches_done_in_epoch = 0
-            continue
-        break
+        if state.global_step >= plan.total_steps:
+            break  # done; the epoch counters stay where a resume would continue
+        # the epoch's data ran out: the next one starts from its first batch
+        state.epoch += 1
+        state.batches_done_in_epoch = 0
     if schedule.evaluate_at_end(state):
         last.update(_evaluate(run, state, tracker, progress))
     return last

@@ -13,9 +13,6 @@ from cpo_cli.recipe.choices import ENGINE_OPTIMIZERS, ENGINE_TRACKERS, unknown_b
 from cpo_cli.recipe.schema import Recipe
 from cpo_cli.recipe.training import TrainingConfig
 
-#: metrics the engine logs (TRL's names); `eval_` is prefixed in evaluation
-METRIC_NAMES: tuple[str, ...] = EVAL_METRICS
-
 Problems = tuple[list[str], list[str]]
 Rule = Callable[[Recipe, list[str], list[str]], None]
 
@@ -111,9 +108,9 @@ def _best_model(r: Recipe, errors: list[str], warnings: list[str]) -> None:
         )
     if t.metric_for_best_model is not None:
         name = t.metric_for_best_model.removeprefix("eval_")
-        if name not in METRIC_NAMES:
-            known = [f"eval_{m}" for m in METRIC_NAMES]
-            close = difflib.get_close_matches(t.metric_for_best_model, known + list(METRIC_NAMES))
+        if name not in EVAL_METRICS:
+            known = [f"eval_{m}" for m in EVAL_METRICS]
+            close = difflib.get_close_matches(t.metric_for_best_model, known + list(EVAL_METRICS))
             hint = f"; did you mean {close[0]!r}?" if close else ""
             errors.append(
                 f"training.metric_for_best_model: got {t.metric_for_best_model!r}; expected "

@@ -241,7 +241,7 @@ def test_save_total_limit_keeps_the_newest(
     run(make_recipe(tiny_model_dir, out, demo_train_path, max_steps=1))
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [1]
     state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
-    assert state["global_step"] == 4 and state["micro_step"] == 4
+    assert state["global_step"] == 4 and state["batches_done_in_epoch"] == 4
     assert (out / "checkpoint-4" / "accelerate" / "optimizer.bin").is_file()
     assert "output_dir" in (out / "checkpoint-4" / "recipe.yaml").read_text()
 

@@ -24,7 +24,8 @@ trl = pytest.importorskip("trl")
 torch = pytest.importorskip("torch")
 
 from cpo_cli.data.collate import collate_pairs  # noqa: E402
-from cpo_cli.engine.step import METRIC_NAMES, batch_loss_and_metrics  # noqa: E402
+from cpo_cli.engine.objective import batch_loss_and_metrics  # noqa: E402
+from cpo_cli.metric_names import PAIR_METRICS  # noqa: E402
 from cpo_cli.recipe.training import TrainingConfig  # noqa: E402
 
 N_PAIRS = 4
@@ -166,8 +167,8 @@ def _check_case(
         with torch.no_grad():
             loss, metrics = batch_loss_and_metrics(model, batch, training)
         _close(float(loss), float(trl_loss), f"{layout} loss")
-        assert set(metrics) == set(METRIC_NAMES)
-        for name in METRIC_NAMES:
+        assert set(metrics) == set(PAIR_METRICS)
+        for name in PAIR_METRICS:
             if name.startswith("logits/"):
                 theirs = trl_logits[0 if name.endswith("chosen") else 1]
             else:

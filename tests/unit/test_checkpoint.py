@@ -75,7 +75,6 @@ def test_rotation_keeps_the_newest_and_the_best(tmp_path: Path) -> None:
 def test_trainer_state_round_trip_ignores_unknown_keys(tmp_path: Path) -> None:
     state = TrainerState(
         global_step=4,
-        micro_step=8,
         epoch=1,
         batches_done_in_epoch=3,
         best_metric=0.5,

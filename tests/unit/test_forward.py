@@ -20,8 +20,9 @@ from cpo_cli.engine.forward import (  # noqa: E402
     packed_attention_mask,
     sequence_logps,
 )
-from cpo_cli.engine.step import METRIC_NAMES, batch_loss_and_metrics  # noqa: E402
+from cpo_cli.engine.objective import batch_loss_and_metrics  # noqa: E402
 from cpo_cli.losses.registry import LOSS_NAMES  # noqa: E402
+from cpo_cli.metric_names import PAIR_METRICS  # noqa: E402
 from cpo_cli.recipe import TrainingConfig  # noqa: E402
 
 VOCAB = 96
@@ -146,8 +147,8 @@ def test_packed_and_pair_rows_same_loss_metrics_and_gradients(loss_type: str, ar
         results[layout] = (loss.detach(), metrics, grads(model))
     (l1, m1, g1), (l2, m2, g2) = results["packed"], results["pair_rows"]
     torch.testing.assert_close(l1, l2, rtol=1e-5, atol=1e-6)
-    assert set(m1) == set(METRIC_NAMES)
-    for name in METRIC_NAMES:
+    assert set(m1) == set(PAIR_METRICS)
+    for name in PAIR_METRICS:
         assert m1[name].requires_grad is False
         torch.testing.assert_close(m1[name], m2[name], rtol=1e-5, atol=1e-6, msg=name)
     assert_grads_close(g1, g2)
@@ -273,7 +274,7 @@ def test_encoder_decoder_logps() -> None:
         ).loss
         torch.testing.assert_close(out.logps[seq], -ref * n, rtol=1e-5, atol=1e-5)
     loss, metrics = batch_loss_and_metrics(model, b, training("sigmoid"))
-    assert torch.isfinite(loss) and set(metrics) == set(METRIC_NAMES)
+    assert torch.isfinite(loss) and set(metrics) == set(PAIR_METRICS)
 
 
 def test_probe_restores_training_mode() -> None:

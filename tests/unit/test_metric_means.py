@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from cpo_cli.engine.evaluate import MetricMeans
+from cpo_cli.engine.metric_means import MetricMeans
 
 
 def test_weighted_means_of_tensors_and_floats() -> None:

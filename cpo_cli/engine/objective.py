@@ -1,4 +1,6 @@
-"""Loss and metrics of one batch: the log-prob forward, the registry's loss, the CPO extras.
+"""The training objective of one batch: its loss (to differentiate) and TRL's metrics, from the
+log-prob forward, the registry's loss and the CPO extras. (Not an optimizer step: the loop owns
+those.)
 
 Semantics follow TRL 1.16's CPOTrainer (`get_batch_loss_metrics`): summed log-probs for
 sigmoid/hinge, per-token averages for ipo/simpo/alphapo; the AlphaPO reward shape whenever
@@ -10,16 +12,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from cpo_cli.metric_names import PAIR_METRICS
-
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
     from cpo_cli.recipe.training import TrainingConfig
-
-#: metric names exactly as TRL logs them (the engine adds the `eval_` prefix in evaluation)
-METRIC_NAMES: tuple[str, ...] = PAIR_METRICS
 
 
 def effective_cpo_alpha(training: TrainingConfig) -> float:
@@ -32,8 +29,9 @@ def batch_loss_and_metrics(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(loss to differentiate, detached scalar metrics) for one `collate_pairs` batch.
 
-    Metrics are means over this batch's pairs; `nll_loss` is 0 when the NLL term is off, as
-    in TRL. `logits/*` are defined in `cpo_cli.engine.forward` (answer-predicting positions).
+    Metrics are keyed by `cpo_cli.metric_names.PAIR_METRICS`, exactly as TRL logs them, and
+    are means over this batch's pairs; `nll_loss` is 0 when the NLL term is off, as in TRL.
+    `logits/*` are defined in `cpo_cli.engine.forward` (answer-predicting positions).
     """
     import torch
 
