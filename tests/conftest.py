@@ -1,6 +1,9 @@
-"""Shared fixtures: tiny tokenizer/models built once per session, and the shipped demo data.
+"""Shared fixtures: tiny tokenizer/models built once per session, the shipped demo data, the CLI
+run in-process through its real entry point, a private cache folder, and a loopback Hub.
+Plain helpers (the recipe writer, the Hub stand-in, a child-process CLI) are in support.py.
 
-Nothing here touches the network: the Hub is switched off before any Hugging Face import.
+Nothing here touches the network: the Hub is switched off before any Hugging Face import (the
+`online` fixture turns the client back on for loopback-only tests).
 """
 
 from __future__ import annotations
@@ -13,9 +16,11 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["TRL_EXPERIMENTAL_SILENCE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from support import FakeHub, Result
 
 from cpo_cli.assets import DEMO_DATA_DIR
 
@@ -78,3 +83,54 @@ def demo_train_path() -> Path:
 def demo_eval_path() -> Path:
     """60 held-out standard pairs."""
     return DEMO_DATA_DIR / "demo_eval.jsonl"
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., Result]:
+    """`cpo ARGS` in this process through `cpo_cli.cli.run`, the function the `cpo` script
+    calls: Typer's parsing, the domain errors turned into messages, and the exit codes."""
+    from cpo_cli.cli import run
+
+    def invoke(*args: str) -> Result:
+        capsys.readouterr()
+        code = run(list(args))
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return invoke
+
+
+@pytest.fixture(scope="session")
+def cache_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cpo_cache")
+
+
+@pytest.fixture(scope="module")
+def private_cache(cache_folder: Path) -> Iterator[Path]:
+    """`CPO_CACHE` points at one session-wide temporary folder while a module's tests run:
+    prepared data and converted models never land in ~/.cache (entries are keyed by file,
+    settings and tokenizer, so sharing them between tests is safe)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CPO_CACHE", str(cache_folder))
+        yield cache_folder
+
+
+@pytest.fixture
+def online(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Hub client switched back on (conftest switched it off at import) for tests that talk
+    to loopback only; no token from the environment."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+
+
+@pytest.fixture
+def fake_hub(online: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
+    """A `FakeHub` on loopback that `HF_ENDPOINT` points at."""
+    hub = FakeHub().start()
+    monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+    yield hub
+    hub.stop()

@@ -5,56 +5,49 @@ from __future__ import annotations
 
 import json
 import math
-import os
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from support import TINY_RUN, Result, write_recipe
 
 from cpo_cli.errors import EXIT_GATE_FAILED, EXIT_USAGE
 from cpo_cli.evaluation import EVAL_METRICS, NUM_PAIRS
 
+pytestmark = pytest.mark.usefixtures("private_cache")  # prepared pairs stay out of ~/.cache
+
 EVAL_ROWS = 12
 
 
-def write_recipe(
-    path: Path, model_dir: Path, train: Path, evaluation: Path, out: Path, **extra: Any
+#: the run trained before `cpo eval` scores its output (the engine's final evaluation is what
+#: the CLI must reproduce)
+RUN = {
+    **TINY_RUN,
+    "per_device_eval_batch_size": 5,  # a partial last batch: weighting must be exact
+    "learning_rate": 5e-3,
+    "max_length": 128,
+    "max_prompt_length": 64,
+    "eval_strategy": "steps",
+    "eval_steps": 2,
+    "disable_tqdm": True,
+    "cpo_alpha": 1.0,
+}
+
+
+def write_run_recipe(
+    path: Path, model_dir: Path, train: Path, evaluation: Path, out: Path, **options: Any
 ) -> Path:
-    recipe = {
-        "model": {"name_or_path": str(model_dir)},
-        "data": {
-            "train": {"path": str(train), "max_rows": 16},
-            "eval": {"path": str(evaluation), "max_rows": EVAL_ROWS},
-        },
-        "training": {
-            "output_dir": str(out),
-            "max_steps": 2,
-            "per_device_train_batch_size": 4,
-            "per_device_eval_batch_size": 5,  # a partial last batch: weighting must be exact
-            "learning_rate": 5e-3,
-            "max_length": 128,
-            "max_prompt_length": 64,
-            "eval_strategy": "steps",
-            "eval_steps": 2,
-            "save_strategy": "no",
-            "logging_steps": 1,
-            "report_to": "none",
-            "disable_tqdm": True,
-            "cpo_alpha": 1.0,
-        },
-    }
-    for dotted, value in extra.items():
-        section, key = dotted.split("__")
-        recipe.setdefault(section, {})
-        if value is None:
-            recipe[section].pop(key, None)
-        else:
-            recipe[section][key] = value
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+    return write_recipe(
+        path,
+        model_dir,
+        train=train,
+        eval=evaluation,
+        out=out,
+        train_rows=16,
+        eval_rows=EVAL_ROWS,
+        **{**RUN, **options},
+    )
 
 
 def train_run(recipe: Path) -> dict[str, float]:
@@ -66,55 +59,19 @@ def train_run(recipe: Path) -> dict[str, float]:
     return {k: v for k, v in result.metrics.items() if k.startswith("eval_")}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """Prepared-data caches go to a temporary folder, not ~/.cache."""
-    old = os.environ.get("CPO_CACHE")
-    os.environ["CPO_CACHE"] = str(tmp_path_factory.mktemp("cpo_cache"))
-    yield
-    if old is None:
-        os.environ.pop("CPO_CACHE", None)
-    else:
-        os.environ["CPO_CACHE"] = old
-
-
 @pytest.fixture(scope="module")
 def trained(
+    private_cache: Path,
     tmp_path_factory: pytest.TempPathFactory,
     tiny_model_dir: Path,
     demo_train_path: Path,
     demo_eval_path: Path,
 ) -> tuple[Path, Path, dict[str, float]]:
     root = tmp_path_factory.mktemp("eval_run")
-    recipe = write_recipe(
+    recipe = write_run_recipe(
         root / "recipe.yaml", tiny_model_dir, demo_train_path, demo_eval_path, root / "out"
     )
     return recipe, root / "out", train_run(recipe)
-
-
-@dataclass
-class Result:
-    exit_code: int
-    stdout: str
-    stderr: str
-
-    @property
-    def output(self) -> str:
-        return self.stdout + self.stderr
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., Result]:
-    """`cpo eval ARGS` through the real entry point (errors -> messages and exit codes)."""
-    from cpo_cli.cli import run
-
-    def invoke(*args: str) -> Result:
-        capsys.readouterr()
-        code = run(["eval", *args])
-        captured = capsys.readouterr()
-        return Result(code, captured.out, captured.err)
-
-    return invoke
 
 
 def assert_close(a: float, b: float, rel: float = 1e-5) -> None:
@@ -125,7 +82,7 @@ def test_eval_equals_the_training_loops_evaluation(
     cli: Callable[..., Result], trained: tuple[Path, Path, dict]
 ) -> None:
     recipe, out, engine_eval = trained
-    result = cli(str(recipe), "--model", str(out), "--json", "-")
+    result = cli("eval", str(recipe), "--model", str(out), "--json", "-")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     metrics = report["metrics"]
@@ -143,6 +100,7 @@ def test_json_file_table_and_gates(
     accuracy = engine_eval["eval_rewards/accuracies"]
     report_path = tmp_path / "ci" / "eval.json"
     ok = cli(
+        "eval",
         str(recipe),
         "--model",
         str(out),
@@ -159,6 +117,7 @@ def test_json_file_table_and_gates(
     assert [g["passed"] for g in saved["gates"]] == [True, True]
 
     bad = cli(
+        "eval",
         str(recipe),
         "--model",
         str(out),
@@ -171,7 +130,7 @@ def test_json_file_table_and_gates(
     assert "eval_rewards/accuracies" in bad.output and "below the threshold" in bad.output
     assert json.loads(report_path.read_text())["gates"][0]["passed"] is False  # still written
 
-    unknown = cli(str(recipe), "--fail-under", "eval_accuracy=0.5")
+    unknown = cli("eval", str(recipe), "--fail-under", "eval_accuracy=0.5")
     assert unknown.exit_code == EXIT_USAGE
     assert "unknown metric 'eval_accuracy'" in unknown.output
     assert "eval_rewards/accuracies" in unknown.output
@@ -181,7 +140,9 @@ def test_compare_with_the_base_model(
     cli: Callable[..., Result], trained: tuple[Path, Path, dict], tiny_model_dir: Path
 ) -> None:
     recipe, out, _ = trained
-    result = cli(str(recipe), "--model", str(out), "--compare", str(tiny_model_dir), "--json", "-")
+    result = cli(
+        "eval", str(recipe), "--model", str(out), "--compare", str(tiny_model_dir), "--json", "-"
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     mine, theirs = report["metrics"], report["compare"]["metrics"]
@@ -190,7 +151,7 @@ def test_compare_with_the_base_model(
         assert_close(report["compare"]["difference"][name], mine[name] - theirs[name])
     assert mine["eval_loss"] != theirs["eval_loss"]  # training changed the model
 
-    base_alone = json.loads(cli(str(recipe), "--json", "-").stdout)["metrics"]
+    base_alone = json.loads(cli("eval", str(recipe), "--json", "-").stdout)["metrics"]
     for name in EVAL_METRICS:  # the recipe's own model is the base: same numbers
         assert_close(base_alone[name], theirs[name])
 
@@ -201,6 +162,7 @@ def test_generations_file_and_reference_metrics(
     recipe, out, _ = trained
     gens = tmp_path / "gens.jsonl"
     result = cli(
+        "eval",
         str(recipe),
         "--model",
         str(out),
@@ -225,6 +187,7 @@ def test_generations_file_and_reference_metrics(
 
     again = tmp_path / "again.jsonl"
     cli(
+        "eval",
         str(recipe),
         "--model",
         str(out),
@@ -246,14 +209,23 @@ def test_dataset_flag_and_usage_errors(
     recipe, out, _ = trained
     conv = demo_data_dir / "demo_eval_conversational.jsonl"
     result = cli(
-        str(recipe), "--model", str(out), "--dataset", str(conv), "--max-rows", "4", "--json", "-"
+        "eval",
+        str(recipe),
+        "--model",
+        str(out),
+        "--dataset",
+        str(conv),
+        "--max-rows",
+        "4",
+        "--json",
+        "-",
     )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["num_pairs"] == 4
 
-    no_dataset = cli(str(recipe), "--split", "test")
+    no_dataset = cli("eval", str(recipe), "--split", "test")
     assert no_dataset.exit_code == EXIT_USAGE and "--dataset" in no_dataset.output
-    not_model = cli(str(recipe), "--model", str(recipe.parent))
+    not_model = cli("eval", str(recipe), "--model", str(recipe.parent))
     assert not_model.exit_code == EXIT_USAGE and "not a model folder" in not_model.output
 
 
@@ -265,17 +237,17 @@ def test_lora_adapters_equal_the_training_loops_evaluation(
     demo_eval_path: Path,
 ) -> None:
     peft = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
-    recipe = write_recipe(
+    recipe = write_run_recipe(
         tmp_path / "recipe.yaml",
         tiny_model_dir,
         demo_train_path,
         demo_eval_path,
         tmp_path / "out",
-        **{f"peft__{k}": v for k, v in peft.items()},
+        peft=peft,
     )
     engine_eval = train_run(recipe)
     assert (tmp_path / "out" / "adapter_config.json").is_file()
-    result = cli(str(recipe), "--model", str(tmp_path / "out"), "--json", "-")
+    result = cli("eval", str(recipe), "--model", str(tmp_path / "out"), "--json", "-")
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.stdout)["metrics"]
     for name in EVAL_METRICS:
@@ -285,18 +257,17 @@ def test_lora_adapters_equal_the_training_loops_evaluation(
 def test_encoder_decoder_with_compare_generations(
     cli: Callable[..., Result], tmp_path: Path, tiny_seq2seq_dir: Path, demo_eval_path: Path
 ) -> None:
-    recipe = tmp_path / "t5.yaml"
-    recipe.write_text(
-        yaml.safe_dump(
-            {
-                "model": {"name_or_path": str(tiny_seq2seq_dir)},
-                "data": {"eval": {"path": str(demo_eval_path), "max_rows": 6}},
-                "training": {"per_device_eval_batch_size": 4, "max_completion_length": 32},
-            }
-        )
+    recipe = write_recipe(
+        tmp_path / "t5.yaml",
+        tiny_seq2seq_dir,
+        eval=demo_eval_path,
+        eval_rows=6,
+        per_device_eval_batch_size=4,
+        max_completion_length=32,
     )
     gens = tmp_path / "gens.jsonl"
     result = cli(
+        "eval",
         str(recipe),
         "--compare",
         str(tiny_seq2seq_dir),

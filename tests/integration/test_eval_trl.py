@@ -5,15 +5,14 @@ cpo over answer-predicting ones; see `cpo_cli.engine.forward`) and are not compa
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from support import Result, write_recipe
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 pytest.importorskip("trl")
@@ -57,38 +56,30 @@ def trl_evaluate(model_dir: Path, rows: list[dict[str, Any]], case: dict, out: P
 
 @pytest.mark.parametrize("case_name", list(CASES))
 def test_cpo_eval_equals_trl_evaluate(
+    cli: Callable[..., Result],
+    private_cache: Path,
     case_name: str,
     tiny_model_dir: Path,
     demo_eval_path: Path,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from cpo_cli.cli import run
-
-    monkeypatch.setenv("CPO_CACHE", str(tmp_path / "cache"))
     case = CASES[case_name]
     lines = demo_eval_path.read_text(encoding="utf-8").splitlines()[:N_PAIRS]
     theirs = trl_evaluate(tiny_model_dir, [json.loads(x) for x in lines], case, tmp_path / "trl")
 
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(
-        yaml.safe_dump(
-            {
-                "model": {"name_or_path": str(tiny_model_dir)},
-                "data": {"eval": {"path": str(demo_eval_path), "max_rows": N_PAIRS}},
-                "training": {
-                    "per_device_eval_batch_size": 4,
-                    "max_length": 512,
-                    "max_prompt_length": 256,
-                    **case,
-                },
-            }
-        )
+    recipe = write_recipe(
+        tmp_path / "recipe.yaml",
+        tiny_model_dir,
+        eval=demo_eval_path,
+        eval_rows=N_PAIRS,
+        per_device_eval_batch_size=4,
+        max_length=512,
+        max_prompt_length=256,
+        **case,
     )
-    stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout):
-        assert run(["eval", str(recipe), "--json", "-"]) == 0
-    ours = json.loads(stdout.getvalue())["metrics"]
+    result = cli("eval", str(recipe), "--json", "-")
+    assert result.exit_code == 0
+    ours = json.loads(result.stdout)["metrics"]
 
     assert ours["eval_num_pairs"] == N_PAIRS
     scale = abs(theirs["eval_rewards/chosen"]) + abs(theirs["eval_rewards/rejected"])

@@ -4,12 +4,11 @@ closed port) gives a clear error at once, instead of `datasets`' ~25 s of retrie
 from __future__ import annotations
 
 import socket
-import threading
 import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import pytest
+from support import FakeHub
 
 from cpo_cli.data.sources import load_rows
 from cpo_cli.errors import DataError
@@ -23,43 +22,19 @@ ANSWERS = {
 }
 
 
-class _Handler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        for name, (status, code) in ANSWERS.items():
-            if self.path.startswith(f"/api/datasets/{name}"):
-                body = b'{"error": "stand-in"}'
-                self.send_response(status)
-                self.send_header("X-Error-Code", code)
-                self.send_header("X-Error-Message", "stand-in")
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-                return
-        self.send_response(500)
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        return
+def dataset_info_answers(method: str, path: str, body: bytes) -> tuple[int, Any, dict[str, str]]:
+    """The stand-in's answer to the dataset info request, per `ANSWERS`."""
+    for name, (status, code) in ANSWERS.items():
+        if path.startswith(f"/api/datasets/{name}"):
+            headers = {"X-Error-Code": code, "X-Error-Message": "stand-in"}
+            return status, {"error": "stand-in"}, headers
+    return 500, {"error": "unexpected request"}, {}
 
 
 @pytest.fixture
-def online(monkeypatch: pytest.MonkeyPatch) -> None:
-    from huggingface_hub import constants
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-
-
-@pytest.fixture
-def stand_in(online: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
-    yield
-    server.shutdown()
+def stand_in(fake_hub: FakeHub) -> FakeHub:
+    fake_hub.override = dataset_info_answers
+    return fake_hub
 
 
 @pytest.mark.parametrize(
@@ -71,7 +46,7 @@ def stand_in(online: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     ],
 )
 def test_hub_answers_become_one_line_errors(
-    stand_in: None, name: str, revision: str | None, says: str, hint: str
+    stand_in: FakeHub, name: str, revision: str | None, says: str, hint: str
 ) -> None:
     started = time.monotonic()
     with pytest.raises(DataError) as caught:

@@ -9,154 +9,16 @@ import base64
 import hashlib
 import json
 import socket
-import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-#: A route answers (method, path, body) with (status, json body, extra headers), or None to fall
-#: through to the default behaviour.
-Override = Callable[[str, str, bytes], "tuple[int, Any, dict[str, str]] | None"]
-
-
-@dataclass
-class Recorded:
-    method: str
-    path: str
-    body: bytes
-    headers: dict[str, str]
-
-
-@dataclass
-class FakeHub:
-    max_requests: int = 40
-    lifetime_s: float = 60.0
-    override: Override | None = None
-    requests: list[Recorded] = field(default_factory=list)
-    _server: ThreadingHTTPServer | None = None
-
-    @property
-    def endpoint(self) -> str:
-        assert self._server is not None
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def calls(self) -> list[str]:
-        """`METHOD /path` of every request, in order (query strings dropped)."""
-        return [f"{r.method} {r.path.split('?')[0]}" for r in self.requests]
-
-    def start(self) -> FakeHub:
-        hub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:  # keep pytest output clean
-                pass
-
-            def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                hub.requests.append(Recorded(self.command, self.path, body, dict(self.headers)))
-                if len(hub.requests) > hub.max_requests:
-                    status, payload, extra = 503, {"error": "request budget exhausted"}, {}
-                else:
-                    status, payload, extra = hub.answer(self.command, self.path, body)
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for key, value in extra.items():
-                    self.send_header(key, value)
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST = do_PUT = do_DELETE = _handle
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        # stops by itself even if a test forgets to (or hangs)
-        deadline = threading.Timer(self.lifetime_s, self.stop)
-        deadline.daemon = True
-        deadline.start()
-        self._started = time.monotonic()
-        return self
-
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-
-    def answer(self, method: str, path: str, body: bytes) -> tuple[int, Any, dict[str, str]]:
-        if self.override is not None:
-            answered = self.override(method, path, body)
-            if answered is not None:
-                return answered
-        route = path.split("?")[0]
-        if method == "POST" and route == "/api/repos/create":
-            payload = json.loads(body or b"{}")
-            name = f"{payload.get('organization')}/{payload.get('name')}"
-            return 200, {"url": f"{self.endpoint}/{name}"}, {}
-        if method == "GET" and route == "/api/whoami-v2":
-            return 200, {"name": "alice", "type": "user"}, {}
-        if method == "POST" and route == "/api/validate-yaml":
-            return 200, {"errors": [], "warnings": []}, {}
-        if method == "POST" and "/branch/" in route:
-            return 200, {}, {}
-        if method == "POST" and "/preupload/" in route:
-            files = json.loads(body)["files"]
-            return (
-                200,
-                {
-                    "files": [
-                        {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
-                        for f in files
-                    ]
-                },
-                {},
-            )
-        if method == "POST" and "/commit/" in route:
-            repo = route.split("/api/models/")[1].split("/commit/")[0]
-            return (
-                200,
-                {"commitUrl": f"{self.endpoint}/{repo}/commit/{'a' * 40}", "commitOid": "a" * 40},
-                {},
-            )
-        return 404, {"error": f"no route {method} {route}"}, {}
-
-    def commit_lines(self) -> list[dict[str, Any]]:
-        """The ndjson lines of the (last) commit request."""
-        commits = [r for r in self.requests if "/commit/" in r.path]
-        assert commits, f"no commit request in {self.calls()}"
-        return [json.loads(line) for line in commits[-1].body.splitlines() if line.strip()]
-
+from support import FakeHub, Override, Result
 
 # ----------------------------------------------------------------------------- fixtures
 
 TOKEN = "hf_testsecretTOKEN1234567890"
-
-
-@pytest.fixture
-def online(monkeypatch: pytest.MonkeyPatch) -> None:
-    """conftest switches the Hub client offline at import; these tests talk to loopback only."""
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-
-
-@pytest.fixture
-def fake_hub(online: None, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    hub = FakeHub().start()
-    monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
-    yield hub
-    hub.stop()
 
 
 @pytest.fixture
@@ -354,19 +216,10 @@ def test_offline_mode_is_a_clear_error(output_dir: Path, monkeypatch: pytest.Mon
 # ----------------------------------------------------------------------------- the command
 
 
-def cpo(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    from cpo_cli.cli import run
-
-    capsys.readouterr()
-    code = run(list(args))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def test_cli_dry_run_lists_files_and_card_without_network(
     fake_hub: FakeHub,
     output_dir: Path,
-    capsys: pytest.CaptureFixture[str],
+    cli: Callable[..., Result],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     def no_network(*args: Any, **kwargs: Any) -> None:
@@ -375,8 +228,7 @@ def test_cli_dry_run_lists_files_and_card_without_network(
     monkeypatch.setattr(socket.socket, "connect", no_network)
     before = folder_digest(output_dir)
     card_copy = output_dir.parent / "card.md"
-    code, out, err = cpo(
-        capsys,
+    code, out, err = cli(
         "push",
         str(output_dir),
         "--repo-id",
@@ -397,14 +249,14 @@ def test_cli_dry_run_lists_files_and_card_without_network(
 
 
 def test_cli_push_success_and_failure_exit_codes(
-    fake_hub: FakeHub, output_dir: Path, capsys: pytest.CaptureFixture[str]
+    fake_hub: FakeHub, output_dir: Path, cli: Callable[..., Result]
 ) -> None:
-    code, out, err = cpo(capsys, "push", str(output_dir), "--repo-id", "alice/tiny-cpo")
+    code, out, err = cli("push", str(output_dir), "--repo-id", "alice/tiny-cpo")
     assert code == 0, err
     assert "pushed 7 files to alice/tiny-cpo" in out
 
     fake_hub.override = _fail(401, "/api/repos/create")
-    code, out, err = cpo(capsys, "push", str(output_dir), "--token", TOKEN)
+    code, out, err = cli("push", str(output_dir), "--token", TOKEN)
     assert code == 1 and "bytes" in out  # the plan was shown before the attempt
     assert err.splitlines()[0].startswith("error: the Hub at http://127.0.0.1:")
     assert "rejected the token (401)" in err and TOKEN not in out + err
@@ -495,7 +347,7 @@ def test_push_final_resolves_the_namespace_and_raises(fake_hub: FakeHub, output_
 
 def test_cli_without_token_fails_before_listing(
     output_dir: Path,
-    capsys: pytest.CaptureFixture[str],
+    cli: Callable[..., Result],
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
@@ -506,7 +358,7 @@ def test_cli_without_token_fails_before_listing(
     monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "no-tokens"))
     recipe = output_dir / "recipe.yaml"
     recipe.write_text(recipe.read_text().replace(TOKEN, "'***'"))
-    code, out, err = cpo(capsys, "push", str(output_dir))
+    code, out, err = cli("push", str(output_dir))
     assert code == 1 and out == ""
     assert err.splitlines() == [
         "error: no Hugging Face token: cannot push",

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import TINY_RUN, recipe_dict
 
 TRAIN_KEYS = {
     "loss",
@@ -30,12 +31,17 @@ TRAIN_KEYS = {
 EVAL_KEYS = {f"eval_{k}" for k in TRAIN_KEYS - {"learning_rate", "grad_norm", "epoch", "tokens/s"}}
 
 
-@pytest.fixture(autouse=True)
-def _private_cache(
-    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Prepared-data caches go to a temporary folder, not ~/.cache."""
-    monkeypatch.setenv("CPO_CACHE", str(tmp_path_factory.getbasetemp() / "cpo_cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")  # prepared pairs stay out of ~/.cache
+
+#: the tiny runs here: two optimizer steps of four pairs, short lengths (128 / 64 tokens)
+RUN = {
+    **TINY_RUN,
+    "per_device_eval_batch_size": 8,
+    "learning_rate": 1e-3,
+    "disable_tqdm": True,
+    "max_length": 128,
+    "max_prompt_length": 64,
+}
 
 
 def make_recipe(
@@ -45,36 +51,22 @@ def make_recipe(
     demo_eval: Path | None = None,
     *,
     train_rows: int = 16,
+    peft: dict[str, Any] | None = None,
     **training: Any,
 ) -> Any:
     from cpo_cli.recipe import load_recipe_dict
 
-    data: dict[str, Any] = {"train": {"path": str(demo_train), "max_rows": train_rows}}
-    if demo_eval is not None:
-        data["eval"] = {"path": str(demo_eval), "max_rows": 8}
-    settings = {
-        "output_dir": str(out),
-        "per_device_train_batch_size": 4,
-        "per_device_eval_batch_size": 8,
-        "max_steps": 2,
-        "learning_rate": 1e-3,
-        "logging_steps": 1,
-        "save_strategy": "no",
-        "report_to": "none",
-        "disable_tqdm": True,
-        "max_length": 128,
-        "max_prompt_length": 64,
-        **training,
-    }
-    recipe: dict[str, Any] = {
-        "model": {"name_or_path": str(model_dir)},
-        "data": data,
-        "training": settings,
-    }
-    peft = settings.pop("peft", None)
-    if peft is not None:
-        recipe["peft"] = peft
-    return load_recipe_dict(recipe)
+    data = recipe_dict(
+        model_dir,
+        train=demo_train,
+        eval=demo_eval,
+        out=out,
+        train_rows=train_rows,
+        eval_rows=8,
+        peft=peft,
+        **{**RUN, **training},
+    )
+    return load_recipe_dict(data)
 
 
 def run(loaded: Any) -> Any:

@@ -4,57 +4,46 @@ exit code, `accelerate launch -m cpo_cli train`, and the quickstart on SmolLM2 (
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from support import TINY_RUN, Result, cpo_process, write_recipe
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def write_recipe(path: Path, model_dir: Path, out: Path, train: Path, **training: Any) -> Path:
-    recipe = {
-        "model": {"name_or_path": str(model_dir)},
-        "data": {"train": {"path": str(train), "max_rows": 8}},
-        "training": {
-            "output_dir": str(out),
-            "per_device_train_batch_size": 4,
-            "max_steps": 2,
-            "logging_steps": 1,
-            "save_strategy": "no",
-            "report_to": "none",
-            **training,
-        },
-    }
-    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
-    return path
+Cli = Callable[..., Result]
 
 
-def cli(
-    *args: str, cwd: Path = REPO, launcher: list[str] | None = None, timeout: int = 600
-) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "TRL_EXPERIMENTAL_SILENCE": "1",
-        "NO_COLOR": "1",
-    }
-    command = [*(launcher or [sys.executable]), "-m", "cpo_cli", *args]
-    return subprocess.run(
-        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+def tiny_recipe(
+    path: Path,
+    model_dir: Path,
+    out: Path,
+    train: Path,
+    *,
+    eval: Path | None = None,
+    eval_rows: int | None = None,
+    **training: Any,
+) -> Path:
+    """A two-step run on the first 8 demo pairs (`TINY_RUN`, then `training`), written to
+    `path`."""
+    return write_recipe(
+        path,
+        model_dir,
+        train=train,
+        eval=eval,
+        out=out,
+        train_rows=8,
+        eval_rows=eval_rows,
+        **{**TINY_RUN, **training},
     )
 
 
 def test_cpo_train_subprocess(tiny_model_dir: Path, demo_train_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    recipe = write_recipe(tmp_path / "r.yaml", tiny_model_dir, out, demo_train_path)
-    done = cli("train", str(recipe), "training.max_steps=3", "training.beta=0.2")
-    assert done.returncode == 0, done.stderr
+    recipe = tiny_recipe(tmp_path / "r.yaml", tiny_model_dir, out, demo_train_path)
+    done = cpo_process("train", str(recipe), "training.max_steps=3", "training.beta=0.2")
+    assert done.exit_code == 0, done.stderr
     assert "step 3/3" in done.stdout and "rewards/accuracies" in done.stdout
     assert f"model saved to {out}" in done.stdout
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -66,9 +55,9 @@ def test_cpo_train_subprocess(tiny_model_dir: Path, demo_train_path: Path, tmp_p
 def test_quiet_prints_only_the_summary(
     tiny_model_dir: Path, demo_train_path: Path, tmp_path: Path
 ) -> None:
-    recipe = write_recipe(tmp_path / "r.yaml", tiny_model_dir, tmp_path / "out", demo_train_path)
-    done = cli("train", str(recipe), "--quiet")
-    assert done.returncode == 0, done.stderr
+    recipe = tiny_recipe(tmp_path / "r.yaml", tiny_model_dir, tmp_path / "out", demo_train_path)
+    done = cpo_process("train", str(recipe), "--quiet")
+    assert done.exit_code == 0, done.stderr
     assert "step 1/2" not in done.stdout and "data.train" not in done.stdout
     assert "model saved to" in done.stdout
 
@@ -76,23 +65,22 @@ def test_quiet_prints_only_the_summary(
 def test_a_user_mistake_is_one_line_and_exit_1(
     tiny_model_dir: Path, demo_train_path: Path, tmp_path: Path
 ) -> None:
-    recipe = write_recipe(
+    recipe = tiny_recipe(
         tmp_path / "r.yaml",
         tiny_model_dir,
         tmp_path / "out",
         demo_train_path,
         resume_from_checkpoint=str(tmp_path / "missing"),
     )
-    done = cli("train", str(recipe))
-    assert done.returncode == 1
+    done = cpo_process("train", str(recipe))
+    assert done.exit_code == 1
     assert "resume_from_checkpoint" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_interrupt_exits_130_naming_the_last_checkpoint(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    cli: Cli, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     import cpo_cli.engine.loop as loop
-    from cpo_cli.cli import run
 
     def interrupted(loaded: Any, **kwargs: Any) -> Any:
         raise loop.TrainingInterrupted(
@@ -102,19 +90,22 @@ def test_interrupt_exits_130_naming_the_last_checkpoint(
     monkeypatch.setattr(loop, "train", interrupted)
     recipe = tmp_path / "r.yaml"
     recipe.write_text("model: {name_or_path: x}\n", encoding="utf-8")
-    assert run(["train", str(recipe)]) == 130
+    assert cli("train", str(recipe)).exit_code == 130
 
 
 def test_push_to_hub_uploads_the_output_and_never_writes_the_token(
-    tiny_model_dir: Path, demo_train_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cli: Cli,
+    tiny_model_dir: Path,
+    demo_train_path: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import cpo_cli.hub as hub
-    from cpo_cli.cli import run
 
     uploaded: list[Any] = []
     monkeypatch.setattr(hub, "upload", lambda plan, **kw: uploaded.append(plan) or "http://x")
     out = tmp_path / "out"
-    recipe = write_recipe(
+    recipe = tiny_recipe(
         tmp_path / "r.yaml",
         tiny_model_dir,
         out,
@@ -123,7 +114,7 @@ def test_push_to_hub_uploads_the_output_and_never_writes_the_token(
         hub_model_id="me/tiny-cpo",
         hub_token="hf_abcdefghijklmnopqrstuvwxyz",
     )
-    assert run(["train", str(recipe), "--quiet"]) == 0
+    assert cli("train", str(recipe), "--quiet").exit_code == 0
     (plan,) = uploaded
     assert plan.settings.repo_id == "me/tiny-cpo"
     assert plan.settings.token == "hf_abcdefghijklmnopqrstuvwxyz"
@@ -138,7 +129,7 @@ def test_accelerate_launch_runs_the_module(
 ) -> None:
     """The seed's `accelerate launch train_cpo.py` becomes `accelerate launch -m cpo_cli train`."""
     out = tmp_path / "out"
-    recipe = write_recipe(tmp_path / "r.yaml", tiny_model_dir, out, demo_train_path)
+    recipe = tiny_recipe(tmp_path / "r.yaml", tiny_model_dir, out, demo_train_path)
     launcher = [
         sys.executable,
         "-m",
@@ -153,8 +144,8 @@ def test_accelerate_launch_runs_the_module(
         "--dynamo_backend",
         "no",
     ]
-    done = cli("train", str(recipe), launcher=launcher)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = cpo_process("train", str(recipe), launcher=launcher)
+    assert done.exit_code == 0, done.stderr[-3000:]
     assert (out / "model.safetensors").is_file()
 
 
@@ -163,7 +154,7 @@ def test_two_processes(tiny_model_dir: Path, demo_train_path: Path, tmp_path: Pa
     """Two CPU processes (torchrun; `accelerate launch` needs mpirun for multi-CPU): one log,
     one set of outputs, and each process's RNG state in the checkpoint."""
     out = tmp_path / "out"
-    recipe = write_recipe(
+    recipe = tiny_recipe(
         tmp_path / "r.yaml",
         tiny_model_dir,
         out,
@@ -173,8 +164,8 @@ def test_two_processes(tiny_model_dir: Path, demo_train_path: Path, tmp_path: Pa
         per_device_train_batch_size=2,
     )
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    done = cli("train", str(recipe), launcher=launcher)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = cpo_process("train", str(recipe), launcher=launcher)
+    assert done.exit_code == 0, done.stderr[-3000:]
     assert done.stdout.count("model saved to") == 1
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2]
@@ -194,7 +185,7 @@ def test_two_process_evaluation_scores_each_pair_once(
     results = {}
     for processes in (1, 2):
         out = tmp_path / f"out{processes}"
-        recipe = write_recipe(
+        recipe = tiny_recipe(
             tmp_path / f"r{processes}.yaml",
             tiny_model_dir,
             out,
@@ -206,13 +197,12 @@ def test_two_process_evaluation_scores_each_pair_once(
             eval_steps=1,
             eval_on_start=True,
             per_device_eval_batch_size=2,
+            eval=demo_eval_path,
+            eval_rows=5,
         )
-        data = yaml.safe_load(recipe.read_text())
-        data["data"]["eval"] = {"path": str(demo_eval_path), "max_rows": 5}
-        recipe.write_text(yaml.safe_dump(data), encoding="utf-8")
         launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-        done = cli("train", str(recipe), launcher=launcher if processes == 2 else None)
-        assert done.returncode == 0, done.stderr[-3000:]
+        done = cpo_process("train", str(recipe), launcher=launcher if processes == 2 else None)
+        assert done.exit_code == 0, done.stderr[-3000:]
         records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
         results[processes] = next(r for r in records if "eval_loss" in r)
     for key in ("eval_loss", "eval_rewards/accuracies", "eval_logps/chosen", "eval_logps/rejected"):
@@ -230,14 +220,14 @@ def test_quickstart_learns(tmp_path: Path) -> None:
     except Exception as exc:  # the package holding the GGUF file is optional
         pytest.skip(str(exc))
     out = tmp_path / "quickstart"
-    done = cli(
+    done = cpo_process(
         "train",
         "recipes/quickstart.yaml",
         f"training.output_dir={out}",
         "training.save_strategy='no'",
         timeout=3600,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.exit_code == 0, done.stderr[-3000:]
     evals = [
         r
         for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
@@ -263,7 +253,7 @@ def test_every_loss_trains_smollm2(loss_type: str, tmp_path: Path) -> None:
     extra = ["training.cpo_alpha=0.0"] if loss_type in ("simpo", "alphapo") else []
     if loss_type == "alphapo":
         extra.append("training.alpha=0.25")
-    done = cli(
+    done = cpo_process(
         "train",
         "recipes/quickstart.yaml",
         f"training.output_dir={out}",
@@ -277,7 +267,7 @@ def test_every_loss_trains_smollm2(loss_type: str, tmp_path: Path) -> None:
         *extra,
         timeout=1800,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.exit_code == 0, done.stderr[-3000:]
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2]
     assert all(v == v for r in records for v in r.values())  # no NaN
