@@ -378,6 +378,14 @@ def settings_from_training(training: TrainingConfig, output_dir: Path) -> PushSe
     )
 
 
+def run_push_settings(
+    training: TrainingConfig, output_dir: Path, endpoint: str | None = None
+) -> PushSettings:
+    """Where every push of a training run goes (each checkpoint and the final model): the
+    `training` settings, with a bare `hub_model_id` resolved to the token owner's namespace."""
+    return _full_repo_id(settings_from_training(training, output_dir), endpoint)
+
+
 def _full_repo_id(settings: PushSettings, endpoint: str | None) -> PushSettings:
     """`hub_model_id` without a namespace means the token owner's (as the HF Trainer does)."""
     if "/" in settings.repo_id:
@@ -419,7 +427,7 @@ def push_checkpoint(
         return None
     checkpoint_dir = Path(checkpoint_dir)
     try:
-        settings = _full_repo_id(settings_from_training(training, checkpoint_dir.parent), endpoint)
+        settings = run_push_settings(training, checkpoint_dir.parent, endpoint)
         card = render_model_card(
             collect_card_inputs(checkpoint_dir, settings.repo_id), cpo_version=cpo_version
         )
@@ -468,11 +476,12 @@ def _walk_all(folder: Path) -> list[Path]:
 def push_final(
     output_dir: Path, training: TrainingConfig, *, cpo_version: str, endpoint: str | None = None
 ) -> str | None:
-    """At the end of a run when `push_to_hub`: the same upload as `cpo push OUTPUT_DIR` (model,
-    tokenizer, recipe, card; checkpoints as `hub_strategy` says). Raises `HubError`; the
-    trained model is already saved locally, so nothing is lost."""
+    """At the end of a run when `push_to_hub` (what `cpo train` calls): the output folder as
+    `cpo push` would upload it (model, tokenizer, recipe, card; checkpoints as `hub_strategy`
+    says), to the repository the checkpoint pushes used. Raises `HubError`; the trained model
+    is already saved locally, so nothing is lost. Returns the commit URL."""
     if not training.push_to_hub:
         return None
-    settings = _full_repo_id(settings_from_training(training, output_dir), endpoint)
+    settings = run_push_settings(training, output_dir, endpoint)
     plan = plan_push(Path(output_dir), settings, cpo_version=cpo_version)
     return upload(plan, endpoint=endpoint, commit_message="End of training")

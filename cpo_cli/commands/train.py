@@ -43,20 +43,13 @@ def train(
     console.result(f"model saved to {result.output_dir}")
     training = loaded.recipe.training
     if training.push_to_hub and console.is_main_process():
-        push_output(result.output_dir, token=training.hub_token, steps=result.global_step)
+        # the one final-push path: the repository and token the checkpoint pushes used (a bare
+        # hub_model_id is the token owner's), read from the live recipe, not the redacted copy
+        from cpo_cli import __version__
+        from cpo_cli.hub import push_final
 
-
-def push_output(output_dir: Path, *, token: str | None, steps: int) -> None:
-    """`push_to_hub: true`: upload the finished output folder as `cpo push` would (the saved
-    recipe is redacted, so the live token is passed along)."""
-    from cpo_cli import __version__
-    from cpo_cli.hub import plan_push, require_token, resolve_settings, upload
-
-    settings = resolve_settings(output_dir, token=token)
-    require_token(settings)
-    plan = plan_push(output_dir, settings, cpo_version=__version__)
-    url = upload(plan, commit_message=f"cpo train: {steps} optimizer steps")
-    console.result(f"pushed {len(plan.files)} files to {settings.repo_id}: {url}", markup=False)
+        url = push_final(result.output_dir, training, cpo_version=__version__)
+        console.result(f"pushed {result.output_dir} to the Hub: {url}", markup=False)
 
 
 def summary_table(result: TrainResult) -> Table:

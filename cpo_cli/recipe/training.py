@@ -377,7 +377,8 @@ class TrainingConfig(BaseModel):
     )
     hub_model_id: str | None = Field(
         default=None,
-        description="Hub repository `user/name` to push to; needed with `push_to_hub`.",
+        description="Hub repository to push to (`user/name` or `org/name`; a bare `name` is "
+        "the token owner's, for every push of the run); needed with `push_to_hub`.",
     )
     hub_strategy: HubStrategy = Field(
         default="every_save",

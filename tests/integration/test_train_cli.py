@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import TINY_RUN, Result, cpo_process, write_recipe
+from support import TINY_RUN, FakeHub, Result, cpo_process, write_recipe
 
 Cli = Callable[..., Result]
 
@@ -122,6 +122,34 @@ def test_push_to_hub_uploads_the_output_and_never_writes_the_token(
     for file in out.rglob("*"):
         if file.is_file() and file.suffix in (".yaml", ".json", ".jsonl"):
             assert "hf_abcdefghijklmnopqrstuvwxyz" not in file.read_text(), file
+
+
+def test_push_to_hub_with_a_bare_repo_name_pushes_everything_to_the_token_owner(
+    cli: Cli, fake_hub: FakeHub, tiny_model_dir: Path, demo_train_path: Path, tmp_path: Path
+) -> None:
+    """`hub_model_id: my-run` without a namespace: the checkpoint push and the final push both
+    go to the token owner's `alice/my-run` (the final push used to refuse the bare name)."""
+    out = tmp_path / "out"
+    recipe = tiny_recipe(
+        tmp_path / "r.yaml",
+        tiny_model_dir,
+        out,
+        demo_train_path,
+        save_strategy="steps",
+        save_steps=2,
+        push_to_hub=True,
+        hub_model_id="my-run",
+        hub_token="hf_abcdefghijklmnopqrstuvwxyz",
+    )
+    result = cli("train", str(recipe), "--quiet")
+    assert result.exit_code == 0, result.output
+    commits = [call for call in fake_hub.calls() if "/commit/" in call]
+    assert commits == ["POST /api/models/alice/my-run/commit/main"] * 2  # checkpoint-2, final
+    assert "/alice/my-run/commit/" in result.stdout
+    final = fake_hub.commit_lines()
+    assert {"model.safetensors", "README.md"} <= {
+        line["value"]["path"] for line in final if line["key"] == "file"
+    }
 
 
 def test_accelerate_launch_runs_the_module(
