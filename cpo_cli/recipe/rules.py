@@ -261,6 +261,12 @@ def _builtin_models(r: Recipe, errors: list[str], warnings: list[str]) -> None:
             errors.append(f"model.{field}: {problem}")
 
 
+def _distributed(r: Recipe, errors: list[str], warnings: list[str]) -> None:
+    from cpo_cli.recipe.distributed import check_distributed
+
+    check_distributed(r.training, errors, warnings)
+
+
 def _peft(r: Recipe, errors: list[str], warnings: list[str]) -> None:
     if r.peft is not None and r.training.learning_rate <= 1e-6:
         warnings.append(
@@ -280,6 +286,7 @@ RULES: tuple[Rule, ...] = (
     _model_kwargs,
     _reporting_and_hub,
     _builtin_models,
+    _distributed,
     _peft,
 )
 

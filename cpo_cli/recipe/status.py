@@ -49,6 +49,10 @@ HONOURED: tuple[str, ...] = (
     "save_strategy", "save_steps", "save_total_limit", "save_on_each_node",
     "save_only_model", "load_best_model_at_end", "metric_for_best_model", "greater_is_better",
     "resume_from_checkpoint",
+    # several processes and machines (mapped onto accelerate, see cpo_cli.engine.distributed)
+    "fsdp", "fsdp_config", "fsdp_min_num_params", "fsdp_transformer_layer_cls_to_wrap",
+    "deepspeed", "ddp_backend", "ddp_timeout", "ddp_find_unused_parameters",
+    "ddp_bucket_cap_mb", "ddp_broadcast_buffers", "average_tokens_across_devices",
     # Hub
     "push_to_hub", "hub_model_id", "hub_strategy", "hub_token", "hub_private_repo",
     "hub_revision",
@@ -61,7 +65,6 @@ HONOURED: tuple[str, ...] = (
     "alpha", "prefix_sharing", "logprob_chunk_size",
 )  # fmt: skip
 
-_ACCELERATE = "configure it with `accelerate config` and run `accelerate launch -m cpo_cli train`"
 _HF_ONLY = "an HF Trainer internal; cpo has its own loop"
 
 
@@ -108,9 +111,6 @@ NOT_APPLICABLE: dict[str, FieldStatus] = {
     "batch_eval_metrics": _na("cpo has no compute_metrics hook"),
     "include_tokens_per_second": _na("not implemented as a Trainer speed metric in cpo"),
     "include_num_input_tokens_seen": _na("not implemented as a Trainer metric in cpo"),
-    "average_tokens_across_devices": _na(
-        "affects only the HF Trainer's LM loss; CPO losses are batch means as in CPOTrainer"
-    ),
     "ray_scope": _na("hyperparameter search is not part of cpo"),
     "mp_parameters": _na("SageMaker model parallelism is not supported"),
     "auto_find_batch_size": _na("not implemented: the batch size is used as given"),
@@ -137,18 +137,11 @@ NOT_APPLICABLE: dict[str, FieldStatus] = {
     "tpu_metrics_debug": _na("TPUs are not supported"),
     "debug": _na("HF Trainer debug options are not supported"),
     "local_rank": _na("set by the launcher, not by the recipe"),
-    "ddp_backend": _na(_ACCELERATE),
-    "ddp_find_unused_parameters": _na(_ACCELERATE),
-    "ddp_bucket_cap_mb": _na(_ACCELERATE),
-    "ddp_broadcast_buffers": _na(_ACCELERATE),
-    "ddp_timeout": _na(_ACCELERATE),
     # ignoring these would silently run something else than asked
-    "fsdp": _refuse(f"FSDP comes from accelerate: {_ACCELERATE}"),
-    "fsdp_min_num_params": _refuse(f"FSDP comes from accelerate: {_ACCELERATE}"),
-    "fsdp_config": _refuse(f"FSDP comes from accelerate: {_ACCELERATE}"),
-    "fsdp_transformer_layer_cls_to_wrap": _refuse(f"FSDP comes from accelerate: {_ACCELERATE}"),
-    "deepspeed": _refuse(f"DeepSpeed comes from accelerate: {_ACCELERATE}"),
-    "accelerator_config": _refuse(_ACCELERATE),
+    "accelerator_config": _refuse(
+        "cpo sets accelerate's options itself (FSDP and DeepSpeed from training.fsdp / "
+        "training.deepspeed or the launcher's `accelerate config`)"
+    ),
     "label_smoothing_factor": _refuse(
         "the HF Trainer's LM label smoothing; CPO's own is `training.label_smoothing`"
     ),

@@ -234,7 +234,11 @@ class TrainingConfig(BaseModel):
     local_rank: int = Field(
         default=-1, description="Process rank, set by the distributed launcher."
     )
-    ddp_backend: DdpBackend | None = Field(default=None, description="torch.distributed backend.")
+    ddp_backend: DdpBackend | None = Field(
+        default=None,
+        description="torch.distributed backend of the process group; None: accelerate's choice "
+        "(nccl on NVIDIA GPUs, gloo on CPUs).",
+    )
     tpu_num_cores: int | None = Field(default=None, description="TPU cores (TPU only).")
     tpu_metrics_debug: bool = Field(default=False, description="Deprecated TPU debug metrics.")
     debug: str | list[DebugOption] = Field(
@@ -297,22 +301,42 @@ class TrainingConfig(BaseModel):
 
     # --- distributed ------------------------------------------------------------------------
     fsdp: list[FsdpOption] | str | None = Field(
-        default="", description="HF Trainer FSDP options (space-separated string or list)."
+        default="",
+        description="Shard the model with FSDP through accelerate, as HF Trainer reads it: a "
+        "sharding option (`full_shard`, `shard_grad_op`; FSDP1 also `no_shard`, "
+        "`hybrid_shard`, `hybrid_shard_zero2`) plus `offload` and `auto_wrap`, as a "
+        "space-separated string or a list. Needs several processes on accelerator devices; "
+        "see docs/distributed.md.",
     )
     fsdp_min_num_params: int = Field(
-        default=0, ge=0, description="Deprecated FSDP auto-wrap size threshold."
+        default=0,
+        ge=0,
+        description="Deprecated spelling of `fsdp_config.min_num_params` (still honoured).",
     )
     fsdp_config: dict[str, Any] | str | None = Field(
-        default=None, description="HF Trainer FSDP configuration (mapping or JSON file)."
+        default=None,
+        description="FSDP settings (mapping or JSON file; keys with or without the `fsdp_` "
+        "prefix): `version` (2, the default, or 1), `transformer_layer_cls_to_wrap`, "
+        "`min_num_params`, `reshard_after_forward`, `state_dict_type` (SHARDED_STATE_DICT or "
+        "FULL_STATE_DICT, for the resumable state), `offload_params`, "
+        "`activation_checkpointing`, `cpu_ram_efficient_loading`; FSDP1 also "
+        "`backward_prefetch`, `forward_prefetch`, `limit_all_gathers`, `use_orig_params`, "
+        "`sync_module_states`.",
     )
     fsdp_transformer_layer_cls_to_wrap: str | None = Field(
-        default=None, description="Deprecated FSDP layer class to wrap."
+        default=None,
+        description="Deprecated spelling of `fsdp_config.transformer_layer_cls_to_wrap` (still "
+        "honoured).",
     )
     accelerator_config: dict[str, Any] | str | None = Field(
         default=None, description="HF Trainer's accelerate options (mapping or JSON file)."
     )
     deepspeed: dict[str, Any] | str | None = Field(
-        default=None, description="HF Trainer DeepSpeed configuration (mapping or JSON file)."
+        default=None,
+        description="DeepSpeed (ZeRO) through accelerate: a DeepSpeed JSON config file or the "
+        "same as a mapping. Batch size, accumulation, clipping and precision are filled in "
+        "from this recipe (leave them `auto`); `optimizer`/`scheduler` sections are refused "
+        "(cpo builds them from `optim` and `lr_scheduler_type`).",
     )
     label_smoothing_factor: float = Field(
         default=0.0,
@@ -349,10 +373,15 @@ class TrainingConfig(BaseModel):
         "are refused when the recipe loads.",
     )
     ddp_find_unused_parameters: bool | None = Field(
-        default=None, description="DDP `find_unused_parameters`."
+        default=None,
+        description="DDP `find_unused_parameters` (None: false, torch's default).",
     )
-    ddp_bucket_cap_mb: int | None = Field(default=None, ge=1, description="DDP `bucket_cap_mb`.")
-    ddp_broadcast_buffers: bool | None = Field(default=None, description="DDP `broadcast_buffers`.")
+    ddp_bucket_cap_mb: int | None = Field(
+        default=None, ge=1, description="DDP `bucket_cap_mb` (None: torch's default, 25)."
+    )
+    ddp_broadcast_buffers: bool | None = Field(
+        default=None, description="DDP `broadcast_buffers` (None: torch's default, true)."
+    )
     dataloader_pin_memory: bool = Field(
         default=True, description="Pin host memory of batches (faster copies to a GPU)."
     )
@@ -443,7 +472,10 @@ class TrainingConfig(BaseModel):
         default="last", description="Ray Tune scope for hyperparameter search."
     )
     ddp_timeout: int = Field(
-        default=1800, ge=1, description="Timeout (s) of distributed operations."
+        default=1800,
+        ge=1,
+        description="Seconds a process waits in a collective operation (process group "
+        "timeout) before failing.",
     )
     torch_compile: bool = Field(
         default=False, description="Compile the model with `torch.compile`."
@@ -486,7 +518,10 @@ class TrainingConfig(BaseModel):
     )
     average_tokens_across_devices: bool | None = Field(
         default=True,
-        description="Average the token count across devices for the HF Trainer's LM loss.",
+        description="The NLL term (`cpo_alpha`) as one token-weighted mean over the whole "
+        "optimizer step (every process and micro-batch), so that 1 and N processes, or "
+        "accumulation and a larger batch, give the same loss. false (or None): TRL's mean per "
+        "micro-batch on each process.",
     )
 
     # --- CPO --------------------------------------------------------------------------------

@@ -215,8 +215,7 @@ def test_not_applicable_field_at_default_is_quiet() -> None:
     [
         ("per_gpu_train_batch_size", 4),
         ("no_cuda", True),
-        ("fsdp", "full_shard auto_wrap"),
-        ("deepspeed", "ds.json"),
+        ("accelerator_config", {"split_batches": True}),
         ("label_smoothing_factor", 0.1),
         ("push_to_hub_token", "hf_x"),
     ],
