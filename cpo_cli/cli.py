@@ -66,14 +66,23 @@ app.add_typer(recipe_app, name="recipe")
 
 
 def report_error(err: CpoError) -> None:
-    """Print a domain error: the first line as `error: ...`, the further lines as they are."""
+    """Print a domain error: the first line as `error: ...`, the further lines as they are.
+
+    In a run of several processes an error is printed once (see `CpoError.scope`): by the
+    main process when every process agreed on it, else by the process it happened on (or the
+    first process of its machine), prefixed with its rank and host."""
     lines = err.lines()
     if not lines:
         return
-    console.error(lines[0])
-    if console.is_main_process():
-        for line in lines[1:]:
-            console.err_console.print(line, markup=False, highlight=False)
+    if console.processes_in_job() > 1 and err.scope != "job":
+        if err.scope == "node" and not console.is_local_main_process():
+            return
+        lines = [f"[{console.process_label()}] {lines[0]}", *lines[1:]]
+    elif not console.is_main_process():
+        return
+    for i, line in enumerate(lines):
+        text = f"error: {line}" if i == 0 else line
+        console.err_console.print(text, markup=False, highlight=False)
 
 
 def run(argv: Sequence[str] | None = None) -> int:

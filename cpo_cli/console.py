@@ -28,6 +28,25 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) in ("0", "-1")
 
 
+def is_local_main_process() -> bool:
+    """True on the first process of this machine."""
+    return os.environ.get("LOCAL_RANK", "0") in ("0", "-1")
+
+
+def processes_in_job() -> int:
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def process_label() -> str:
+    """`rank 3 on node-b`: who is speaking, in a run of several processes."""
+    import socket
+
+    return f"rank {os.environ.get('RANK', '0')} on {socket.gethostname()}"
+
+
 def _make_console(stderr: bool = False) -> Console:
     plain = is_plain(sys.stderr if stderr else sys.stdout)
     return Console(

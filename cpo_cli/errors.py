@@ -22,6 +22,10 @@ class CpoError(Exception):
     """Base of every error a user can cause and fix; the message says what and how."""
 
     exit_code: int = EXIT_USER_ERROR
+    #: who prints it in a run of several processes: "process" (the process it happened on,
+    #: prefixed with its rank and host), "node" (the first process of each machine: every
+    #: process there read the same files), "job" (the main process: already agreed by all)
+    scope: str = "process"
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)

@@ -9,6 +9,7 @@ import typer
 
 from cpo_cli import console
 from cpo_cli.commands.options import Quiet
+from cpo_cli.errors import CpoError
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -33,7 +34,13 @@ def train(
 
     if quiet:  # `cpo train R --quiet` as well as `cpo --quiet train R`
         console.set_quiet(True)
-    loaded = load_recipe(recipe, overrides or [])
+    try:
+        loaded = load_recipe(recipe, overrides or [])
+    except CpoError as err:
+        # read before the processes form a group: every process of a machine reads the same
+        # file, so the first of each machine reports it
+        err.scope = "node"
+        raise
     for warning in loaded.warnings:
         console.warn(warning)
     from cpo_cli.engine.loop import train as run_training  # imports torch: only now
