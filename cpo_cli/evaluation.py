@@ -400,10 +400,10 @@ def score_pairs(subject: EvalModel, pairs: Any, training: TrainingConfig) -> dic
     """The engine's evaluation over every pair, set up as the training loop sets it up (same
     accelerator, batch layout, loader and `evaluate_model`), plus the number of pairs."""
     from cpo_cli.engine.data import build_eval_dataloader, loader_settings
+    from cpo_cli.engine.distributed import build_accelerator
     from cpo_cli.engine.evaluate import evaluate_model
-    from cpo_cli.engine.loop import build_accelerator
 
-    accelerator = build_accelerator(training)
+    accelerator, _, _ = build_accelerator(training)
     model = subject.model
     loader = build_eval_dataloader(
         pairs,

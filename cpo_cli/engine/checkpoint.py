@@ -49,6 +49,11 @@ class TrainerState:
     last_eval_step: int | None = None
     #: every logged record, in order (also in metrics.jsonl)
     log_history: list[dict[str, Any]] = field(default_factory=list)
+    #: the shape of the run that saved it, to resume the data position exactly elsewhere
+    #: (None in checkpoints written before cpo recorded them)
+    num_processes: int | None = None
+    per_device_train_batch_size: int | None = None
+    batches_per_epoch: int | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -114,15 +119,25 @@ def resolve_resume(resume_from_checkpoint: str | bool | None, output_dir: Path) 
     return path
 
 
-def save_model(accelerator: Accelerator, model: Any, tokenizer: Any, directory: Path) -> None:
+def save_model(
+    accelerator: Accelerator,
+    model: Any,
+    tokenizer: Any,
+    directory: Path,
+    *,
+    save_on_each_node: bool = False,
+) -> None:
     """The model (or LoRA adapters) in the Hugging Face format + the tokenizer. Call on every
-    process: gathering a sharded state dict is collective; only the main process writes."""
+    process: gathering a sharded state dict is collective (FSDP, ZeRO-3: the main process gets
+    the whole of it); only the main process writes, or each machine's main process with
+    `save_on_each_node` (plain and DDP runs, where every process holds the whole model)."""
+    from cpo_cli.engine.ranks import writes_files
+
+    writer = writes_files(accelerator, save_on_each_node)
     # keys as the plain model names them (torch.compile's wrapper adds "_orig_mod.")
-    state_dict = {
-        key.removeprefix("_orig_mod."): value
-        for key, value in accelerator.get_state_dict(model).items()
-    }
-    if accelerator.is_main_process:
+    gathered = accelerator.get_state_dict(model) or {}
+    state_dict = {key.removeprefix("_orig_mod."): value for key, value in gathered.items()}
+    if writer:
         directory.mkdir(parents=True, exist_ok=True)
         unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
         # transformers 5 always writes safetensors (save_safetensors=false cannot be honoured)
@@ -168,20 +183,25 @@ def save_checkpoint(
     *,
     recipe_yaml: str,
     save_only_model: bool,
+    save_on_each_node: bool = False,
 ) -> Path:
-    """Write `checkpoint-<global_step>` atomically and return its final path."""
+    """Write `checkpoint-<global_step>` atomically and return its final path: on the main
+    process's disk, or with `save_on_each_node` complete on every machine's own disk."""
+    from cpo_cli.engine.ranks import writes_files
+
+    writer = writes_files(accelerator, save_on_each_node)
     final = output_dir / f"{PREFIX}{state.global_step}"
     tmp = output_dir / f".tmp-{PREFIX}{state.global_step}"
-    if accelerator.is_main_process:
+    if writer:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    save_model(accelerator, model, tokenizer, tmp)
+    save_model(accelerator, model, tokenizer, tmp, save_on_each_node=save_on_each_node)
     if not save_only_model:
         accelerator.save_state(str(tmp / "accelerate"))
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
+    if writer:
         (tmp / RECIPE_FILE).write_text(recipe_yaml, encoding="utf-8")
         _write_atomic(tmp / STATE_FILE, state.to_json())
         if final.exists():
@@ -243,6 +263,34 @@ def load_checkpoint(accelerator: Accelerator, model: Any, path: Path) -> Trainer
 
 def has_optimizer_state(path: Path) -> bool:
     return (path / "accelerate").is_dir()
+
+
+def check_checkpoint_files(path: Path, accelerator: Accelerator) -> None:
+    """The files this process will read from checkpoint `path` are there (with
+    `save_on_each_node` every machine reads its own copy): a clear error before any process
+    starts loading, instead of one process failing halfway through a collective load."""
+    if not (path / STATE_FILE).is_file():
+        raise CheckpointError(f"{path}: no {STATE_FILE} on this machine")
+    if _owns_model_weights(accelerator) and not (path / "adapter_model.safetensors").is_file():
+        _weight_files(path)  # raises when the weights are missing
+    state = path / "accelerate"
+    if state.is_dir() and _owns_model_weights(accelerator):
+        missing = [n for n in ("optimizer.bin",) if not (state / n).is_file()]
+        if missing:
+            raise CheckpointError(
+                f"{state}: {', '.join(missing)} missing; the checkpoint is incomplete"
+            )
+    elif state.is_dir() and not any(state.iterdir()):
+        raise CheckpointError(f"{state} is empty; the checkpoint is incomplete")
+
+
+def load_best_weights(accelerator: Accelerator, model: Any, path: Path) -> None:
+    """The best checkpoint's weights into the (prepared) model: from its Hugging Face files in
+    plain and DDP runs, from accelerate's sharded state under FSDP/DeepSpeed (collective)."""
+    if _owns_model_weights(accelerator):
+        load_model_weights(accelerator.unwrap_model(model, keep_torch_compile=False), path)
+    else:
+        accelerator.load_state(str(path / "accelerate"))
 
 
 def load_model_weights(model: Any, directory: Path) -> None:

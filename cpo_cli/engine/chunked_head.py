@@ -36,7 +36,7 @@ def token_logps_and_logit_sums(
     if source.shape[0] == 0:
         empty = source.new_zeros(0, dtype=torch.float32)
         return empty, empty
-    if head is not None and type(head) is torch.nn.Linear and _weights_are_local(head):
+    if head is not None and _is_plain_linear(head) and _weights_are_local(head):
         logps, sums = _LinearHeadLogps.apply(
             source, head.weight, head.bias, targets, chunk_size, softcap
         )
@@ -44,11 +44,27 @@ def token_logps_and_logit_sums(
     return _autograd_chunks(source, targets, head, softcap, chunk_size)
 
 
+def _is_plain_linear(head: nn.Module) -> bool:
+    """An `nn.Linear` computing x·Wᵀ + b: the class itself, or FSDP2's `FSDPLinear` (a subclass
+    that `fully_shard` creates and that keeps Linear's forward); not subclasses with another
+    forward (quantised layers)."""
+    import torch
+
+    return isinstance(head, torch.nn.Linear) and type(head).forward is torch.nn.Linear.forward
+
+
 def _weights_are_local(head: nn.Module) -> bool:
     """True when the head's weight is a whole, ordinary tensor that can be used outside the
     head's own forward. Under DeepSpeed ZeRO-3 it is an empty placeholder (gathered only inside
     the module call), and a sharded FSDP2 DTensor is not the full matrix either: those heads
-    are called as modules (`_autograd_chunks`), so the framework's hooks gather the weight."""
+    are called as modules (`_autograd_chunks`), so the framework's hooks gather the weight.
+
+    Under FSDP2 as accelerate wraps a model, the head's unit (grouped with the final norm) is
+    not resharded after the forward, so right after the model's forward its weight is the
+    unsharded plain parameter: it is used directly, and its gradient joins FSDP2's
+    reduce-scatter when the backward reaches the norm (checked against the unsharded model in
+    tests/integration/test_fsdp2.py). Calling that grouped head a second time as a module
+    crashes torch 2.13 (segfault in the second backward), so this path is also the safe one."""
     weight = head.weight
     if hasattr(weight, "ds_id") or weight.numel() == 0:  # ZeRO-3 partitioned parameter
         return False

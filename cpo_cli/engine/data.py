@@ -75,22 +75,36 @@ class EpochSampler:
         return self.num_rows
 
 
+class DeferredLayout:
+    """The batch layout, chosen once the model is prepared (the probe that chooses it runs the
+    prepared model, which under FSDP/ZeRO-3 only then can run) and read by the collate
+    function when batches are made, i.e. after the loaders were prepared with the model."""
+
+    def __init__(self) -> None:
+        self.value: Layout | None = None
+
+    def __call__(self) -> Layout:
+        if self.value is None:
+            raise RuntimeError("internal error: batches made before the layout was chosen")
+        return self.value
+
+
 def _collate(
     rows: list[dict[str, Any]],
     *,
     pad_token_id: int,
-    layout: Layout,
+    layout: Layout | DeferredLayout,
     is_encoder_decoder: bool,
     decoder_start_token_id: int | None,
 ) -> tuple[dict[str, Any], dict[str, int]]:
-    """The padded batch plus its size (pairs, real tokens), counted here where it is cheap:
-    the loop needs them for weighted averages and tokens/s."""
+    """The padded batch plus its size (pairs, real tokens, chosen-answer tokens), counted here
+    where it is cheap: the loop needs them for weighted averages, the NLL term and tokens/s."""
     from cpo_cli.data.collate import collate_pairs
 
     batch = collate_pairs(
         rows,
         pad_token_id=pad_token_id,
-        layout=layout,
+        layout=layout() if callable(layout) else layout,
         is_encoder_decoder=is_encoder_decoder,
         decoder_start_token_id=decoder_start_token_id,
     )
@@ -98,11 +112,15 @@ def _collate(
         len(r["prompt_input_ids"]) + len(r["chosen_input_ids"]) + len(r["rejected_input_ids"])
         for r in rows
     )
-    return batch, {"pairs": len(rows), "tokens": tokens}
+    chosen = sum(len(r["chosen_input_ids"]) for r in rows)
+    return batch, {"pairs": len(rows), "tokens": tokens, "chosen_tokens": chosen}
 
 
 def _collate_fn(
-    pad_token_id: int, layout: Layout, is_encoder_decoder: bool, decoder_start_token_id: int | None
+    pad_token_id: int,
+    layout: Layout | DeferredLayout,
+    is_encoder_decoder: bool,
+    decoder_start_token_id: int | None,
 ) -> Any:
     return partial(
         _collate,
@@ -160,7 +178,7 @@ def build_train_dataloader(
     *,
     pad_token_id: int,
     is_encoder_decoder: bool,
-    layout: Layout,
+    layout: Layout | DeferredLayout,
     decoder_start_token_id: int | None = None,
 ) -> tuple[Any, EpochSampler]:
     """The training loader and its sampler (the loop sets the epoch on it)."""
@@ -187,7 +205,7 @@ def build_eval_dataloader(
     *,
     pad_token_id: int,
     is_encoder_decoder: bool,
-    layout: Layout,
+    layout: Layout | DeferredLayout,
     decoder_start_token_id: int | None = None,
     process_index: int = 0,
     num_processes: int = 1,
@@ -267,26 +285,44 @@ def load_datasets(recipe: Recipe, tokenizer: Any, is_encoder_decoder: bool) -> t
 
 
 def loader_settings(
-    model: Any, tokenizer: Any, training: TrainingConfig, *, is_encoder_decoder: bool
+    model: Any,
+    tokenizer: Any,
+    training: TrainingConfig,
+    *,
+    is_encoder_decoder: bool,
+    layout: DeferredLayout | None = None,
 ) -> dict[str, Any]:
     """Collation settings shared by the train and eval loaders of `cpo train` and `cpo eval`:
     pad id (`padding_value` or the tokenizer's), batch layout (packed prompt sharing where the
-    model takes it), decoder start id for encoder-decoders."""
-    from cpo_cli.engine.forward import choose_layout
-
-    layout: Layout = (
-        "pair_rows"
-        if is_encoder_decoder
-        else choose_layout(model, prefix_sharing=training.prefix_sharing)
-    )
+    model takes it; `layout` defers the choice to `choose_batch_layout`), decoder start id for
+    encoder-decoders."""
+    chosen: Layout | DeferredLayout
+    if is_encoder_decoder:
+        chosen = "pair_rows"
+    elif layout is not None:
+        chosen = layout
+    else:
+        chosen = choose_batch_layout(model, training, is_encoder_decoder=False)
     pad_id = (
         training.padding_value if training.padding_value is not None else tokenizer.pad_token_id
     )
     return {
         "pad_token_id": pad_id,
-        "layout": layout,
+        "layout": chosen,
         "is_encoder_decoder": is_encoder_decoder,
         "decoder_start_token_id": getattr(
             getattr(model, "config", None), "decoder_start_token_id", None
         ),
     }
+
+
+def choose_batch_layout(
+    model: Any, training: TrainingConfig, *, is_encoder_decoder: bool
+) -> Layout:
+    """`packed` where prefix sharing is on and the model passes the probe, else `pair_rows`.
+    The probe runs the model: call it on every process, after `accelerator.prepare`."""
+    from cpo_cli.engine.forward import choose_layout
+
+    if is_encoder_decoder:
+        return "pair_rows"
+    return choose_layout(model, prefix_sharing=training.prefix_sharing)

@@ -351,7 +351,8 @@ def _text_config(core: Any) -> Any:
 def _vocab_size(core: Any) -> int:
     head = core.get_output_embeddings()
     if head is not None and hasattr(head, "weight"):
-        return int(head.weight.shape[0])
+        # a ZeRO-3 parameter is an empty placeholder; its real shape is `ds_shape`
+        return int(getattr(head.weight, "ds_shape", head.weight.shape)[0])
     return int(_text_config(core).vocab_size)
 
 

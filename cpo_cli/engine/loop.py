@@ -8,26 +8,32 @@ printing, logging and writing happen on the main process only.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cpo_cli import console
 from cpo_cli.engine.checkpoint import (
+    STATE_FILE,
     TrainerState,
+    check_checkpoint_files,
+    has_optimizer_state,
     latest_checkpoint,
+    load_best_weights,
     load_checkpoint,
-    load_model_weights,
     register_state_hooks,
     resolve_resume,
     rotate_checkpoints,
     save_checkpoint,
     save_model,
 )
+from cpo_cli.engine.distributed import LauncherRequest, RecipeRequest, RunShape
 from cpo_cli.engine.metric_means import MetricMeans
 from cpo_cli.engine.schedule import Plan, Schedule, build_plan
 from cpo_cli.errors import EXIT_INTERRUPTED, CpoError, RecipeError
@@ -49,6 +55,7 @@ class TrainingInterrupted(CpoError):
     complete checkpoint."""
 
     exit_code = EXIT_INTERRUPTED
+    scope = "job"  # Ctrl-C reaches every process of the job; the main process reports it
 
 
 @dataclass
@@ -81,56 +88,16 @@ class Run:
     is_encoder_decoder: bool
     peft: PeftSection | None = None
     config_for_trackers: dict[str, Any] = field(default_factory=dict)
+    #: what runs (processes, machines, mode, batch arithmetic): the start-up line
+    shape: RunShape | None = None
+    #: what the launcher and the recipe asked for, to say what was not granted
+    launcher: LauncherRequest | None = None
+    request: RecipeRequest | None = None
+    #: forwards each process runs per evaluation (FSDP/ZeRO-3: the same on every process)
+    eval_batches_on_every_process: int | None = None
 
 
 # --------------------------------------------------------------------------- setup
-
-
-def build_accelerator(training: TrainingConfig) -> Any:
-    """Mixed precision from bf16/fp16 (fp32 on a CPU unless asked), accumulation, seeds."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
-    if training.bf16:
-        precision = "bf16"
-    elif training.fp16:
-        precision = "fp16"
-    else:
-        precision = "no"
-    from accelerate.state import AcceleratorState, GradientState
-    from accelerate.utils import ProjectConfiguration
-
-    # accelerate keeps its settings in process-wide singletons: a second run in the same
-    # process (a notebook, the tests, `cpo eval` after training) must be free to pick another
-    # precision or accumulation. The process group itself (PartialState) is kept.
-    AcceleratorState._reset_state()
-    GradientState._reset_state()
-    try:
-        accelerator = Accelerator(
-            mixed_precision=precision,
-            project_config=ProjectConfiguration(save_on_each_node=training.save_on_each_node),
-            gradient_accumulation_steps=training.gradient_accumulation_steps,
-            # on a machine without an accelerator, say so: accelerate only forms a
-            # multi-process CPU group (torchrun, mpirun) when told it runs on the CPU
-            cpu=training.use_cpu or not _has_accelerator_device(),
-        )
-    except ValueError as exc:  # e.g. fp16 where this hardware has no fp16 mixed precision
-        raise RecipeError(
-            "recipe", [f"training.{precision if precision != 'no' else 'use_cpu'}: {exc}"]
-        ) from exc
-    set_seed(training.seed, deterministic=training.full_determinism)
-    return accelerator
-
-
-def _has_accelerator_device() -> bool:
-    import torch
-
-    xpu = getattr(torch, "xpu", None)
-    return bool(
-        torch.cuda.is_available()
-        or torch.backends.mps.is_available()
-        or (xpu is not None and xpu.is_available())
-    )
 
 
 def output_dir_of(training: TrainingConfig) -> Path:
@@ -140,49 +107,78 @@ def output_dir_of(training: TrainingConfig) -> Path:
 
 
 def build_run(loaded: LoadedRecipe) -> Run:
-    """Load tokenizer, data and model; build loaders, optimizer and schedule; prepare them all."""
+    """Load tokenizer, data and model; build loaders, optimizer and schedule; prepare them all
+    in one `accelerator.prepare` (FSDP2 and ZeRO need model and optimizer together, DeepSpeed
+    the loader too); then choose the batch layout by probing the prepared model.
+
+    Each block runs on every process and is left together (`on_every_process`): a user error
+    on any process stops all of them, reported once with its rank and host."""
     from transformers.utils import logging as hf_logging
 
     from cpo_cli.engine.data import (
+        DeferredLayout,
         build_eval_dataloader,
         build_train_dataloader,
+        choose_batch_layout,
         load_datasets,
         loader_settings,
     )
+    from cpo_cli.engine.distributed import build_accelerator, count_machines, run_shape
     from cpo_cli.engine.model import build_model, build_tokenizer, is_encoder_decoder_model
     from cpo_cli.engine.optim import build_optimizer, build_scheduler
+    from cpo_cli.engine.ranks import on_every_process, reduce_max
     from cpo_cli.recipe.dump import to_yaml
 
     hf_logging.disable_progress_bar()  # our own progress is the one bar on screen
     recipe = loaded.recipe
     training = recipe.training
-    accelerator = build_accelerator(training)
-    tokenizer = build_tokenizer(recipe.model)
-    encoder_decoder = is_encoder_decoder_model(recipe.model, training)
-    with accelerator.main_process_first():  # the main process prepares (and caches) the data
-        train_dataset, eval_dataset = load_datasets(recipe, tokenizer, encoder_decoder)
-    model = build_model(recipe.model, training, recipe.peft)
-    loader_kwargs = loader_settings(model, tokenizer, training, is_encoder_decoder=encoder_decoder)
-    train_loader, sampler = build_train_dataloader(train_dataset, training, **loader_kwargs)
-    eval_loader = (
-        build_eval_dataloader(
-            eval_dataset,
-            training,
-            **loader_kwargs,
-            process_index=accelerator.process_index,
-            num_processes=accelerator.num_processes,
+    accelerator, launcher, request = build_accelerator(training)
+    with on_every_process(accelerator):
+        tokenizer = build_tokenizer(recipe.model)
+        encoder_decoder = is_encoder_decoder_model(recipe.model, training)
+        # the main process prepares (and caches) the data first, the others then read it
+        datasets = (
+            load_datasets(recipe, tokenizer, encoder_decoder)
+            if accelerator.is_main_process
+            else None
         )
-        if eval_dataset is not None
-        else None
-    )
+    with on_every_process(accelerator):
+        if datasets is None:
+            datasets = load_datasets(recipe, tokenizer, encoder_decoder)
+    train_dataset, eval_dataset = datasets
+    with on_every_process(accelerator):
+        model = build_model(recipe.model, training, recipe.peft)
+    with on_every_process(accelerator):
+        layout = DeferredLayout()
+        loader_kwargs = loader_settings(
+            model, tokenizer, training, is_encoder_decoder=encoder_decoder, layout=layout
+        )
+        optimizer = build_optimizer(model, training)
+        train_loader, sampler = build_train_dataloader(train_dataset, training, **loader_kwargs)
+        eval_loader = (
+            build_eval_dataloader(
+                eval_dataset,
+                training,
+                **loader_kwargs,
+                process_index=accelerator.process_index,
+                num_processes=accelerator.num_processes,
+            )
+            if eval_dataset is not None
+            else None
+        )
 
-    model, train_loader = accelerator.prepare(model, train_loader)
-    plan = build_plan(len(train_loader), training)
-    optimizer = accelerator.prepare(build_optimizer(model, training))
-    # the schedule counts optimizer steps; it is stepped by hand, once per optimizer step
-    scheduler = build_scheduler(optimizer, training, plan.total_steps)
+    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    layout.value = choose_batch_layout(model, training, is_encoder_decoder=encoder_decoder)
+    with on_every_process(accelerator):
+        plan = build_plan(len(train_loader), training)
+        # the schedule counts optimizer steps; it is stepped by hand, once per optimizer step
+        scheduler = build_scheduler(optimizer, training, plan.total_steps)
     accelerator.register_for_checkpointing(scheduler)
     register_state_hooks(accelerator)
+    shape = run_shape(accelerator, training, plan, machines=count_machines(accelerator))
+    eval_batches = None
+    if eval_loader is not None and shape.sharded_parameters:
+        eval_batches = reduce_max(accelerator, len(eval_loader))
     return Run(
         accelerator=accelerator,
         model=model,
@@ -200,7 +196,40 @@ def build_run(loaded: LoadedRecipe) -> Run:
         is_encoder_decoder=encoder_decoder,
         peft=recipe.peft,
         config_for_trackers=_redacted_dict(recipe),
+        shape=shape,
+        launcher=launcher,
+        request=request,
+        eval_batches_on_every_process=eval_batches,
     )
+
+
+def check_sharded_run(run: Run) -> None:
+    """What a run with sharded parameters (FSDP, ZeRO-3) cannot do, refused before training.
+    The same on every process: call it inside `on_every_process`."""
+    from cpo_cli.recipe.distributed import SAVE_ON_EACH_NODE_SHARDED
+
+    training, shape = run.training, run.shape
+    if shape is None or not (
+        shape.sharded_parameters or shape.mode.startswith(("FSDP", "DeepSpeed"))
+    ):
+        return
+    problems = []
+    if training.save_on_each_node:
+        problems.append(SAVE_ON_EACH_NODE_SHARDED)
+    if shape.sharded_parameters and training.generate_during_eval:
+        problems.append(
+            f"training.generate_during_eval is not supported under {shape.mode} (generation "
+            "would run on the main process alone while the parameters are spread over every "
+            "process); run `cpo eval --generate` on the saved model instead"
+        )
+    if training.load_best_model_at_end and training.save_only_model:
+        problems.append(
+            f"training.load_best_model_at_end with training.save_only_model under "
+            f"{shape.mode}: the best model is reloaded from its checkpoint's sharded state, "
+            "which save_only_model leaves out; drop one of them"
+        )
+    if problems:
+        raise RecipeError("recipe", problems)
 
 
 def _redacted_dict(recipe: Recipe) -> dict[str, Any]:
@@ -214,7 +243,9 @@ def _redacted_dict(recipe: Recipe) -> dict[str, Any]:
 
 def train(loaded: LoadedRecipe, *, show_progress: bool = True) -> TrainResult:
     """Train the recipe's model; return where the result is and its final metrics."""
+    from cpo_cli.engine.distributed import launch_warnings
     from cpo_cli.engine.progress import build_progress
+    from cpo_cli.engine.ranks import on_every_process
     from cpo_cli.engine.tracking import build_tracker, check_backends
 
     training = loaded.recipe.training
@@ -227,18 +258,20 @@ def train(loaded: LoadedRecipe, *, show_progress: bool = True) -> TrainResult:
             "interrupted before training started; nothing was saved"
         ) from None
     accelerator = run.accelerator
-    state = TrainerState()
-    resume_from = resolve_resume(training.resume_from_checkpoint, run.output_dir)
-    if resume_from is not None:
-        state = load_checkpoint(accelerator, run.model, resume_from)
-        console.info(f"resumed from {resume_from} (step {state.global_step})")
-    elif latest_checkpoint(run.output_dir) is not None:
+    assert run.shape is not None and run.launcher is not None and run.request is not None
+    console.info(run.shape.line())
+    for warning in launch_warnings(run.shape, run.launcher, run.request):
+        console.warn(warning)
+    with on_every_process(accelerator):
+        check_sharded_run(run)
+    state, resume_from = _resume(run)
+    if resume_from is None and latest_checkpoint(run.output_dir) is not None:
         console.warn(
             f"{run.output_dir} already holds checkpoints of an earlier run; this run "
             "starts from scratch and may replace them (to continue that run instead, "
             "set training.resume_from_checkpoint=last)"
         )
-    if accelerator.is_main_process:
+    if _writes_files(run):
         run.output_dir.mkdir(parents=True, exist_ok=True)
     tracker = build_tracker(
         training,
@@ -273,16 +306,69 @@ def train(loaded: LoadedRecipe, *, show_progress: bool = True) -> TrainResult:
     return final_result
 
 
+def _writes_files(run: Run) -> bool:
+    from cpo_cli.engine.ranks import writes_files
+
+    return writes_files(run.accelerator, run.training.save_on_each_node)
+
+
+def _resume(run: Run) -> tuple[TrainerState, Path | None]:
+    """The counters to start from: fresh, or those of the checkpoint `resume_from_checkpoint`
+    names, with the data position carried over to this run's number of processes and batch.
+    Every process must resolve the same checkpoint (with `save_on_each_node`, each reads its
+    own machine's disk)."""
+    from cpo_cli.engine.data_position import resume_position
+    from cpo_cli.engine.ranks import on_every_process, same_on_every_process
+
+    accelerator, training = run.accelerator, run.training
+    with on_every_process(accelerator):
+        resume_from = resolve_resume(training.resume_from_checkpoint, run.output_dir)
+        found = None
+        if resume_from is not None:
+            check_checkpoint_files(resume_from, accelerator)
+            found = (resume_from.name, has_optimizer_state(resume_from))
+    same_on_every_process(accelerator, found, "the checkpoint to resume from")
+    if resume_from is None:
+        return TrainerState(), None
+    with on_every_process(accelerator):
+        saved = TrainerState.from_file(resume_from / STATE_FILE)
+        assert run.shape is not None
+        position = resume_position(
+            batches_done=saved.batches_done_in_epoch,
+            saved_processes=saved.num_processes,
+            saved_batch=saved.per_device_train_batch_size,
+            saved_batches_per_epoch=saved.batches_per_epoch,
+            processes=accelerator.num_processes,
+            batch=training.per_device_train_batch_size,
+            batches_per_epoch=run.plan.batches_per_epoch,
+            sharded_state="DeepSpeed" if run.shape.mode.startswith("DeepSpeed") else None,
+        )
+    state = load_checkpoint(accelerator, run.model, resume_from)
+    state.batches_done_in_epoch = position.batches_done_in_epoch
+    if position.change:
+        console.warn(position.change)
+    console.info(f"resumed from {resume_from} (step {state.global_step})")
+    return state, resume_from
+
+
+# --------------------------------------------------------------------------- the loop
+
+
 def _train_loop(run: Run, state: TrainerState, tracker: Any, progress: Any) -> dict[str, float]:
     """The optimisation itself. Returns the last logged training metrics and evaluation."""
     import torch
 
-    from cpo_cli.engine.objective import batch_loss_and_metrics
+    from cpo_cli.engine.objective import (
+        batch_loss_and_metrics,
+        nll_step_denominator,
+        token_weighted_nll,
+    )
 
     accelerator, model, training, plan = run.accelerator, run.model, run.training, run.plan
     schedule = Schedule(plan, training, has_eval=run.eval_loader is not None)
     window_means = MetricMeans()  # metrics since the last log
     last: dict[str, float] = {}
+    by_tokens = token_weighted_nll(training)
     # tokens/s counts training time only: evaluation and saving pause the clock
     window_tokens, window_seconds, tick = 0, 0.0, time.perf_counter()
 
@@ -296,26 +382,40 @@ def _train_loop(run: Run, state: TrainerState, tracker: Any, progress: Any) -> d
         if state.batches_done_in_epoch:
             loader = accelerator.skip_first_batches(loader, state.batches_done_in_epoch)
         batches_left = plan.batches_per_epoch - state.batches_done_in_epoch
-        window_size = min(plan.accumulation, batches_left)
-        in_window = 0
 
         tick = time.perf_counter()
-        for batch, sizes in loader:
-            # ---- one micro-batch: forward + backward, gradients accumulate ------------------
-            with accelerator.accumulate(model):
-                loss, metrics = batch_loss_and_metrics(model, batch, training)
-                # accelerate divides by `accumulation`; a short last window divides by its size
-                accelerator.backward(loss * (plan.accumulation / window_size))
-            in_window += 1
-            state.batches_done_in_epoch += 1
-            window_tokens += sizes["tokens"]
-            # logging_nan_inf_filter: a non-finite loss is left out of the logged means
-            keep = torch.isfinite(loss.detach()) if training.logging_nan_inf_filter else None
-            window_means.add(
-                {"loss": loss.detach(), **metrics}, weight=float(sizes["pairs"]), keep=keep
-            )
-            if in_window < window_size:
-                continue
+        # one window = the micro-batches of one optimizer step, fetched before the first
+        # forward so that the NLL term can be weighted by the step's chosen tokens
+        for window in _step_windows(loader, plan.accumulation, batches_left):
+            nll_count = None
+            if by_tokens:
+                step_tokens = _sum_over_processes(
+                    accelerator, sum(sizes["chosen_tokens"] for _, sizes in window)
+                )
+                nll_count = nll_step_denominator(
+                    step_tokens, len(window), accelerator.num_processes
+                )
+            for index, (batch, sizes) in enumerate(window):
+                # ---- one micro-batch: forward + backward, gradients accumulate -------------
+                syncs = index == len(window) - 1
+                with _gradient_sync(accelerator, model, syncs):
+                    loss, metrics = batch_loss_and_metrics(
+                        model, batch, training, nll_token_count=nll_count
+                    )
+                    # accelerate divides by `accumulation`; a short window by its own size
+                    accelerator.backward(loss * (plan.accumulation / len(window)))
+                state.batches_done_in_epoch += 1
+                window_tokens += sizes["tokens"]
+                # logging_nan_inf_filter: a non-finite loss is left out of the logged means
+                keep = torch.isfinite(loss.detach()) if training.logging_nan_inf_filter else None
+                if by_tokens:  # nll_loss: token-weighted, like the term it reports
+                    nll = metrics.pop("nll_loss")
+                    window_means.add(
+                        {"nll_loss": nll}, weight=float(sizes["chosen_tokens"]), keep=keep
+                    )
+                window_means.add(
+                    {"loss": loss.detach(), **metrics}, weight=float(sizes["pairs"]), keep=keep
+                )
             if not accelerator.sync_gradients:
                 raise RuntimeError(
                     "internal error: gradient accumulation out of step with "
@@ -331,9 +431,7 @@ def _train_loop(run: Run, state: TrainerState, tracker: Any, progress: Any) -> d
             run.optimizer.zero_grad(set_to_none=True)
             state.global_step += 1
             epoch_float = state.epoch + state.batches_done_in_epoch / plan.batches_per_epoch
-            batches_left = plan.batches_per_epoch - state.batches_done_in_epoch
-            window_size, in_window = min(plan.accumulation, batches_left), 0
-            end_of_epoch = batches_left == 0
+            end_of_epoch = state.batches_done_in_epoch >= plan.batches_per_epoch
             progress.advance(state.global_step)
             window_seconds += time.perf_counter() - tick
 
@@ -343,7 +441,7 @@ def _train_loop(run: Run, state: TrainerState, tracker: Any, progress: Any) -> d
                 logged = {
                     **window_means.means(accelerator),
                     "learning_rate": float(learning_rate),
-                    "grad_norm": float(grad_norm),
+                    "grad_norm": _as_float(grad_norm),
                     "epoch": round(epoch_float, 4),
                     "tokens/s": _tokens_per_second(accelerator, window_tokens, elapsed),
                 }
@@ -366,6 +464,50 @@ def _train_loop(run: Run, state: TrainerState, tracker: Any, progress: Any) -> d
     if schedule.evaluate_at_end(state):
         last.update(_evaluate(run, state, tracker, progress))
     return last
+
+
+def _step_windows(
+    loader: Any, accumulation: int, batches_left: int
+) -> Iterator[list[tuple[Any, dict[str, int]]]]:
+    """The epoch's remaining micro-batches in groups of `accumulation` (the last may be
+    shorter): one group per optimizer step."""
+    batches = iter(loader)
+    while batches_left > 0:
+        window = list(itertools.islice(batches, min(accumulation, batches_left)))
+        if not window:
+            return
+        batches_left -= len(window)
+        yield window
+
+
+def _gradient_sync(accelerator: Any, model: Any, syncs: bool) -> Any:
+    """Gradients are synchronised (DDP all-reduce, FSDP reduce-scatter, DeepSpeed's optimizer
+    step) on the last micro-batch of a step only. Set here, as HF Trainer sets it, because the
+    window was fetched ahead and accelerate's own counter sees the loader's end too early."""
+    from contextlib import nullcontext
+
+    from accelerate.utils import DistributedType
+
+    accelerator.gradient_state._set_sync_gradients(syncs)
+    if syncs or accelerator.distributed_type == DistributedType.DEEPSPEED:
+        return nullcontext()  # DeepSpeed reads the flag in its backward instead
+    return accelerator.no_sync(model)
+
+
+def _sum_over_processes(accelerator: Any, value: int) -> int:
+    if accelerator.num_processes <= 1:
+        return value
+    import torch
+
+    total = accelerator.reduce(torch.tensor([value], device=accelerator.device), "sum")
+    return int(total.item())
+
+
+def _as_float(value: Any) -> float:
+    """A grad norm as a float (FSDP2 returns a replicated DTensor)."""
+    if hasattr(value, "full_tensor"):
+        value = value.full_tensor()
+    return float(value)
 
 
 def _tokens_per_second(accelerator: Any, tokens: int, seconds: float) -> float:
@@ -397,7 +539,13 @@ def _evaluate(run: Run, state: TrainerState, tracker: Any, progress: Any) -> dic
     from cpo_cli.engine.evaluate import evaluate_model
 
     metrics = ordered_metrics(
-        evaluate_model(run.model, run.eval_loader, run.training, run.accelerator)
+        evaluate_model(
+            run.model,
+            run.eval_loader,
+            run.training,
+            run.accelerator,
+            batches_on_every_process=run.eval_batches_on_every_process,
+        )
     )
     tracker.log(metrics, state.global_step)
     state.log_history.append({"step": state.global_step, **metrics})
@@ -454,6 +602,10 @@ def _save(run: Run, state: TrainerState) -> None:
 
     if state.best_step == state.global_step:
         state.best_checkpoint = str(run.output_dir / f"{PREFIX}{state.global_step}")
+    # the shape of this run, so that a resume elsewhere keeps the data position exact
+    state.num_processes = run.accelerator.num_processes
+    state.per_device_train_batch_size = run.training.per_device_train_batch_size
+    state.batches_per_epoch = run.plan.batches_per_epoch
     path = save_checkpoint(
         run.accelerator,
         run.model,
@@ -462,8 +614,9 @@ def _save(run: Run, state: TrainerState) -> None:
         run.output_dir,
         recipe_yaml=run.recipe_yaml,
         save_only_model=run.training.save_only_model,
+        save_on_each_node=run.training.save_on_each_node,
     )
-    if run.accelerator.is_main_process:
+    if _writes_files(run):
         rotate_checkpoints(
             run.output_dir, run.training.save_total_limit, keep=state.best_checkpoint
         )
@@ -483,10 +636,7 @@ def _finish(run: Run, state: TrainerState, last: dict[str, float]) -> dict[str, 
     accelerator = run.accelerator
     accelerator.wait_for_everyone()
     if run.training.load_best_model_at_end and state.best_checkpoint:
-        load_model_weights(
-            accelerator.unwrap_model(run.model, keep_torch_compile=False),
-            Path(state.best_checkpoint),
-        )
+        load_best_weights(accelerator, run.model, Path(state.best_checkpoint))
         console.info(
             f"loaded the best model ({best_metric_name(run.training)}="
             f"{state.best_metric:.4g}) from {state.best_checkpoint}"
@@ -497,8 +647,14 @@ def _finish(run: Run, state: TrainerState, last: dict[str, float]) -> dict[str, 
     # written beside the output first and moved in file by file, so an interrupt never leaves
     # a half-written model.safetensors in output_dir
     staging = run.output_dir / ".tmp-final"
-    save_model(accelerator, model, run.tokenizer, staging)
-    if accelerator.is_main_process:
+    save_model(
+        accelerator,
+        model,
+        run.tokenizer,
+        staging,
+        save_on_each_node=run.training.save_on_each_node,
+    )
+    if _writes_files(run):
         (staging / "recipe.yaml").write_text(run.recipe_yaml, encoding="utf-8")
         for file in sorted(staging.iterdir()):
             os.replace(file, run.output_dir / file.name)
@@ -508,7 +664,7 @@ def _finish(run: Run, state: TrainerState, last: dict[str, float]) -> dict[str, 
 
 
 def _write_summary(run: Run, result: TrainResult) -> None:
-    if not run.accelerator.is_main_process:
+    if not _writes_files(run):
         return
     summary = {
         "global_step": result.global_step,
@@ -522,7 +678,7 @@ def _write_summary(run: Run, result: TrainResult) -> None:
 def _interrupted(run: Run, state: TrainerState) -> TrainingInterrupted:
     import shutil
 
-    if run.accelerator.is_main_process and run.output_dir.is_dir():
+    if _writes_files(run) and run.output_dir.is_dir():
         for partial in run.output_dir.glob(".tmp-*"):
             shutil.rmtree(partial, ignore_errors=True)
     last = latest_checkpoint(run.output_dir)

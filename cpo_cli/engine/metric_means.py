@@ -1,5 +1,5 @@
-"""Pair-weighted running means of scalar metrics, summed on the device: what the training loop
-logs every `logging_steps` and what evaluation reports."""
+"""Weighted running means of scalar metrics (by pairs; `nll_loss` by chosen tokens), summed on
+the device: what the training loop logs every `logging_steps` and what evaluation reports."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Any
 
 
 class MetricMeans:
-    """Running pair-weighted sums of scalar metrics.
+    """Running weighted sums of scalar metrics (weights per metric: pairs for most, chosen
+    tokens for a token-weighted `nll_loss`).
 
     Tensor metrics are summed on their own device and read once, in `means()`: adding a
     micro-batch's metrics never waits for the device (no `.item()` per step on a GPU). Only
@@ -16,23 +17,26 @@ class MetricMeans:
 
     def __init__(self) -> None:
         self.sums: dict[str, Any] = {}
-        self.weight: Any = 0.0
+        self.weights: dict[str, Any] = {}
 
     def add(self, metrics: dict[str, Any], weight: float, *, keep: Any = None) -> None:
-        """Add one batch's metrics with `weight` (its pair count). `keep`, a 0-dim bool tensor,
-        drops the batch when False (`logging_nan_inf_filter`) without a host sync."""
+        """Add one batch's metrics with `weight` (e.g. its pair count). `keep`, a 0-dim bool
+        tensor, drops the batch when False (`logging_nan_inf_filter`) without a host sync."""
+        counted = weight if keep is None else _where(keep, float(weight))
         for key, value in metrics.items():
             term = _weighted(value, weight)
             if keep is not None:
                 term = _where(keep, term)
             self.sums[key] = self.sums.get(key, 0.0) + term
-        self.weight = self.weight + (weight if keep is None else _where(keep, float(weight)))
+            self.weights[key] = self.weights.get(key, 0.0) + counted
 
     def means(self, accelerator: Any = None) -> dict[str, float]:
         import torch
 
         keys = sorted(self.sums)
-        entries = [self.sums[k] for k in keys] + [self.weight]
+        entries = [self.sums[k] for k in keys] + [self.weights[k] for k in keys]
+        if not entries:
+            entries = [0.0]  # every process takes part in the reduction, even with no data
         device = accelerator.device if accelerator is not None else None
         device = device or next((e.device for e in entries if torch.is_tensor(e)), None)
         dtype = _sum_dtype(device)
@@ -42,14 +46,16 @@ class MetricMeans:
         if accelerator is not None and accelerator.num_processes > 1:
             values = accelerator.reduce(values, "sum")
         host = values.tolist()  # the one device-to-host copy
-        total = host[-1]
-        if total == 0:
-            return {}
-        return {k: v / total for k, v in zip(keys, host[:-1], strict=True)}
+        n = len(keys)
+        return {
+            k: total / weight
+            for k, total, weight in zip(keys, host[:n], host[n : 2 * n], strict=True)
+            if weight != 0
+        }
 
     def reset(self) -> None:
         self.sums.clear()
-        self.weight = 0.0
+        self.weights.clear()
 
 
 def _weighted(value: Any, weight: float) -> Any:

@@ -25,13 +25,23 @@ def effective_cpo_alpha(training: TrainingConfig) -> float:
 
 
 def batch_loss_and_metrics(
-    model: nn.Module, batch: dict[str, torch.Tensor], training: TrainingConfig
+    model: nn.Module,
+    batch: dict[str, torch.Tensor],
+    training: TrainingConfig,
+    *,
+    nll_token_count: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(loss to differentiate, detached scalar metrics) for one `collate_pairs` batch.
 
     Metrics are keyed by `cpo_cli.metric_names.PAIR_METRICS`, exactly as TRL logs them, and
     are means over this batch's pairs; `nll_loss` is 0 when the NLL term is off, as in TRL.
     `logits/*` are defined in `cpo_cli.engine.forward` (answer-predicting positions).
+
+    The NLL term divides this batch's summed chosen-token NLL by its own chosen-token count
+    (TRL's per-micro-batch mean), or by `nll_token_count` when given: the loop passes the
+    optimizer step's count scaled so that, after accumulation and the mean over processes,
+    the term is one token-weighted mean over the whole step (`nll_step_denominator`). The
+    `nll_loss` metric is always this batch's own token mean.
     """
     import torch
 
@@ -55,9 +65,16 @@ def batch_loss_and_metrics(
 
     cpo_alpha = effective_cpo_alpha(training)
     nll = out.chosen_nll() if cpo_alpha != 0 else torch.zeros((), device=logps.device)
+    nll_term = nll
+    if cpo_alpha != 0 and nll_token_count is not None:
+        nll_term = -out.logps[:b].sum() / nll_token_count
     aux_coef = float(getattr(model_config(model), "router_aux_loss_coef", 0.0) or 0.0)
     loss = total_loss(
-        pair_losses, nll=nll, cpo_alpha=cpo_alpha, aux_loss=out.aux_loss, aux_loss_coef=aux_coef
+        pair_losses,
+        nll=nll_term,
+        cpo_alpha=cpo_alpha,
+        aux_loss=out.aux_loss,
+        aux_loss_coef=aux_coef,
     )
 
     with torch.no_grad():
@@ -76,3 +93,22 @@ def batch_loss_and_metrics(
             "nll_loss": nll.detach(),
         }
     return loss, metrics
+
+
+def token_weighted_nll(training: TrainingConfig) -> bool:
+    """`average_tokens_across_devices` (true by default): the NLL term is one token-weighted
+    mean over the optimizer step; false/None: TRL's mean per micro-batch."""
+    return bool(training.average_tokens_across_devices) and effective_cpo_alpha(training) != 0
+
+
+def nll_step_denominator(step_chosen_tokens: int, micro_batches: int, processes: int) -> float:
+    """What each micro-batch divides its summed chosen NLL by so that the step's gradient is
+    that of Σ NLL / step_chosen_tokens.
+
+    The loop's backward averages micro-batch losses over the `micro_batches` of the window and
+    (DDP/FSDP/ZeRO) over `processes`, so each micro-batch contributes
+    Σ_mb NLL / denominator / (micro_batches · processes); with
+    denominator = step_chosen_tokens / (micro_batches · processes) the sum over the step is
+    Σ NLL / step_chosen_tokens.
+    """
+    return max(step_chosen_tokens, 1) / (micro_batches * processes)

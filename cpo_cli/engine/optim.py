@@ -47,7 +47,9 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[s
     for _, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (decay if param.ndim >= 2 else no_decay).append(param)
+        # a ZeRO-3 parameter is an empty placeholder; its real shape is `ds_shape`
+        ndim = len(getattr(param, "ds_shape", param.shape))
+        (decay if ndim >= 2 else no_decay).append(param)
     groups = [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
