@@ -18,6 +18,8 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -141,9 +143,26 @@ def save_model(
         directory.mkdir(parents=True, exist_ok=True)
         unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
         # transformers 5 always writes safetensors (save_safetensors=false cannot be honoured)
-        unwrapped.save_pretrained(str(directory), state_dict=state_dict)
+        with _writes_on_this_rank(unwrapped, accelerator.is_main_process):
+            unwrapped.save_pretrained(str(directory), state_dict=state_dict)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(directory))
+
+
+@contextmanager
+def _writes_on_this_rank(model: Any, is_main_process: bool) -> Iterator[None]:
+    """transformers 5's `save_pretrained` writes only on global rank 0 whatever its
+    `is_main_process` says (`should_save_on_this_rank`). With `save_on_each_node` the first
+    process of every machine must write: for this one call, on this one model object, it is
+    told so (an instance attribute shadowing the method, removed afterwards)."""
+    if is_main_process or not hasattr(model, "should_save_on_this_rank"):
+        yield
+        return
+    model.should_save_on_this_rank = lambda is_main_process: is_main_process
+    try:
+        yield
+    finally:
+        del model.should_save_on_this_rank
 
 
 def _owns_model_weights(accelerator: Accelerator) -> bool:

@@ -238,19 +238,49 @@ def deepspeed_config(request: DeepSpeedRequest, training: TrainingConfig) -> dic
 def deepspeed_plugin(request: DeepSpeedRequest, training: TrainingConfig) -> Any:
     from accelerate.utils import DeepSpeedPlugin
 
+    _require_deepspeed(request.source)
+    return DeepSpeedPlugin(
+        hf_ds_config=deepspeed_config(request, training), zero3_init_flag=request.stage == 3
+    )
+
+
+def launcher_deepspeed_plugin(training: TrainingConfig) -> Any:
+    """DeepSpeed as the launcher's accelerate config asks for it, with the values cpo owns
+    (micro-batch, accumulation, clipping, precision) checked against the recipe and filled in:
+    left to accelerate, an "auto" clipping would become 1.0 and an accumulation from the
+    config would silently replace the recipe's."""
+    from accelerate.utils import DeepSpeedPlugin
+
+    from cpo_cli.recipe.distributed import DeepSpeedRequest, check_deepspeed_config
+
+    _require_deepspeed("the launcher's accelerate config")
+    plugin = DeepSpeedPlugin()  # what accelerate builds from the launcher's settings
+    config = plugin.deepspeed_config
+    errors: list[str] = []
+    where = "the accelerate config's DeepSpeed settings (deepspeed_config)"
+    stage = check_deepspeed_config(config, training, where, errors)
+    if errors:
+        raise RecipeError("recipe", errors)
+    filled = deepspeed_config(DeepSpeedRequest(config, where, stage), training)
+    # in place: accelerate reads this very mapping when it prepares the engine (a new plugin
+    # would trip its check against mixing an accelerate config with a DeepSpeed file)
+    config.clear()
+    config.update(filled)
+    plugin.gradient_accumulation_steps = filled["gradient_accumulation_steps"]
+    plugin.gradient_clipping = filled["gradient_clipping"]
+    return plugin
+
+
+def _require_deepspeed(who: str) -> None:
     try:
         import deepspeed  # noqa: F401
     except ImportError as exc:
         from cpo_cli.errors import DependencyMissingError
 
         raise DependencyMissingError(
-            "training.deepspeed is set but the deepspeed package is not installed",
+            f"{who} asks for DeepSpeed but the deepspeed package is not installed",
             hint="pip install deepspeed (or pip install 'cpo-cli[deepspeed]')",
         ) from exc
-    return DeepSpeedPlugin(
-        hf_ds_config=deepspeed_config(request, training),
-        zero3_init_flag=request.stage == 3,
-    )
 
 
 def kwargs_handlers(training: TrainingConfig) -> list[Any]:
@@ -291,6 +321,8 @@ def build_accelerator(training: TrainingConfig) -> tuple[Any, LauncherRequest, R
         options["fsdp_plugin"] = fsdp_plugin(request.fsdp)
     if request.deepspeed is not None:
         options["deepspeed_plugin"] = deepspeed_plugin(request.deepspeed, training)
+    elif os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        options["deepspeed_plugin"] = launcher_deepspeed_plugin(training)
 
     # accelerate keeps its settings in process-wide singletons: a second run in the same
     # process (a notebook, the tests, `cpo eval` after training) must be free to pick another
@@ -332,6 +364,20 @@ def _has_accelerator_device() -> bool:
         or torch.backends.mps.is_available()
         or (xpu is not None and xpu.is_available())
     )
+
+
+def reshard(model: Any) -> None:
+    """Free the parameters FSDP2 keeps gathered after a forward without a backward (the layout
+    probe, evaluation). accelerate does not reshard the root and the final-norm/LM-head unit
+    after their forward (they are needed again at the start of the backward); left gathered,
+    they break loading a FULL_STATE_DICT checkpoint ("mixed torch.Tensor and DTensor")."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch without FSDP2
+        return
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
 
 
 # --------------------------------------------------------------------------- what runs

@@ -123,7 +123,12 @@ def build_run(loaded: LoadedRecipe) -> Run:
         load_datasets,
         loader_settings,
     )
-    from cpo_cli.engine.distributed import build_accelerator, count_machines, run_shape
+    from cpo_cli.engine.distributed import (
+        build_accelerator,
+        count_machines,
+        reshard,
+        run_shape,
+    )
     from cpo_cli.engine.model import build_model, build_tokenizer, is_encoder_decoder_model
     from cpo_cli.engine.optim import build_optimizer, build_scheduler
     from cpo_cli.engine.ranks import on_every_process, reduce_max
@@ -169,6 +174,7 @@ def build_run(loaded: LoadedRecipe) -> Run:
 
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     layout.value = choose_batch_layout(model, training, is_encoder_decoder=encoder_decoder)
+    reshard(model)  # the probe ran a forward without a backward
     with on_every_process(accelerator):
         plan = build_plan(len(train_loader), training)
         # the schedule counts optimizer steps; it is stepped by hand, once per optimizer step
@@ -536,6 +542,7 @@ def _log(
 
 
 def _evaluate(run: Run, state: TrainerState, tracker: Any, progress: Any) -> dict[str, float]:
+    from cpo_cli.engine.distributed import reshard
     from cpo_cli.engine.evaluate import evaluate_model
 
     metrics = ordered_metrics(
@@ -547,6 +554,7 @@ def _evaluate(run: Run, state: TrainerState, tracker: Any, progress: Any) -> dic
             batches_on_every_process=run.eval_batches_on_every_process,
         )
     )
+    reshard(run.model)  # forwards without a backward
     tracker.log(metrics, state.global_step)
     state.log_history.append({"step": state.global_step, **metrics})
     progress.show_metrics(state.global_step, metrics)

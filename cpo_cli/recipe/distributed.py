@@ -269,26 +269,33 @@ def _fsdp_value(kind: str, value: Any, where: str, errors: list[str]) -> Any:
 
 
 def parse_deepspeed(training: TrainingConfig, errors: list[str]) -> DeepSpeedRequest | None:
-    """The DeepSpeed config the recipe names (None: none). Values that cpo takes from other
-    recipe fields must be "auto" or agree with them; `optimizer`/`scheduler` sections are
-    refused, because cpo builds those from `optim` and `lr_scheduler_type`."""
+    """The DeepSpeed config the recipe names (None: none), checked by `check_deepspeed_config`."""
     config = _json_object(training.deepspeed, "deepspeed", errors)
     if config is None:
         return None
     inline = isinstance(training.deepspeed, dict)
     source = "training.deepspeed" if inline else str(training.deepspeed)
+    stage = check_deepspeed_config(config, training, "training.deepspeed", errors)
+    return DeepSpeedRequest(config=config, source=source, stage=stage)
+
+
+def check_deepspeed_config(
+    config: dict[str, Any], training: TrainingConfig, where: str, errors: list[str]
+) -> int:
+    """Check a DeepSpeed config against the recipe (the recipe's own `deepspeed`, or the one an
+    `accelerate launch` config brings) and return its ZeRO stage. Values that cpo takes from
+    other recipe fields must be "auto" or agree with them; `optimizer`/`scheduler` sections are
+    refused, because cpo builds those from `optim` and `lr_scheduler_type`."""
     for section, owner in (("optimizer", "optim"), ("scheduler", "lr_scheduler_type")):
         if section in config:
             errors.append(
-                f"training.deepspeed: the {section!r} section is not supported; cpo builds the "
-                f"{section} from training.{owner} (remove the section from {source})"
+                f"{where}: the {section!r} section is not supported; cpo builds the "
+                f"{section} from training.{owner} (remove the section)"
             )
     zero = config.get("zero_optimization") or {}
     stage = zero.get("stage", 0) if isinstance(zero, dict) else None
     if stage not in (0, 1, 2, 3):
-        errors.append(
-            f"training.deepspeed: zero_optimization.stage is {stage!r}; expected 0, 1, 2 or 3"
-        )
+        errors.append(f"{where}: zero_optimization.stage is {stage!r}; expected 0, 1, 2 or 3")
         stage = 0
     must_agree = {
         "train_micro_batch_size_per_gpu": (
@@ -305,7 +312,7 @@ def parse_deepspeed(training: TrainingConfig, errors: list[str]) -> DeepSpeedReq
         given = config.get(key, "auto")
         if given != "auto" and given != value:
             errors.append(
-                f"training.deepspeed: {key} is {given!r} but training.{field_name} is "
+                f"{where}: {key} is {given!r} but training.{field_name} is "
                 f'{value!r}; set it to "auto" (cpo fills it in) or make them agree'
             )
     for section, field_name in (("fp16", "fp16"), ("bf16", "bf16"), ("bfloat16", "bf16")):
@@ -313,16 +320,16 @@ def parse_deepspeed(training: TrainingConfig, errors: list[str]) -> DeepSpeedReq
         wanted = bool(getattr(training, field_name))
         if enabled != "auto" and bool(enabled) != wanted:
             errors.append(
-                f"training.deepspeed: {section}.enabled is {enabled!r} but training."
+                f"{where}: {section}.enabled is {enabled!r} but training."
                 f'{field_name} is {wanted}; set it to "auto" or make them agree'
             )
     if stage == 3 and zero.get("stage3_gather_16bit_weights_on_model_save") is False:
         errors.append(
-            "training.deepspeed: ZeRO-3 with stage3_gather_16bit_weights_on_model_save false "
+            f"{where}: ZeRO-3 with stage3_gather_16bit_weights_on_model_save false "
             "cannot write the Hugging Face model folder cpo saves at every checkpoint and at "
             "the end; set it to true (or leave it out)"
         )
-    return DeepSpeedRequest(config=config, source=source, stage=int(stage))
+    return int(stage)
 
 
 def check_distributed(training: TrainingConfig, errors: list[str], warnings: list[str]) -> None:
