@@ -27,9 +27,22 @@ def train(
         ),
     ] = None,
     quiet: Quiet = False,
+    launch: Annotated[
+        int | None,
+        typer.Option(
+            "--launch",
+            min=1,
+            help="Start N processes on this machine with torchrun (`torchrun --standalone "
+            "--nproc_per_node N -m cpo_cli train ...`), e.g. DDP over CPU processes or one "
+            "process per GPU. For several machines use torchrun or accelerate launch "
+            "directly (docs/distributed.md).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Train a model with CPO from a recipe: checkpoints, metrics.jsonl and the final model go to
-    training.output_dir. Works under `accelerate launch -m cpo_cli train RECIPE`."""
+    training.output_dir. Works under `accelerate launch -m cpo_cli train RECIPE` and `torchrun
+    -m cpo_cli train RECIPE`."""
     from cpo_cli.recipe.loader import load_recipe
 
     if quiet:  # `cpo train R --quiet` as well as `cpo --quiet train R`
@@ -41,6 +54,8 @@ def train(
         # file, so the first of each machine reports it
         err.scope = "node"
         raise
+    if launch is not None:
+        hand_off_to_torchrun(launch, recipe, overrides or [], quiet=quiet)
     for warning in loaded.warnings:
         console.warn(warning)
     from cpo_cli.engine.loop import train as run_training  # imports torch: only now
@@ -57,6 +72,40 @@ def train(
 
         url = push_final(result.output_dir, training, cpo_version=__version__)
         console.result(f"pushed {result.output_dir} to the Hub: {url}", markup=False)
+
+
+def torchrun_command(
+    processes: int, recipe: Path, overrides: list[str], *, quiet: bool
+) -> list[str]:
+    """The torchrun command `--launch N` runs: this Python, one machine, a free port."""
+    import sys
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc_per_node", str(processes), "-m", "cpo_cli", "train", str(recipe)]
+    return [*command, *overrides, *(["--quiet"] if quiet else [])]
+
+
+def hand_off_to_torchrun(
+    processes: int, recipe: Path, overrides: list[str], *, quiet: bool
+) -> None:
+    """Replace this process with torchrun (no process management of our own: torchrun starts,
+    watches and stops the workers, and its exit code is the command's)."""
+    import os
+
+    from cpo_cli.errors import UsageError
+
+    if "WORLD_SIZE" in os.environ:
+        raise UsageError(
+            "--launch: this process was itself started by a distributed launcher "
+            f"(WORLD_SIZE={os.environ['WORLD_SIZE']}); drop --launch"
+        )
+    command = torchrun_command(processes, recipe, overrides, quiet=quiet)
+    console.info(f"launching: {' '.join(command[1:])}")
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(command[0], command)
 
 
 def summary_table(result: TrainResult) -> Table:
