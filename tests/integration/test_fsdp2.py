@@ -23,7 +23,14 @@ def test_fsdp2_gives_the_unsharded_logps_and_gradients(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "fsdp2.json"
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    launcher = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+    ]
     proc = subprocess.run(
         [*launcher, str(WORKER), str(tiny_model_dir), str(out)],
         capture_output=True,

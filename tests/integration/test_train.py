@@ -148,6 +148,30 @@ def test_gradient_accumulation_matches_a_larger_batch(
     assert [r["loss"] for r in big] == pytest.approx([r["loss"] for r in acc], rel=1e-5)
 
 
+def test_the_nll_term_is_one_token_mean_over_the_optimizer_step(
+    tiny_model_dir: Path, tmp_path: Path, demo_train_path: Path
+) -> None:
+    """With the NLL term on (cpo_alpha 1) and `average_tokens_across_devices` (the default),
+    2 micro-batches of 2 pairs give the same step as one batch of 4: the NLL is weighted by
+    chosen tokens over the whole step. TRL's per-micro-batch mean (false) does not."""
+    common = {"max_steps": 3, "cpo_alpha": 1.0, "optim": "sgd", "learning_rate": 0.5}
+    shapes = {
+        "big": {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 1},
+        "acc": {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 2},
+    }
+    for name, shape in shapes.items():
+        run(make_recipe(tiny_model_dir, tmp_path / name, demo_train_path, **shape, **common))
+    assert max_abs_diff(weights(tmp_path / "big"), weights(tmp_path / "acc")) < 1e-5
+    big = read_jsonl(tmp_path / "big" / "metrics.jsonl")
+    acc = read_jsonl(tmp_path / "acc" / "metrics.jsonl")
+    for key in ("loss", "nll_loss"):
+        assert [r[key] for r in big] == pytest.approx([r[key] for r in acc], rel=1e-5), key
+
+    trl = {**shapes["acc"], **common, "average_tokens_across_devices": False}
+    run(make_recipe(tiny_model_dir, tmp_path / "trl", demo_train_path, **trl))
+    assert max_abs_diff(weights(tmp_path / "big"), weights(tmp_path / "trl")) > 1e-4
+
+
 def test_a_short_last_window_is_averaged_over_its_own_batches(
     tiny_model_dir: Path, tmp_path: Path, demo_train_path: Path
 ) -> None:

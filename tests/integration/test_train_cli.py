@@ -191,7 +191,14 @@ def test_two_processes(tiny_model_dir: Path, demo_train_path: Path, tmp_path: Pa
         save_steps=2,
         per_device_train_batch_size=2,
     )
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    launcher = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+    ]
     done = cpo_process("train", str(recipe), launcher=launcher)
     assert done.exit_code == 0, done.stderr[-3000:]
     assert done.stdout.count("model saved to") == 1
@@ -209,7 +216,7 @@ def test_two_process_evaluation_scores_each_pair_once(
     tiny_model_dir: Path, demo_train_path: Path, demo_eval_path: Path, tmp_path: Path
 ) -> None:
     """5 eval pairs over 2 processes (3 + 2, batches of 2): the per-pair means equal one
-    process's (cpo_alpha 0: the NLL term is a token mean per batch, so it depends on batching)."""
+    process's, the NLL term too (one token-weighted mean over every evaluated pair)."""
     results = {}
     for processes in (1, 2):
         out = tmp_path / f"out{processes}"
@@ -220,7 +227,7 @@ def test_two_process_evaluation_scores_each_pair_once(
             demo_train_path,
             max_steps=1,
             learning_rate=0.0,
-            cpo_alpha=0.0,
+            cpo_alpha=1.0,
             eval_strategy="steps",
             eval_steps=1,
             eval_on_start=True,
@@ -228,12 +235,20 @@ def test_two_process_evaluation_scores_each_pair_once(
             eval=demo_eval_path,
             eval_rows=5,
         )
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+        launcher = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+        ]
         done = cpo_process("train", str(recipe), launcher=launcher if processes == 2 else None)
         assert done.exit_code == 0, done.stderr[-3000:]
         records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
         results[processes] = next(r for r in records if "eval_loss" in r)
-    for key in ("eval_loss", "eval_rewards/accuracies", "eval_logps/chosen", "eval_logps/rejected"):
+    keys = ("eval_loss", "eval_nll_loss", "eval_rewards/accuracies", "eval_logps/chosen")
+    for key in keys:
         assert results[2][key] == pytest.approx(results[1][key], rel=1e-5), key
 
 

@@ -347,3 +347,32 @@ def test_step_wide_token_weighting_by_hand() -> None:
     assert step_value == pytest.approx(27 / 20)
     per_micro_batch_mean = sum(s / t for s, t in zip(nll_sums, tokens, strict=True)) / 4
     assert per_micro_batch_mean != pytest.approx(27 / 20)  # TRL's mean differs here
+
+
+# --------------------------------------------------------------------------- cpo train --launch
+
+
+def test_launch_hands_off_to_torchrun_with_the_same_arguments() -> None:
+    import sys
+    from pathlib import Path
+
+    from cpo_cli.commands.train import torchrun_command
+
+    command = torchrun_command(2, Path("r.yaml"), ["training.beta=0.2"], quiet=True)
+    assert command == [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "cpo_cli", "train", "r.yaml", "training.beta=0.2", "--quiet",
+    ]  # fmt: skip
+
+
+def test_launch_inside_a_launched_process_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: object
+) -> None:
+    from pathlib import Path
+
+    from cpo_cli.commands.train import hand_off_to_torchrun
+    from cpo_cli.errors import UsageError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(UsageError, match="drop --launch"):
+        hand_off_to_torchrun(2, Path(str(tmp_path)) / "r.yaml", [], quiet=False)
