@@ -108,18 +108,27 @@ class Result:
 
 
 def cpo_process(
-    *args: str, cwd: Path = REPO, launcher: list[str] | None = None, timeout: int = 600
+    *args: str,
+    cwd: Path = REPO,
+    launcher: list[str] | None = None,
+    timeout: int = 600,
+    env: dict[str, str] | None = None,
+    script: Path | None = None,
 ) -> Result:
     """`python -m cpo_cli ARGS` in a child process (under `launcher`, e.g. torchrun, when
-    given), offline and without colour: for launchers, signals and the real start-up path."""
+    given), offline and without colour: for launchers, signals and the real start-up path.
+    `env` adds variables; `script` runs that file instead of the `cpo_cli` module (a
+    launcher's target that wraps the CLI)."""
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
         "HF_HUB_DISABLE_TELEMETRY": "1",
         "TRL_EXPERIMENTAL_SILENCE": "1",
         "NO_COLOR": "1",
+        **(env or {}),
     }
-    command = [*(launcher or [sys.executable]), "-m", "cpo_cli", *args]
+    target = [str(script)] if script is not None else ["-m", "cpo_cli"]
+    command = [*(launcher or [sys.executable]), *target, *args]
     done = subprocess.run(
         command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
     )

@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from support import REPO, Result, cpo_process, write_recipe
 
-REPO = Path(__file__).resolve().parents[2]
 SHIM = Path(__file__).with_name("cpu_sharding_shim.py")
 STEPS = 3
 #: 1 process x 4 pairs x 2 micro-batches == 2 processes x 2 pairs x 2 micro-batches
@@ -38,8 +37,8 @@ pytestmark = pytest.mark.distributed
 
 
 def recipe_file(path: Path, model_dir: Path, train: Path, out: Path, **training: Any) -> Path:
+    """A 3-step run on 24 demo pairs saving at step 2 (the shared recipe writer)."""
     settings = {
-        "output_dir": str(out),
         "max_steps": STEPS,
         "learning_rate": 1e-3,
         "logging_steps": 1,
@@ -48,59 +47,24 @@ def recipe_file(path: Path, model_dir: Path, train: Path, out: Path, **training:
         "report_to": "none",
         **training,
     }
-    recipe = {
-        "model": {"name_or_path": str(model_dir)},
-        "data": {"train": {"path": str(train), "max_rows": 24}},
-        "training": settings,
-    }
-    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
-    return path
+    return write_recipe(path, model_dir, train=train, out=out, train_rows=24, **settings)
 
 
-def base_env(cache: Path, **extra: str) -> dict[str, str]:
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "HF_HUB_DISABLE_TELEMETRY": "1",
-        "NO_COLOR": "1",
-        "CPO_CACHE": str(cache),
-        "DS_ACCELERATOR": "cpu",
-        **extra,
-    }
-    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "ACCELERATE_USE_FSDP"):
-        env.pop(key, None)
-    return env
+#: what `cpo_process` sets, for the processes started here directly
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "NO_COLOR": "1"}
 
 
-def torchrun(
-    args: list[str],
-    env: dict[str, str],
-    *,
-    shim: bool = False,
-    processes: int = 2,
-    launcher: list[str] | None = None,
-    timeout: int = 600,
-) -> subprocess.CompletedProcess[str]:
-    run = launcher or ["--standalone", "--nproc_per_node", str(processes)]
-    target = [str(SHIM)] if shim else ["-m", "cpo_cli"]
-    command = [sys.executable, "-m", "torch.distributed.run", *run, *target, *args]
-    return subprocess.run(
-        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )
+def extra_env(cache: Path, **more: str) -> dict[str, str]:
+    """A private data cache; DeepSpeed told it runs on the CPU (it would log its guess)."""
+    return {"CPO_CACHE": str(cache), "DS_ACCELERATOR": "cpu", **more}
 
 
-def cpo(
-    args: list[str], env: dict[str, str], timeout: int = 600
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cpo_cli", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
+def torchrun(args: list[str], env: dict[str, str], *, shim: bool = False) -> Result:
+    """Two processes on this machine (a free port), through the sharding shim when asked."""
+    return cpo_process(*args, launcher=TORCHRUN, env=env, script=SHIM if shim else None)
 
 
 def accelerate_worker_env(config_file: Path, processes: int) -> dict[str, str]:
@@ -159,8 +123,8 @@ def one_process(
     recipe = recipe_file(
         folder / "r.yaml", tiny_model_dir, demo_train_path, folder / "out", **REFERENCE
     )
-    done = cpo(["train", str(recipe)], base_env(cache))
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = cpo_process("train", str(recipe), env=extra_env(cache))
+    assert done.exit_code == 0, done.stderr[-3000:]
     return folder / "out"
 
 
@@ -197,7 +161,7 @@ def test_two_processes_train_resume_and_match_one_process(
     if "zero" in mode:
         pytest.importorskip("deepspeed")
     additions, config, shown = MODES[mode]
-    env = base_env(cache)
+    env = extra_env(cache)
     if config is not None:
         env.update(accelerate_worker_env(REPO / "configs" / "accelerate" / config, 2))
     out = tmp_path / "out"
@@ -210,10 +174,10 @@ def test_two_processes_train_resume_and_match_one_process(
         **additions,
     )
     if mode == "ddp":  # plain DDP needs no shim: `cpo train --launch 2` hands off to torchrun
-        done = cpo(["train", str(recipe), "--launch", "2"], env)
+        done = cpo_process("train", str(recipe), "--launch", "2", env=env)
     else:
         done = torchrun(["train", str(recipe)], env, shim=True)
-    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.exit_code == 0, done.stderr[-4000:]
     line = start_up_line(done.stdout)
     assert line.startswith("run: 2 processes on 1 machine | ")
     assert shown in line
@@ -253,7 +217,7 @@ def test_two_processes_train_resume_and_match_one_process(
         done = torchrun(["train", str(again)], env)
     else:
         done = torchrun(["train", str(again)], env, shim=True)
-    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.exit_code == 0, done.stderr[-4000:]
     assert f"resumed from {resumed / 'checkpoint-2'} (step 2)" in done.stdout
     assert max_diff(weights(resumed), final) < 1e-7
 
@@ -271,8 +235,8 @@ def test_an_error_on_rank_1_reaches_the_user(
         tmp_path / "rank${oc.env:RANK}" / "train.jsonl",
         tmp_path / "out",
     )
-    done = torchrun(["train", str(recipe)], base_env(cache), timeout=300)
-    assert done.returncode == 1
+    done = torchrun(["train", str(recipe)], extra_env(cache))
+    assert done.exit_code == 1
     errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     assert errors == [
         f"error: [rank 1 on {socket.gethostname()}] dataset file not found: "
@@ -319,7 +283,7 @@ def test_save_on_each_node_writes_everything_on_both_machines(
                 subprocess.Popen(
                     [*command, *args],
                     cwd=REPO,
-                    env=base_env(cache, NODE_DISK=str(disk)),
+                    env={**os.environ, **OFFLINE, **extra_env(cache, NODE_DISK=str(disk))},
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
                     text=True,
@@ -363,8 +327,8 @@ def test_resume_on_one_process_keeps_the_data_position(
     one-process run ends. A batch that no whole number of micro-batches fits is refused."""
     out = tmp_path / "two"
     recipe = recipe_file(tmp_path / "r.yaml", tiny_model_dir, demo_train_path, out, **TWO_PROCESSES)
-    done = torchrun(["train", str(recipe)], base_env(cache))
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = torchrun(["train", str(recipe)], extra_env(cache))
+    assert done.exit_code == 0, done.stderr[-3000:]
     resumed = tmp_path / "resumed"
     resumed.mkdir()
     shutil.copytree(out / "checkpoint-2", resumed / "checkpoint-2")
@@ -375,12 +339,12 @@ def test_resume_on_one_process_keeps_the_data_position(
         "training.resume_from_checkpoint=last",
     ]
 
-    refused = cpo([*resume, "training.per_device_train_batch_size=3"], base_env(cache))
-    assert refused.returncode == 1
+    refused = cpo_process(*resume, "training.per_device_train_batch_size=3", env=extra_env(cache))
+    assert refused.exit_code == 1
     assert "16 pairs into its epoch" in refused.stderr and "Traceback" not in refused.stderr
 
-    done = cpo([*resume, "training.per_device_train_batch_size=4"], base_env(cache))
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = cpo_process(*resume, "training.per_device_train_batch_size=4", env=extra_env(cache))
+    assert done.exit_code == 0, done.stderr[-3000:]
     assert "warning: resuming with 1 process x 4 pairs per micro-batch" in done.stderr
     assert max_diff(weights(resumed), weights(one_process)) < WEIGHT_TOL
     assert losses(resumed)[-1] == pytest.approx(losses(one_process)[-1], rel=1e-5)
@@ -409,7 +373,7 @@ def test_accelerate_launch_that_starts_one_process_says_so(
     done = subprocess.run(
         command,
         cwd=REPO,
-        env=base_env(cache),
+        env={**os.environ, **OFFLINE, **extra_env(cache)},
         capture_output=True,
         text=True,
         timeout=600,
@@ -434,14 +398,14 @@ def test_deepspeed_batch_settings_that_contradict_the_recipe_are_refused(
     recipe = recipe_file(
         tmp_path / "r.yaml", tiny_model_dir, demo_train_path, tmp_path / "out", **TWO_PROCESSES
     )
-    env = base_env(
+    env = extra_env(
         cache,
         ACCELERATE_USE_DEEPSPEED="true",
         ACCELERATE_DEEPSPEED_ZERO_STAGE="2",
         ACCELERATE_GRADIENT_ACCUMULATION_STEPS="4",
     )
-    done = cpo(["train", str(recipe)], env)
-    assert done.returncode == 1
+    done = cpo_process("train", str(recipe), env=env)
+    assert done.exit_code == 1
     assert (
         "the accelerate config's DeepSpeed settings (deepspeed_config): gradient_accumulation_steps"
         " is 4 but training.gradient_accumulation_steps is 2" in done.stderr

@@ -19,8 +19,8 @@ from cpo_cli.engine.distributed import (
     read_launcher,
     recipe_request,
 )
+from cpo_cli.engine.objective import nll_step_denominator
 from cpo_cli.engine.ranks import Failure, ProcessFailures, _spans, on_every_process
-from cpo_cli.engine.step import nll_step_denominator
 from cpo_cli.errors import CheckpointError, DataError, RecipeError
 from cpo_cli.recipe import TrainingConfig
 
