@@ -222,6 +222,9 @@ def deepspeed_config(request: DeepSpeedRequest, training: TrainingConfig) -> dic
     config["train_micro_batch_size_per_gpu"] = training.per_device_train_batch_size
     config["gradient_accumulation_steps"] = training.gradient_accumulation_steps
     config["gradient_clipping"] = training.max_grad_norm if training.max_grad_norm > 0 else 0.0
+    # cpo builds the optimizer itself (training.optim): DeepSpeed accepts one it does not ship
+    # only with this set, as HF Trainer sets it for the same reason
+    config.setdefault("zero_allow_untested_optimizer", True)
     zero = config.setdefault("zero_optimization", {})
     zero.setdefault("stage", request.stage)
     if request.stage == 3 and zero.get("stage3_gather_16bit_weights_on_model_save") in (

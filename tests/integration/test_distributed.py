@@ -30,8 +30,8 @@ STEPS = 3
 #: 1 process x 4 pairs x 2 micro-batches == 2 processes x 2 pairs x 2 micro-batches
 REFERENCE = {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 2}
 TWO_PROCESSES = {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 2}
-#: weights after 3 AdamW steps at lr 1e-3; float sums in another order stay far below this
-WEIGHT_TOL = 2e-5
+#: weights after 3 SGD steps; float sums in another order stay far below this
+WEIGHT_TOL = 1e-6
 
 pytestmark = pytest.mark.distributed
 
@@ -40,7 +40,12 @@ def recipe_file(path: Path, model_dir: Path, train: Path, out: Path, **training:
     """A 3-step run on 24 demo pairs saving at step 2 (the shared recipe writer)."""
     settings = {
         "max_steps": STEPS,
-        "learning_rate": 1e-3,
+        # SGD with momentum: an optimizer state to save and resume, and updates linear in the
+        # gradients, so float sums in another order stay at rounding level (Adam would scale
+        # the noise of near-zero gradients up to a full step)
+        "optim": "sgd",
+        "optim_args": "momentum=0.9",
+        "learning_rate": 0.05,
         "logging_steps": 1,
         "save_strategy": "steps",
         "save_steps": 2,

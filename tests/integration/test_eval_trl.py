@@ -1,7 +1,8 @@
 """`cpo eval` against TRL 1.16's own `CPOTrainer.evaluate()` on the same tiny model and pairs
 (data that needs no truncation; an eval batch size that divides the pairs, since TRL averages
-per-batch means). `eval_logits/*` differ by definition (TRL averages over every padded position,
-cpo over answer-predicting ones; see `cpo_cli.engine.forward`) and are not compared."""
+per-batch means; `average_tokens_across_devices: false`, TRL's per-batch NLL mean).
+`eval_logits/*` differ by definition (TRL averages over every padded position, cpo over
+answer-predicting ones; see `cpo_cli.engine.forward`) and are not compared."""
 
 from __future__ import annotations
 
@@ -75,6 +76,9 @@ def test_cpo_eval_equals_trl_evaluate(
         per_device_eval_batch_size=4,
         max_length=512,
         max_prompt_length=256,
+        # TRL's NLL term is a mean per batch; cpo's default weights it by tokens over the
+        # whole evaluation (average_tokens_across_devices), so compare in TRL's mode
+        average_tokens_across_devices=False,
         **case,
     )
     result = cli("eval", str(recipe), "--json", "-")

@@ -68,6 +68,7 @@ def test_deepspeed_config_takes_cpo_owned_values_from_the_recipe() -> None:
     assert config["gradient_clipping"] == 0.5
     assert config["bf16"] == {"enabled": True}
     assert config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
+    assert config["zero_allow_untested_optimizer"] is True  # cpo's optimizer, as HF Trainer
     assert "auto" not in str(config)
     assert request.deepspeed.config["train_micro_batch_size_per_gpu"] == "auto"  # not mutated
 
