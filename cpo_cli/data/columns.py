@@ -9,7 +9,7 @@ Every problem with a mapping is a `DataError` naming the dataset's own columns.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +26,27 @@ HELPSTEER_NAMES = {
     "preference": "overall_preference",
     "prompt": "context",
 }
+
+
+#: Column names that suggest a canonical name, for hints when none is recognised.
+LOOKALIKES = {
+    "prompt": ("prompt", "question", "instruction", "input", "query", "context", "source"),
+    "chosen": ("chosen", "good", "preferred", "better", "winner", "accepted", "positive"),
+    "rejected": ("rejected", "bad", "dispreferred", "worse", "loser", "negative"),
+}
+
+
+def guess_column(canonical: str, columns: Sequence[str], exclude: Iterable[str] = ()) -> str | None:
+    """A dataset column whose name looks like `canonical` (for hints only, never applied)."""
+    taken = set(exclude)
+    hints = LOOKALIKES.get(canonical, (canonical,))
+    lowered = {c.lower(): c for c in columns if c not in taken}
+    found = next((lowered[h] for h in hints if h in lowered), None)
+    if found is None:
+        found = next(
+            (c for c in columns if c not in taken and any(h in c.lower() for h in hints)), None
+        )
+    return found
 
 
 @dataclass(frozen=True)

@@ -332,10 +332,12 @@ def _read_tabular(path: Path, kind: str) -> list[dict[str, Any]]:
 
             rows: list[dict[str, Any]] = pq.read_table(path).to_pylist()
             return rows
-        import datasets
+        import pandas as pd
 
-        ds = datasets.Dataset.from_csv(str(path))
-        csv_rows: list[dict[str, Any]] = ds.to_list()
+        frame = pd.read_csv(path)  # compression inferred from the name, as `datasets` does
+        csv_rows: list[dict[str, Any]] = (
+            frame.astype(object).where(frame.notna(), None).to_dict("records")
+        )
         return csv_rows
     except UnicodeDecodeError as exc:
         line = _first_undecodable_line(path)

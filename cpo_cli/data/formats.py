@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from cpo_cli.data.columns import guess_column
 from cpo_cli.data.problems import RowProblem
 from cpo_cli.data.rows import Chat, ChoiceStats, Plain, RowOptions, RowReader
 from cpo_cli.errors import DataError
@@ -23,13 +24,6 @@ BUILDING_FORMATS = ("scored", "pairwise", "alma_r")
 
 #: One usable pair as text (chat template already applied).
 RowTexts = Plain
-
-#: Column names that suggest a canonical name, for the hint when no layout is recognised.
-_LOOKALIKES = {
-    "prompt": ("prompt", "question", "instruction", "input", "query", "context", "source"),
-    "chosen": ("chosen", "good", "preferred", "better", "winner", "accepted", "positive"),
-    "rejected": ("rejected", "bad", "dispreferred", "worse", "loser", "negative"),
-}
 
 
 def detect_format(
@@ -68,13 +62,10 @@ def detect_format(
 
 def suggest_columns(dataset_columns: Sequence[str]) -> str:
     """A `--columns` mapping built from column names that look like the canonical ones."""
-    lowered = {c.lower(): c for c in dataset_columns}
     guess: dict[str, str] = {}
-    for canonical, hints in _LOOKALIKES.items():
-        found = next((lowered[h] for h in hints if h in lowered), None)
-        if found is None:
-            found = next((c for c in dataset_columns if any(h in c.lower() for h in hints)), None)
-        if found is not None and found not in guess.values():
+    for canonical in ("prompt", "chosen", "rejected"):
+        found = guess_column(canonical, dataset_columns, exclude=guess.values())
+        if found is not None:
             guess[canonical] = found
     if {"chosen", "rejected"} <= set(guess):
         mapping = ",".join(f"{k}={v}" for k, v in guess.items())

@@ -128,7 +128,9 @@ def _prepare(
     if not raw.rows:
         raise DataError(f"{spec.path}: the dataset has no rows")
     readable = [r for r in raw.rows[: SAMPLE_ROWS * 5] if UNREADABLE not in r][:SAMPLE_ROWS]
-    plan = plan_columns(raw.columns, dict(spec.columns), readable, spec.path)
+    mapping = {str(name): column for name, column in spec.columns.items()}
+    plan = plan_columns(raw.columns, mapping, readable, spec.path)
+    _refuse_unranked_answers(spec, plan, raw.columns)
     rows = [r if UNREADABLE in r else plan.extract(r) for r in raw.rows]
     sample = [r for r in rows[: SAMPLE_ROWS * 5] if UNREADABLE not in r][:SAMPLE_ROWS]
     fmt: str = spec.format
@@ -223,6 +225,29 @@ def _record(
     for i, drop in enumerate(processed["drop"]):
         if drop:
             report.record_drop(drop, offset + i, processed["drop_detail"][i], describe)
+
+
+#: Columns that rank two answer columns; mapping those answers to chosen/rejected ignores them.
+_PAIRWISE_COLUMNS = {
+    "overall_preference": ("response1", "response2"),
+    "preference": ("response_a", "response_b"),
+}
+
+
+def _refuse_unranked_answers(spec: DataSource, plan: ColumnPlan, columns: list[str]) -> None:
+    """`chosen=response1,rejected=response2` on pairwise data would keep every pair as written
+    (inverting those where response 2 won, keeping ties): refused, naming the fix."""
+    if spec.format == "pairwise":
+        return
+    mapped = {plan.paths.get("chosen", ("",))[0], plan.paths.get("rejected", ("",))[0]}
+    for preference, answers in _PAIRWISE_COLUMNS.items():
+        if preference in columns and mapped == set(answers):
+            raise DataError(
+                f"{spec.path}: chosen and rejected are read from {answers[0]} and {answers[1]}, "
+                f"but the column {preference!r} says which of them is better (and marks ties)",
+                hint="read it as pairwise data: --format pairwise (HelpSteer's column names "
+                "need no --columns)",
+            )
 
 
 def _alma_rows(

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from cpo_cli.data.columns import guess_column
 from cpo_cli.data.problems import DROP_REASONS
 from cpo_cli.errors import DataError
 
@@ -216,10 +217,11 @@ def likely_fix(
     if "translation" in cols and report.format != "alma_r":
         return "this looks like ALMA-R data: --format alma_r --directions de-en,en-de"
     top = max(report.dropped, key=lambda r: report.dropped[r])
-    if top == "missing_field":
+    if top in ("missing_field", "prompt_mismatch"):
         unmapped = [c for c in ("prompt", "chosen", "rejected") if c not in report.columns]
         if unmapped:
-            return "name the columns: --columns " + ",".join(f"{c}=COLUMN" for c in unmapped)
+            named = [f"{c}={guess_column(c, dataset_columns) or 'COLUMN'}" for c in unmapped]
+            return "name the columns: --columns " + ",".join(named)
     if top == "wrong_format" and report.format != "auto":
         return f"the rows do not have the shape of --format {report.format}: try --format auto"
     if top in settings_hint:
