@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from published import compress, write_json, write_jsonl, write_parquet
+from support import make_training
 
 from cpo_cli.data import prepare_dataset
 from cpo_cli.errors import DataError
+from cpo_cli.recipe import TrainingConfig
 from cpo_cli.recipe.schema import DataSource
 
 ROWS = [
@@ -22,16 +23,8 @@ ROWS = [
 ]
 
 
-def training(**overrides: Any) -> SimpleNamespace:
-    base = dict(
-        max_length=1024,
-        max_prompt_length=512,
-        max_completion_length=None,
-        truncation_mode="keep_end",
-        dataset_num_proc=None,
-        is_encoder_decoder=None,
-    )
-    return SimpleNamespace(**{**base, **overrides})
+def training(**overrides: Any) -> TrainingConfig:
+    return make_training(**overrides)
 
 
 def prompts(tok: Any, path: Path | str, **source: Any) -> list[str]:

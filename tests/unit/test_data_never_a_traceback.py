@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from published import helpsteer3, write_jsonl
+from support import make_training
 
 from cpo_cli.data import prepare_dataset
 from cpo_cli.data.formats import TextNormaliser
@@ -21,19 +21,12 @@ from cpo_cli.data.problems import DROP_REASONS, RowProblem
 from cpo_cli.data.rows import Plain, RowOptions
 from cpo_cli.data.tokenize import LengthSettings, tokenize_pairs
 from cpo_cli.errors import DataError
+from cpo_cli.recipe import TrainingConfig
 from cpo_cli.recipe.schema import DataSource
 
 
-def training(**overrides: Any) -> SimpleNamespace:
-    base = dict(
-        max_length=1024,
-        max_prompt_length=512,
-        max_completion_length=None,
-        truncation_mode="keep_end",
-        dataset_num_proc=None,
-        is_encoder_decoder=None,
-    )
-    return SimpleNamespace(**{**base, **overrides})
+def training(**overrides: Any) -> TrainingConfig:
+    return make_training(**overrides)
 
 
 def error_text(err: DataError) -> str:
@@ -106,7 +99,7 @@ def test_unknown_layout_lists_the_files_columns(tiny_tokenizer: Any, tmp_path: P
 
 
 def test_empty_batches_tokenise_to_nothing(tiny_tokenizer: Any) -> None:
-    out = tokenize_pairs([], [], [], tiny_tokenizer, LengthSettings())
+    out = tokenize_pairs([], [], [], tiny_tokenizer, LengthSettings.from_training(training()))
     assert out.drop == [] and out.prompt_input_ids == []
 
 

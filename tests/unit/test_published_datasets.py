@@ -7,7 +7,6 @@ one of these tests."""
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -26,23 +25,17 @@ from published import (
     write_parquet,
     write_readme,
 )
+from support import make_training
 
 from cpo_cli.data import prepare_dataset
 from cpo_cli.data.prepare import PreparedData
 from cpo_cli.errors import DataError
+from cpo_cli.recipe import TrainingConfig
 from cpo_cli.recipe.schema import DataSource
 
 
-def training(**overrides: Any) -> SimpleNamespace:
-    base = dict(
-        max_length=1024,
-        max_prompt_length=512,
-        max_completion_length=None,
-        truncation_mode="keep_end",
-        dataset_num_proc=None,
-        is_encoder_decoder=None,
-    )
-    return SimpleNamespace(**{**base, **overrides})
+def training(**overrides: Any) -> TrainingConfig:
+    return make_training(**overrides)
 
 
 def prepare(tok: Any, path: Path | str, **source: Any) -> PreparedData:
