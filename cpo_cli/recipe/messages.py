@@ -47,6 +47,8 @@ def split_loc(
             is_key = True
             continue
         if model is not None:
+            if part == model.__name__:  # the union member tried, as in `DataSource | list[...]`
+                continue
             if part in model.model_fields:
                 owner = model
                 path = f"{path}.{part}" if path else part

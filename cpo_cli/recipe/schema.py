@@ -3,9 +3,17 @@ docs can rely on the keys. Unknown keys are refused everywhere (`extra="forbid"`
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PrivateAttr,
+    Tag,
+    field_validator,
+)
 
 from cpo_cli.format_names import (
     CANONICAL_COLUMNS,
@@ -155,6 +163,18 @@ class DataSource(BaseModel):
         return value
 
 
+def _one_or_many(value: Any) -> str:
+    return "list[DataSource]" if isinstance(value, list) else "DataSource"
+
+
+#: One source or a list of them; validated as the one the value looks like (so an error is
+#: reported once, against the shape the user wrote).
+Sources = Annotated[
+    Annotated[DataSource, Tag("DataSource")] | Annotated[list[DataSource], Tag("list[DataSource]")],
+    Discriminator(_one_or_many),
+]
+
+
 def _source_shorthand(value: Any) -> Any:
     """A string is short for `{path: ...}`, in a single source or in a list of them."""
     if isinstance(value, str):
@@ -170,10 +190,10 @@ class DataSection(BaseModel):
 
     model_config = _STRICT
 
-    train: DataSource | list[DataSource] | None = Field(
+    train: Sources | None = Field(
         default=None, description="Training preference data (a source or a list of sources)."
     )
-    eval: DataSource | list[DataSource] | None = Field(
+    eval: Sources | None = Field(
         default=None,
         description="Evaluation preference data (needed by `training.eval_strategy`).",
     )
@@ -188,7 +208,7 @@ class DataSection(BaseModel):
     @classmethod
     def _non_empty(cls, value: Any) -> Any:
         if isinstance(value, list) and not value:
-            raise ValueError("an empty list of sources: give at least one, or leave it out")
+            raise ValueError("at least one source (or no data.train/data.eval key at all)")
         return value
 
 
