@@ -40,8 +40,7 @@ def split_loc(
     is_key = False
     for part in loc:
         if isinstance(part, int):
-            path += f"[{part}]"
-            model = None
+            path += f"[{part}]"  # an item of a list of models is that model (data.train[1])
             continue
         if part == "[key]":
             is_key = True
