@@ -167,3 +167,15 @@ def test_scored_candidates_pick_best_and_worst(tiny_tokenizer: Any) -> None:
     assert reason(n, {**row, "scores": [0.5, 0.5, 0.5]}) == "tied_scores"
     assert reason(n, {**row, "scores": [0.5, 0.5]}) == "wrong_format"
     assert reason(n, {"prompt": "p", "candidates": None, "scores": [1]}) == "missing_field"
+
+
+def test_every_format_and_canonical_name_says_what_it_means() -> None:
+    from cpo_cli.format_names import (
+        CANONICAL_COLUMNS,
+        COLUMN_MEANINGS,
+        DATA_FORMATS,
+        FORMAT_MEANINGS,
+    )
+
+    assert list(FORMAT_MEANINGS) == list(DATA_FORMATS)
+    assert list(COLUMN_MEANINGS) == list(CANONICAL_COLUMNS)
