@@ -346,3 +346,27 @@ def test_alma_r_chat_template_always_uses_a_user_turn(tiny_tokenizer: Any, tmp_p
             end("House blue."),
         )
     ]
+
+
+def test_the_alma_recipe_reads_a_snapshot_of_alma_r_preference(
+    tiny_tokenizer: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """recipes/alma_r_mt.yaml on a local snapshot laid out as the Hub's: no conversion step."""
+    from cpo_cli.engine.data import prepare_source
+    from cpo_cli.recipe import load_recipe
+
+    pairs = ["cs-en", "de-en", "is-en", "ru-en", "zh-en"]
+    snap = tmp_path / "ALMA-R-Preference"
+    for pair in pairs:
+        write_parquet(snap / pair / "train-00000-of-00001.parquet", alma_r(pair))
+    write_readme(snap, {pair: {"train": f"{pair}/train-*"} for pair in pairs})
+    monkeypatch.setenv("ALMA_R_PREFERENCE", str(snap))
+    monkeypatch.setenv("CPO_CACHE", str(tmp_path / "cache"))
+    recipe = load_recipe(Path(__file__).parents[2] / "recipes" / "alma_r_mt.yaml").recipe
+    assert recipe.data.train is not None
+    dataset = prepare_source(
+        "train", recipe.data.train, tiny_tokenizer, recipe.training, is_encoder_decoder=False
+    )
+    assert len(dataset) == 5 * 5  # five pairs per language pair, both directions
+    assert "Translate this from Czech to English:\nCzech: " in dataset["prompt"][0]
+    assert any(p.startswith("Translate this from English to Chinese:") for p in dataset["prompt"])
