@@ -131,7 +131,7 @@ def prepare(
     max_row_bytes: Annotated[
         int | None,
         typer.Option(
-            help="Drop rows whose text is over this many bytes before tokenising (default 8 MiB).",
+            help="Drop rows whose text is over this many bytes before tokenising (default 2 MiB).",
             show_default=False,
         ),
     ] = None,

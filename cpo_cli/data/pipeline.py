@@ -23,9 +23,9 @@ from cpo_cli.data.tokenize import LengthSettings, tokenize_pairs
 
 #: Rows per batch: big enough for batched templating and the Rust batch encoder.
 BATCH_SIZE = 1000
-#: Text per batch: tokenising costs ~100 bytes of memory per byte of text, so a batch of long
-#: rows closes early.
-BATCH_BYTES = 32 * 1024 * 1024
+#: Text per batch: tokenising costs ~100-200 bytes of memory per byte of text (measured with
+#: benchmarks/bench_prepare.py --huge-row-mb), so a batch of long rows closes early.
+BATCH_BYTES = 8 * 1024 * 1024
 #: Below this many rows, worker processes cost more than they save (starting one and importing
 #: transformers takes seconds; one process prepares 5-10k rows/s).
 MIN_ROWS_FOR_WORKERS = 20_000

@@ -133,10 +133,11 @@ class DataSource(BaseModel):
         description="alma_r: which score fields rank the candidates (`{system}_{lang}_{scorer}`).",
     )
     max_row_bytes: int = Field(
-        default=8 * 1024 * 1024,
+        default=2 * 1024 * 1024,
         ge=1,
-        description="Rows whose text fields add up to more than this many bytes (UTF-8) are "
-        "dropped (`too_long`) before tokenising, so one runaway row cannot exhaust memory.",
+        description="Rows whose text fields add up to more than this many bytes (UTF-8; 2 MiB "
+        "is ~500k tokens, far past any max_length) are dropped (`too_long`) before tokenising: "
+        "tokenising costs ~100x a row's size in memory, so one runaway row cannot exhaust it.",
     )
     weight: float = Field(
         default=1.0,
