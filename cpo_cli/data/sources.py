@@ -150,7 +150,7 @@ def _load_hub(spec: DataSource) -> RawRows:
     if not offline:
         _ask_hub_first(spec)
     try:
-        ds = datasets.load_dataset(spec.path, spec.subset, split=wanted, revision=spec.revision)
+        ds = _load_hub_split(spec, wanted)
     except Exception as exc:  # network, auth, missing config/split: all user-fixable
         reason = first_line(exc)
         where = f"{spec.path!r}" + (f" (subset {spec.subset!r})" if spec.subset else "")
@@ -174,6 +174,22 @@ def _load_hub(spec: DataSource) -> RawRows:
         "fingerprint": getattr(ds, "_fingerprint", None),
     }
     return RawRows(_dataset_rows(ds), list(ds.column_names), identity)
+
+
+def _load_hub_split(spec: DataSource, wanted: str) -> Any:
+    """`load_dataset` with `subset` as the config name; a repository without such a config
+    (Anthropic/hh-rlhf keeps its parts in folders) reads the folder of that name instead, as a
+    local snapshot's `--subset` does."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(spec.path, spec.subset, split=wanted, revision=spec.revision)
+    except ValueError as exc:
+        if spec.subset is None or "BuilderConfig" not in str(exc):
+            raise
+    return datasets.load_dataset(
+        spec.path, data_dir=spec.subset, split=wanted, revision=spec.revision
+    )
 
 
 def _ask_hub_first(spec: DataSource) -> None:

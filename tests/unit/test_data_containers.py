@@ -148,3 +148,19 @@ def test_an_edit_that_keeps_size_and_mtime_is_seen(tiny_tokenizer: Any, tmp_path
     assert list(second.dataset["prompt"]) == ["Q9", "Q2", "Q3"]
     again = prepare_dataset(path, tiny_tokenizer, training(), cache_dir=cache)
     assert again.path == second.path  # unchanged content: the entry is reused
+
+
+def test_a_hub_subset_that_is_a_folder_reads_that_folder(tmp_path: Path) -> None:
+    """Anthropic/hh-rlhf has no configs, only folders: `--subset helpful-base` on its Hub name
+    reads that folder (`data_dir`), as on a local snapshot. `load_dataset` behaves the same on
+    a local folder, which is what this runs it on."""
+    from published import hh_rlhf
+
+    from cpo_cli.data.sources import _load_hub_split
+
+    write_jsonl(tmp_path / "helpful-base" / "train.jsonl", hh_rlhf())
+    write_jsonl(tmp_path / "harmless-base" / "train.jsonl", hh_rlhf()[:1])
+    source = DataSource(path=str(tmp_path), subset="helpful-base")
+    assert len(_load_hub_split(source, "train")) == 2
+    with pytest.raises(FileNotFoundError):
+        _load_hub_split(DataSource(path=str(tmp_path), subset="nothing"), "train")
