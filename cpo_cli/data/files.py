@@ -126,6 +126,7 @@ def snapshot_files(folder: Path, subset: str | None, split: str) -> tuple[list[P
         sanitize_patterns,
     )
 
+    folder = folder.resolve()  # `datasets` answers with absolute paths
     configs = _readme_configs(folder)
     base = folder
     patterns: Any = None

@@ -31,9 +31,11 @@ def detect_format(
     sample: Sequence[Mapping[str, Any]],
     source: str,
     dataset_columns: Sequence[str],
+    raw_sample: Sequence[Mapping[str, Any]] = (),
 ) -> str:
     """The dataset's format from its canonical columns and the shape of a few (canonical)
-    rows; an error names the dataset's own columns and a likely `--columns` mapping."""
+    rows; an error names the dataset's own columns and a likely `--columns` mapping (read from
+    the raw rows when they nest candidates and scores)."""
     cols = set(canonical)
     if "translation" in cols and any(
         isinstance(r.get("translation"), Mapping) and "language_pair" in r["translation"]
@@ -48,7 +50,7 @@ def detect_format(
         raise DataError(
             f"{source}: cannot tell the preference format from the columns "
             f"{', '.join(dataset_columns) or '(none)'}",
-            hint=suggest_columns(dataset_columns),
+            hint=suggest_nested_scores(raw_sample) or suggest_columns(dataset_columns),
         )
     has_prompt = "prompt" in cols or "messages" in cols
     for row in sample:
@@ -58,6 +60,29 @@ def detect_format(
         if isinstance(chosen, list):
             return "conversational" if has_prompt else "implicit"
     return "standard"
+
+
+_TEXT_KEYS = ("response", "completion", "output", "text", "answer", "content", "generation")
+_SCORE_KEYS = ("overall_score", "score", "rating", "reward", "fine-grained_score")
+
+
+def suggest_nested_scores(raw_sample: Sequence[Mapping[str, Any]]) -> str | None:
+    """`--format scored --columns candidates=C.text,scores=C.score` for a column holding a list
+    of structs with a text field and a numeric score (openbmb/UltraFeedback's `completions`)."""
+    for row in raw_sample[:5]:
+        for column, value in row.items():
+            items = [v for v in value if isinstance(v, Mapping)] if isinstance(value, list) else []
+            if not items:
+                continue
+            first = items[0]
+            text = next((k for k in _TEXT_KEYS if isinstance(first.get(k), str)), None)
+            score = next((k for k in _SCORE_KEYS if isinstance(first.get(k), (int, float))), None)
+            if text and score:
+                return (
+                    f"{column!r} holds scored candidates: --columns "
+                    f"candidates={column}.{text},scores={column}.{score}"
+                )
+    return None
 
 
 def suggest_columns(dataset_columns: Sequence[str]) -> str:

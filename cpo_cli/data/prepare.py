@@ -135,7 +135,7 @@ def _prepare(
     sample = [r for r in rows[: SAMPLE_ROWS * 5] if UNREADABLE not in r][:SAMPLE_ROWS]
     fmt: str = spec.format
     if fmt == "auto":
-        fmt = detect_format(plan.canonical, sample, spec.path, raw.columns)
+        fmt = detect_format(plan.canonical, sample, spec.path, raw.columns, readable)
     notes = [*raw.notes, *plan.notes]
     origins: list[int] | None = None
     if fmt == "alma_r":

@@ -164,3 +164,14 @@ def test_a_hub_subset_that_is_a_folder_reads_that_folder(tmp_path: Path) -> None
     assert len(_load_hub_split(source, "train")) == 2
     with pytest.raises(FileNotFoundError):
         _load_hub_split(DataSource(path=str(tmp_path), subset="nothing"), "train")
+
+
+def test_relative_folder_and_glob_paths(
+    tiny_tokenizer: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As a user types them, from the current directory (`datasets` answers absolute paths)."""
+    write_parquet(tmp_path / "snap" / "data" / "train-00000-of-00001.parquet", ROWS)
+    write_jsonl(tmp_path / "parts" / "a.jsonl.gz", ROWS[:1])
+    monkeypatch.chdir(tmp_path)
+    assert prompts(tiny_tokenizer, "snap") == ["Q1", "Q2", "Q3"]
+    assert prompts(tiny_tokenizer, "parts/*.jsonl.gz") == ["Q1"]

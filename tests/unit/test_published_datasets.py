@@ -211,6 +211,12 @@ def test_nested_paths_and_mapping_errors_name_the_dataset_fields(
     tiny_tokenizer: Any, tmp_path: Path
 ) -> None:
     path = write_jsonl(tmp_path / "ultrafeedback.jsonl", ultrafeedback_raw())
+    with pytest.raises(DataError, match="cannot tell the preference format") as info:
+        prepare(tiny_tokenizer, path)  # no mapping: the hint is the one it needs
+    assert info.value.hint == (
+        "'completions' holds scored candidates: --columns "
+        "candidates=completions.response,scores=completions.overall_score"
+    )
     bad = {"candidates": "completions.respons", "scores": "completions.overall_score"}
     with pytest.raises(DataError, match="'completions' has no field 'respons'") as info:
         prepare(tiny_tokenizer, path, columns=bad)
