@@ -134,7 +134,7 @@ def _prepare(
     rows = [r if UNREADABLE in r else plan.extract(r) for r in raw.rows]
     sample = [r for r in rows[: SAMPLE_ROWS * 5] if UNREADABLE not in r][:SAMPLE_ROWS]
     fmt: str = spec.format
-    if fmt == "auto":
+    if fmt == "auto" and sample:  # no readable row at all: the drop report says why
         fmt = detect_format(plan.canonical, sample, spec.path, raw.columns, readable)
     notes = [*raw.notes, *plan.notes]
     origins: list[int] | None = None

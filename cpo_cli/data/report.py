@@ -230,7 +230,9 @@ def likely_fix(
 
 
 _FIXES = {
-    "bad_encoding": "save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8 in.jsonl > out.jsonl)",
+    "bad_encoding": "the rows are not UTF-8 text: if the file is binary or compressed, name it "
+    "for what it is (.parquet, .jsonl.gz, ...); if it is text in another encoding, convert it "
+    "(iconv -f latin1 -t utf-8 in.jsonl > out.jsonl)",
     "missing_field": "some rows lack a field the format needs: check --columns and --format",
     "not_a_string": "a mapped column does not hold text or messages: check --columns",
     "wrong_format": "check which columns hold the prompt and the answers (--columns)",

@@ -99,6 +99,15 @@ def test_random_bytes_are_a_clear_error(tiny_tokenizer: Any, tmp_path: Path, nam
     assert name in "\n".join(info.value.lines())
 
 
+def test_a_jsonl_file_of_binary_bytes_says_so(tiny_tokenizer: Any, tmp_path: Path) -> None:
+    path = tmp_path / "noise.jsonl"
+    path.write_bytes(b"\xff\xfe\x00\x81" * 1000 + b"\n" + b"\x9c\xff" * 500)
+    with pytest.raises(DataError, match="no usable pairs") as info:
+        prompts(tiny_tokenizer, path)
+    assert "bad_encoding: 2" in "\n".join(info.value.lines())
+    assert "binary or compressed" in (info.value.hint or "")
+
+
 def test_truncated_compressed_file(tiny_tokenizer: Any, tmp_path: Path) -> None:
     data = compress(
         tmp_path / "x.gz",
