@@ -14,11 +14,11 @@ between the two systems (> 0: gpt4 better) and overrides the scores. A row with
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cpo_cli.data.problems import UNREADABLE
+from cpo_cli.data.rows import is_number
 from cpo_cli.errors import DataError
 
 #: Language names in ALMA's prompts (English names, as ALMA writes them).
@@ -150,17 +150,13 @@ def _candidates(tr: Mapping[str, Any], tgt: str, scorer: str) -> dict[str, list[
     """The three candidates and their scores; a human `Delta` instead ranks gpt4 against alma."""
     delta = tr.get("Delta")
     gpt4, alma = tr.get(f"gpt4_{tgt}"), tr.get(f"alma_{tgt}")
-    if isinstance(delta, (int, float)) and _is_number(delta) and delta != 0:
+    if isinstance(delta, (int, float)) and is_number(delta) and delta != 0:
         return {"candidates": [gpt4, alma], "scores": [float(delta), 0.0]}
     outputs = {"ref": tr.get(tgt), "gpt4": gpt4, "alma": alma}
     return {
         "candidates": [outputs[s] for s in SYSTEMS],
         "scores": [tr.get(f"{s}_{tgt}_{scorer}") for s in SYSTEMS],
     }
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
 
 
 def _unreadable(reason: str, detail: str) -> dict[str, Any]:

@@ -273,7 +273,7 @@ def pair_from_scores(row: Mapping[str, Any], stats: ChoiceStats) -> dict[str, An
         raise RowProblem("wrong_format", "candidates and scores differ in length")
     scored: list[tuple[float, int]] = []
     for i, score in enumerate(scores):
-        if not _is_number(score):
+        if not is_number(score):
             stats.missing_scores += 1
             continue
         if candidates[i] is None:
@@ -302,7 +302,7 @@ def pair_from_preference(row: Mapping[str, Any]) -> dict[str, Any]:
         if row.get(name) is None:
             raise RowProblem("missing_field", name)
     preference = row["preference"]
-    if not _is_number(preference):
+    if not is_number(preference):
         raise RowProblem("wrong_format", f"preference is {type(preference).__name__}, not a number")
     if preference == 0:
         raise RowProblem("tie")
@@ -312,5 +312,6 @@ def pair_from_preference(row: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """A real number (not a bool, not NaN): what a score or a preference must be."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
