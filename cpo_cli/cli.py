@@ -58,7 +58,7 @@ def _root(
 
 
 # The command modules are owned by their features; their own Typer signatures apply.
-app.command(name="prepare")(prepare.prepare)
+app.command(name="prepare", epilog=prepare.EPILOG)(prepare.prepare)
 app.command(name="train")(train.train)
 app.command(name="eval")(eval_cmd.eval_cmd)
 app.command(name="push")(push.push)

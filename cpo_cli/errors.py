@@ -56,7 +56,20 @@ class UsageError(CpoError):
 
 
 class DataError(CpoError):
-    """A dataset that cannot be loaded or prepared (file, column, row or format problems)."""
+    """A dataset that cannot be loaded or prepared (file, column, row or format problems).
+    `details` are extra lines shown between the message and the hint (counts, examples)."""
+
+    def __init__(
+        self, message: str, *, hint: str | None = None, details: list[str] | None = None
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.details = list(details or [])
+
+    def lines(self) -> list[str]:
+        out = [self.message, *(f"  {line}" for line in self.details)]
+        if self.hint:
+            out.append(f"hint: {self.hint}")
+        return out
 
 
 class ModelLoadError(CpoError):

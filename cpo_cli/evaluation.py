@@ -385,7 +385,11 @@ def check_same_tokenizer(a: EvalModel, b: EvalModel) -> None:
 
 
 def prepare_pairs(
-    source: DataSource, tokenizer: Any, training: TrainingConfig, *, is_encoder_decoder: bool
+    source: DataSource | list[DataSource],
+    tokenizer: Any,
+    training: TrainingConfig,
+    *,
+    is_encoder_decoder: bool,
 ) -> Any:
     """The eval pairs exactly as training prepares them (same template, tokenisation,
     truncation, checks and cache; a `cpo prepare` folder is checked and reused)."""

@@ -128,6 +128,9 @@ def eval_cmd(
     rec = loaded.recipe
     training = rec.training
     source = _eval_source(rec, dataset, split, columns, data_format, max_rows)
+    from cpo_cli.recipe.schema import sources_of
+
+    source_label = ", ".join(s.path for s in sources_of(source))
     if settings is not None:
         settings = ev.GenerationSettings(
             generate, max_new_tokens, temperature, top_p, training.seed
@@ -135,7 +138,7 @@ def eval_cmd(
 
     console.info(f"loading {model or rec.model.name_or_path}")
     subject = ev.load_eval_model(rec, model)
-    console.info(f"preparing pairs from {source.path}")
+    console.info(f"preparing pairs from {source_label}")
     pairs = ev.prepare_pairs(
         source, subject.tokenizer, training, is_encoder_decoder=subject.is_encoder_decoder
     )
@@ -185,7 +188,7 @@ def eval_cmd(
     if json_path is not None:
         report = ev.report_json(
             model=label,
-            dataset=str(source.path),
+            dataset=source_label,
             metrics=metrics,
             compare=(compare, other_metrics) if compare and other_metrics is not None else None,
             gates=results,
@@ -222,9 +225,9 @@ def _eval_source(
     columns: str | None,
     data_format: str | None,
     max_rows: int | None,
-) -> DataSource:
-    """The recipe's `data.eval`, or a source built from --dataset/--split/--columns/--format
-    (validated by the recipe's own DataSource schema)."""
+) -> DataSource | list[DataSource]:
+    """The recipe's `data.eval` (a source or a list of them), or a source built from
+    --dataset/--split/--columns/--format (validated by the recipe's own DataSource schema)."""
     if dataset is None:
         if split or columns or data_format:
             raise UsageError("--split/--columns/--format describe --dataset; add --dataset SRC")
@@ -234,7 +237,11 @@ def _eval_source(
                 hint="pass --dataset SRC (a file, folder or Hub name), or set data.eval.path",
             )
         source = recipe.data.eval
-        return source.model_copy(update={"max_rows": max_rows}) if max_rows else source
+        if not max_rows:
+            return source
+        if isinstance(source, list):
+            return [s.model_copy(update={"max_rows": max_rows}) for s in source]
+        return source.model_copy(update={"max_rows": max_rows})
 
     from cpo_cli.commands.options import data_source
 

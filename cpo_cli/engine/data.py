@@ -213,38 +213,46 @@ def build_eval_dataloader(
 
 def prepare_source(
     name: str,
-    source: DataSource,
+    source: DataSource | list[DataSource],
     tokenizer: Any,
     training: TrainingConfig,
     *,
     is_encoder_decoder: bool,
 ) -> Any:
-    """One source as training uses it: a `cpo prepare` folder checked against this tokenizer and
-    these lengths, or a raw source prepared in-process (cached). `cpo eval` shares it, so eval
-    pairs are exactly the pairs training would see."""
+    """`data.{name}` as training uses it: one source or a list of them (a mixture), each a
+    `cpo prepare` folder checked against this tokenizer and these lengths, or a raw source
+    prepared in-process (cached). `cpo eval` shares it, so eval pairs are exactly the pairs
+    training would see."""
     from cpo_cli import console
     from cpo_cli.data.cache import prepared_cache_dir
-    from cpo_cli.data.prepare import prepare_dataset
+    from cpo_cli.data.mixture import prepare_mixture
     from cpo_cli.errors import DataError
+    from cpo_cli.recipe.schema import sources_of
 
-    prepared = prepare_dataset(
-        source,
-        tokenizer,
-        training,
-        cache_dir=prepared_cache_dir(),
-        is_encoder_decoder=is_encoder_decoder,
-    )
-    report = prepared.report
-    dropped = f", {report.rows_dropped} dropped" if report.rows_dropped else ""
-    console.info(f"data.{name}: {report.rows_kept} pairs from {source.path}{dropped}")
-    for line in report.drop_lines():
-        console.info(f"  {line}")
-    if report.rows_kept == 0:
-        raise DataError(
-            f"data.{name}: no usable pairs in {source.path} (every row was dropped)",
-            hint=f"run `cpo prepare --dataset {source.path} ...` to see why each row is dropped",
+    sources = sources_of(source)
+    seed = training.data_seed if training.data_seed is not None else training.seed
+    try:
+        mixed, parts = prepare_mixture(
+            sources,
+            tokenizer,
+            training,
+            seed=seed,
+            cache_dir=prepared_cache_dir(),
+            is_encoder_decoder=is_encoder_decoder,
         )
-    return prepared.dataset
+    except DataError as err:
+        raise DataError(f"data.{name}: {err.message}", hint=err.hint, details=err.details) from err
+    for index, (src, part) in enumerate(zip(sources, parts, strict=True)):
+        report = part.report
+        label = f"data.{name}" + (f"[{index}]" if len(sources) > 1 else "")
+        dropped = f", {report.rows_dropped} dropped" if report.rows_dropped else ""
+        console.info(f"{label}: {report.rows_kept} pairs from {src.path}{dropped}")
+        for line in report.drop_lines():
+            console.info(f"  {line}")
+    if len(sources) > 1 or sources[0].weight != 1:
+        used = ", ".join(f"{s['used']} from {s['source']}" for s in mixed.report.sources)
+        console.info(f"data.{name}: {len(mixed.dataset)} pairs in the mixture ({used})")
+    return mixed.dataset
 
 
 def load_datasets(recipe: Recipe, tokenizer: Any, is_encoder_decoder: bool) -> tuple[Any, Any]:

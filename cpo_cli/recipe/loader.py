@@ -162,12 +162,20 @@ def _apply_overrides(cfg: DictConfig, overrides: Sequence[str], problems: list[s
         good.append(item.lstrip("+"))
     if not good:
         return cfg
-    try:
-        merged = OmegaConf.merge(cfg, OmegaConf.from_dotlist(good))
-    except Exception as exc:
-        shown = " ".join(_shown(o) for o in good)
-        problems.append(f"overrides {shown!r} cannot be applied: {first_line(exc)}")
-        return cfg
+    merged = cfg
+    for item in good:
+        one = OmegaConf.from_dotlist([item])
+        try:
+            merged = OmegaConf.merge(merged, one)  # type: ignore[assignment]
+        except Exception as exc:
+            # a list replacing a mapping (`data.train=[...]` over one source) or the reverse
+            # cannot merge: the command line's value replaces the recipe's
+            key = item.partition("=")[0]
+            try:
+                OmegaConf.update(merged, key, OmegaConf.select(one, key), merge=False)
+            except Exception:
+                problems.append(f"override {_shown(item)!r} cannot be applied: {first_line(exc)}")
+                return cfg
     assert isinstance(merged, DictConfig)
     return merged
 

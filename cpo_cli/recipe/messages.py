@@ -40,13 +40,14 @@ def split_loc(
     is_key = False
     for part in loc:
         if isinstance(part, int):
-            path += f"[{part}]"
-            model = None
+            path += f"[{part}]"  # an item of a list of models is that model (data.train[1])
             continue
         if part == "[key]":
             is_key = True
             continue
         if model is not None:
+            if part == model.__name__:  # the union member tried, as in `DataSource | list[...]`
+                continue
             if part in model.model_fields:
                 owner = model
                 path = f"{path}.{part}" if path else part

@@ -229,6 +229,22 @@ def test_dataset_flag_and_usage_errors(
     assert not_model.exit_code == EXIT_USAGE and "not a model folder" in not_model.output
 
 
+def test_a_list_of_eval_sources(
+    cli: Callable[..., Result], trained: tuple[Path, Path, dict], demo_data_dir: Path
+) -> None:
+    """`data.eval` as a list (a mixture): the same list `cpo train` accepts."""
+    recipe, out, _ = trained
+    conv = demo_data_dir / "demo_eval_conversational.jsonl"
+    plain = demo_data_dir / "demo_eval.jsonl"
+    result = cli(
+        "eval", str(recipe), "--model", str(out), "--json", "-",
+        f"data.eval=[{{path: {plain}, max_rows: 3}}, {{path: {conv}, max_rows: 2}}]",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["num_pairs"] == 5 and report["dataset"] == f"{plain}, {conv}"
+
+
 def test_lora_adapters_equal_the_training_loops_evaluation(
     cli: Callable[..., Result],
     tmp_path: Path,

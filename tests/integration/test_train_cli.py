@@ -52,6 +52,23 @@ def test_cpo_train_subprocess(tiny_model_dir: Path, demo_train_path: Path, tmp_p
     assert not list(out.glob(".tmp-*"))
 
 
+def test_a_mixture_of_sources(tiny_model_dir: Path, demo_data_dir: Path, tmp_path: Path) -> None:
+    """`data.train` as a list with weights: each source prepared with its own settings, its
+    counts printed, the pairs combined."""
+    recipe = tiny_recipe(
+        tmp_path / "r.yaml", tiny_model_dir, tmp_path / "out", demo_data_dir / "demo_train.jsonl"
+    )
+    mixture = (
+        f"data.train=[{{path: {demo_data_dir / 'demo_train.jsonl'}, max_rows: 8}},"
+        f" {{path: {demo_data_dir / 'demo_messy.jsonl'}, weight: 2}}]"
+    )
+    done = cpo_process("train", str(recipe), mixture, "training.max_steps=1")
+    assert done.exit_code == 0, done.stderr
+    assert "data.train[0]: 8 pairs from" in done.stdout
+    assert "data.train[1]: 3 pairs from" in done.stdout and "12 dropped" in done.stdout
+    assert "data.train: 14 pairs in the mixture (8 from" in done.stdout
+
+
 def test_quiet_prints_only_the_summary(
     tiny_model_dir: Path, demo_train_path: Path, tmp_path: Path
 ) -> None:
