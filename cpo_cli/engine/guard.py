@@ -1,0 +1,106 @@
+"""The NaN/Inf guard of the training loop.
+
+Per micro-batch nothing is read back from the device: the losses are summed there. Once per
+optimizer step, after `clip_grad_norm_`, one small tensor [loss sum non-finite, gradient norm,
+stop signal received] is summed across processes and copied to the host: the one host sync of
+the step. It decides, the same way on every process, whether the update is applied, whether
+the run has diverged, and whether to stop for a signal.
+
+A step whose loss or gradient norm is NaN/inf is skipped (no update; its data counts as used).
+After `max_nonfinite_steps` such steps in a row the run stops. Before any checkpoint or final
+model is written the weights themselves are checked, so a non-finite tensor is never saved.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class StepCheck:
+    """What the one host read of an optimizer step found."""
+
+    loss_finite: bool
+    #: None when the backend does not report it (DeepSpeed without clipping)
+    grad_norm: float | None
+    #: a stop signal reached at least one process
+    stop: bool
+
+    @property
+    def grad_finite(self) -> bool:
+        return self.grad_norm is None or math.isfinite(self.grad_norm)
+
+
+def check_step(accelerator: Any, loss_sum: Any, grad_norm: Any, *, stop: bool) -> StepCheck:
+    """The step's one host sync (and, with several processes, one small all-reduce)."""
+    import torch
+
+    device = loss_sum.device
+    norm = _local(grad_norm)
+    known = norm is not None
+    norm_value = torch.as_tensor(norm if known else 0.0, device=device).float().reshape(())
+    values = torch.stack(
+        [
+            (~torch.isfinite(loss_sum.detach())).float().reshape(()),
+            norm_value,
+            torch.tensor(float(stop), device=device),
+        ]
+    )
+    processes = accelerator.num_processes if accelerator is not None else 1
+    if processes > 1:
+        values = accelerator.reduce(values, "sum")
+    loss_bad, total_norm, stops = values.tolist()
+    return StepCheck(
+        loss_finite=loss_bad == 0,
+        # every process holds the same (all-reduced) gradient norm
+        grad_norm=total_norm / processes if known else None,
+        stop=stops > 0,
+    )
+
+
+def _local(tensor: Any) -> Any:
+    """A DTensor (FSDP2) as the plain tensor it stands for."""
+    if tensor is not None and hasattr(tensor, "full_tensor"):
+        return tensor.full_tensor()
+    return tensor
+
+
+@dataclass
+class NonFiniteStreak:
+    """Non-finite optimizer steps in a row; the run stops when `limit` is reached."""
+
+    limit: int
+    length: int = 0
+    first_step: int | None = None
+
+    def update(self, step: int, finite: bool) -> None:
+        if finite:
+            self.length, self.first_step = 0, None
+            return
+        self.length += 1
+        if self.first_step is None:
+            self.first_step = step
+
+    @property
+    def exhausted(self) -> bool:
+        return self.length >= self.limit
+
+
+def nonfinite_weights(model: Any, accelerator: Any = None) -> list[str]:
+    """Names of parameters holding a NaN/inf value (on any process); empty when all are
+    finite. One pass over the weights and one host read."""
+    import torch
+
+    names, flags = [], []
+    for name, param in model.named_parameters():
+        local = param.to_local() if hasattr(param, "to_local") else param
+        names.append(name)
+        flags.append(torch.isfinite(local.detach()).all())
+    if not flags:
+        return []
+    bad = (~torch.stack(flags)).float()
+    if accelerator is not None and accelerator.num_processes > 1:
+        bad = accelerator.reduce(bad, "sum")
+    return [n for n, b in zip(names, bad.tolist(), strict=True) if b > 0]
