@@ -191,10 +191,10 @@ def resolve_resume(resume_from_checkpoint: str | bool | None, output_dir: Path) 
             warnings.append(f"passing over {path}: {problem}")
         if word == "auto":
             return ResumeChoice(None, tuple(warnings))
-        passed = f" ({len(warnings)} passed over, see the warnings)" if warnings else ""
+        passed = "; ".join(w.removeprefix("passing over ") for w in warnings)
         raise CheckpointError(
             f"training.resume_from_checkpoint={value!r}: no complete cpo checkpoint in "
-            f"{output_dir}{passed}",
+            f"{output_dir}" + (f" ({passed})" if passed else ""),
             hint="train without resume_from_checkpoint first, give a checkpoint path, or use "
             "`auto` to start fresh when there is none",
         )
@@ -289,7 +289,8 @@ def save_checkpoint(
             hint="move it away, or choose another training.output_dir",
         )
     try:
-        with disk_full_as_error(final.name, output_dir, staging=tmp, kept=_kept(output_dir)):
+        kept = lambda: last_good_message(output_dir)  # noqa: E731
+        with disk_full_as_error(final.name, output_dir, staging=tmp, kept=kept):
             _write_checkpoint(
                 accelerator,
                 model,
@@ -359,12 +360,10 @@ def _move_into_place(tmp: Path, final: Path) -> None:
     (final / manifest.PARTIAL_MARK).unlink(missing_ok=True)
 
 
-def _kept(output_dir: Path) -> Any:
-    def kept() -> str:
-        last = latest_checkpoint(output_dir)
-        return f"last good checkpoint: {last}" if last else "no checkpoint was saved before"
-
-    return kept
+def last_good_message(output_dir: Path) -> str:
+    """What a failed run keeps, for its error message."""
+    last = latest_checkpoint(output_dir)
+    return f"last good checkpoint: {last}" if last else "no checkpoint was saved"
 
 
 def recover_interrupted_replace(output_dir: Path) -> None:
@@ -426,6 +425,11 @@ def _load_accelerate_state(accelerator: Accelerator, folder: Path) -> None:
     the RNG states (the run would silently differ), so that file is checked first."""
     from accelerate.utils import load
 
+    for planted in sorted(folder.glob("custom_checkpoint_*")):
+        raise CheckpointError(
+            f"{planted}: refused: cpo never writes this file, and accelerate would load it "
+            "with pickle (able to run code)"
+        )
     rng = folder / f"random_states_{accelerator.process_index}.pkl"
     current = rng
     try:

@@ -50,7 +50,8 @@ def is_disk_full(exc: BaseException, where: Path) -> bool:
         if isinstance(current, OSError) and current.errno in _FULL_ERRNOS:
             return True
         texts.append(str(current).lower())
-        current = current.__cause__ or current.__context__
+        hidden = current.__suppress_context__ and current.__cause__ is None
+        current = current.__cause__ or (None if hidden else current.__context__)
     text = " ".join(texts)
     if any(t in text for t in _FULL_TEXT):
         return True
@@ -95,7 +96,9 @@ def disk_full_as_error(
     try:
         yield
     except BaseException as exc:
-        if not isinstance(exc, Exception) or not is_disk_full(exc, where):
+        if isinstance(exc, DiskFullError) or not isinstance(exc, Exception):
+            raise  # already said (by an inner block), or not an error at all (Ctrl-C)
+        if not is_disk_full(exc, where):
             raise
         detail = ""
         if staging is not None and staging.is_dir():
