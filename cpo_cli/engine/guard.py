@@ -2,9 +2,9 @@
 
 Per micro-batch nothing is read back from the device: the losses are summed there. Once per
 optimizer step, after `clip_grad_norm_`, one small tensor [loss sum non-finite, gradient norm,
-stop signal received] is summed across processes and copied to the host: the one host sync of
-the step. It decides, the same way on every process, whether the update is applied, whether
-the run has diverged, and whether to stop for a signal.
+SIGTERM received, SIGUSR1 received] is summed across processes and copied to the host: the one
+host sync of the step. It decides, the same way on every process, whether the update is
+applied, whether the run has diverged, and whether to stop for a signal.
 
 A step whose loss or gradient norm is NaN/inf is skipped (no update; its data counts as used).
 After `max_nonfinite_steps` such steps in a row the run stops. Before any checkpoint or final
@@ -25,16 +25,25 @@ class StepCheck:
     loss_finite: bool
     #: None when the backend does not report it (DeepSpeed without clipping)
     grad_norm: float | None
-    #: a stop signal reached at least one process
-    stop: bool
+    #: the stop signal that reached at least one process (SIGTERM first), or None
+    stop_signal: int | None
+
+    @property
+    def stop(self) -> bool:
+        return self.stop_signal is not None
 
     @property
     def grad_finite(self) -> bool:
         return self.grad_norm is None or math.isfinite(self.grad_norm)
 
 
-def check_step(accelerator: Any, loss_sum: Any, grad_norm: Any, *, stop: bool) -> StepCheck:
-    """The step's one host sync (and, with several processes, one small all-reduce)."""
+def check_step(
+    accelerator: Any, loss_sum: Any, grad_norm: Any, *, received: int | None
+) -> StepCheck:
+    """The step's one host sync (and, with several processes, one small all-reduce).
+    `received`: the stop signal this process got, if any."""
+    import signal
+
     import torch
 
     device = loss_sum.device
@@ -45,18 +54,20 @@ def check_step(accelerator: Any, loss_sum: Any, grad_norm: Any, *, stop: bool) -
         [
             (~torch.isfinite(loss_sum.detach())).float().reshape(()),
             norm_value,
-            torch.tensor(float(stop), device=device),
+            torch.tensor(float(received == signal.SIGTERM), device=device),
+            torch.tensor(float(received == signal.SIGUSR1), device=device),
         ]
     )
     processes = accelerator.num_processes if accelerator is not None else 1
     if processes > 1:
         values = accelerator.reduce(values, "sum")
-    loss_bad, total_norm, stops = values.tolist()
+    loss_bad, total_norm, terms, usr1s = values.tolist()
+    stop_signal = signal.SIGTERM if terms > 0 else signal.SIGUSR1 if usr1s > 0 else None
     return StepCheck(
         loss_finite=loss_bad == 0,
         # every process holds the same (all-reduced) gradient norm
         grad_norm=total_norm / processes if known else None,
-        stop=stops > 0,
+        stop_signal=stop_signal,
     )
 
 

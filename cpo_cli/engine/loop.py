@@ -10,6 +10,7 @@ printing, logging and writing happen on the main process only.
 from __future__ import annotations
 
 import math
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -280,7 +281,7 @@ def _train_loop(
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
             learning_rate = run.scheduler.get_last_lr()[0]
             # the step's one host sync: is it finite, and has a stop signal arrived?
-            check = check_step(accelerator, step_loss, grad_norm, stop=signals.received is not None)
+            check = check_step(accelerator, step_loss, grad_norm, received=signals.received)
             # with fp16 loss scaling an overflowing gradient is the scaler's business
             finite = check.loss_finite and (check.grad_finite or accelerator.scaler is not None)
             if finite:
@@ -332,7 +333,7 @@ def _train_loop(
             if stop or schedule.should_save(state.global_step, end_of_epoch, state):
                 saved = _save(run, state)
                 if stop:
-                    raise _preempted(run, state, signals, saved)
+                    raise _preempted(run, state, check.stop_signal or signals.received, saved)
             tick = time.perf_counter()
             if finished:
                 break
@@ -372,12 +373,16 @@ def _diverged(run: Run, state: TrainerState, streak: NonFiniteStreak) -> Trainin
 
 
 def _preempted(
-    run: Run, state: TrainerState, signals: StopSignals, saved: Path
+    run: Run, state: TrainerState, signum: int | None, saved: Path
 ) -> TrainingInterrupted:
+    """Stopped for a signal (this process's or, with several, one that another one got)."""
+    from cpo_cli.engine.preemption import EXIT_CODES
+
+    stop = signal.Signals(signum or signal.SIGTERM)
     return TrainingInterrupted(
-        f"stopped by {signals.name} after step {state.global_step} of "
+        f"stopped by {stop.name} after step {state.global_step} of "
         f"{run.plan.total_steps}; checkpoint saved: {saved}",
-        exit_code=signals.exit_code,
+        exit_code=EXIT_CODES[stop],
         hint=f"resume with: {run.command} training.resume_from_checkpoint=last (or `auto` in "
         "a requeue script)",
     )

@@ -1,6 +1,7 @@
 """Real `cpo train` subprocesses on the tiny model, stopped by real signals: SIGTERM and SIGUSR1
 write a checkpoint and exit 143/138, and the run resumes from it; two runs into one output
-folder; a run killed with SIGKILL leaves a stale lock that the next run takes over."""
+folder; a run killed with SIGKILL leaves a stale lock that the next run takes over; a signal to
+one of two torchrun processes stops both at the same step (slow: `make test-all`)."""
 
 from __future__ import annotations
 
@@ -70,7 +71,10 @@ def wait_for(
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGUSR1, 138)])
+@pytest.mark.parametrize(
+    ("signum", "code"),
+    [(signal.SIGTERM, 143), pytest.param(signal.SIGUSR1, 138, marks=pytest.mark.slow)],
+)
 def test_a_signal_mid_run_saves_a_checkpoint_and_the_run_resumes_from_it(
     signum: int,
     code: int,
@@ -135,3 +139,40 @@ def test_two_runs_into_one_folder_and_a_killed_run_s_stale_lock(
     assert f"warning: took over the lock of a run that is gone (host {socket.gethostname()}, " \
         f"PID {first.pid}, since " in text  # fmt: skip
     assert (out / "model.safetensors").is_file() and not (out / ".cpo-lock").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_a_signal_to_one_of_two_processes_stops_both_at_the_same_step(
+    tiny_model_dir: Path, demo_train_path: Path, tmp_path: Path
+) -> None:
+    """SIGUSR1 to one of two processes only (torchrun, CPU): they agree at the next step's
+    all-reduce, write one checkpoint together (each its RNG state) and both exit 138."""
+    out = tmp_path / "out"
+    recipe = write_recipe(
+        tmp_path, tiny_model_dir, demo_train_path, out, per_device_train_batch_size=2
+    )
+    log = tmp_path / "log.txt"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRL_EXPERIMENTAL_SILENCE": "1", "NO_COLOR": "1"}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    with log.open("w") as sink:
+        agent = subprocess.Popen(
+            [*launcher, "-m", "cpo_cli", "train", str(recipe)],
+            cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+    wait_for(lambda: "step 3/2000" in log.read_text(), agent, log)
+    workers = subprocess.run(
+        ["pgrep", "-P", str(agent.pid)], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert len(workers) == 2
+    os.kill(int(workers[-1]), signal.SIGUSR1)
+    assert agent.wait(timeout=300) != 0
+    text = log.read_text()
+    (checkpoint,) = out.glob("checkpoint-*")
+    assert checkpoint_problem(checkpoint) is None
+    assert {p.name for p in (checkpoint / "accelerate").glob("random_states_*")} == {
+        "random_states_0.pkl", "random_states_1.pkl",
+    }  # fmt: skip
+    step = checkpoint.name.split("-")[1]
+    assert f"error: stopped by SIGUSR1 after step {step} of 2000" in text
+    assert text.count("exitcode  : 138") == 2, text[-3000:]

@@ -4,6 +4,7 @@ weight check before any save."""
 from __future__ import annotations
 
 import math
+import signal
 
 import pytest
 import torch
@@ -22,7 +23,7 @@ from cpo_cli.engine.guard import NonFiniteStreak, check_step, nonfinite_weights
     ],
 )
 def test_check_step(loss: float, norm: float, loss_finite: bool, grad_finite: bool) -> None:
-    check = check_step(None, torch.tensor(loss), torch.tensor(norm), stop=False)
+    check = check_step(None, torch.tensor(loss), torch.tensor(norm), received=None)
     assert (check.loss_finite, check.grad_finite, check.stop) == (loss_finite, grad_finite, False)
     if grad_finite:
         assert check.grad_norm == pytest.approx(norm)
@@ -34,13 +35,14 @@ def test_check_step_reads_the_device_once(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(torch.Tensor, "tolist", lambda t: reads.append(1) or real(t))
     for name in ("item", "__bool__", "__float__"):
         monkeypatch.setattr(torch.Tensor, name, lambda *a, n=name: pytest.fail(f"Tensor.{n}"))
-    check = check_step(None, torch.tensor(0.5), torch.tensor(1.5), stop=True)
+    check = check_step(None, torch.tensor(0.5), torch.tensor(1.5), received=signal.SIGTERM)
     monkeypatch.undo()
-    assert reads == [1] and check.stop and check.grad_norm == pytest.approx(1.5)
+    assert reads == [1] and check.stop_signal == signal.SIGTERM
+    assert check.grad_norm == pytest.approx(1.5)
 
 
 def test_an_unknown_grad_norm_is_not_a_bad_one() -> None:
-    check = check_step(None, torch.tensor(0.5), None, stop=False)
+    check = check_step(None, torch.tensor(0.5), None, received=None)
     assert check.grad_norm is None and check.grad_finite
 
 
