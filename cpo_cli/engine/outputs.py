@@ -25,7 +25,7 @@ def claim_output_dir(output_dir: Path, training: TrainingConfig) -> RunLock | No
     """Lock the output folder for this run and check that cpo may write there (main process
     only; the others never write into it). Returns the lock to release at the end."""
     from cpo_cli.engine.checkpoint import recover_interrupted_replace
-    from cpo_cli.engine.outdir import check_output_dir, claim, remove_partials
+    from cpo_cli.engine.outdir import check_output_dir, claim, owned_names, remove_partials
 
     if not console.is_main_process():
         return None
@@ -37,6 +37,9 @@ def claim_output_dir(output_dir: Path, training: TrainingConfig) -> RunLock | No
         recover_interrupted_replace(output_dir)
         remove_partials(output_dir)
         claim(output_dir, [])
+        # an earlier run's summary must not pass for this run's if this one fails early
+        if SUMMARY_FILE in owned_names(output_dir):
+            (output_dir / SUMMARY_FILE).unlink(missing_ok=True)
     except BaseException:
         lock.release()
         raise

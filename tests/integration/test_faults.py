@@ -394,6 +394,7 @@ def test_a_damaged_checkpoint_given_by_path_is_one_error_naming_the_file(
     assert train_cli(recipe, "training.max_steps=3", path) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and err[1].startswith("hint: ")
+    assert not (out / "train_results.json").exists()  # the first run's would be stale
     assert err[0] == (
         f"error: training.resume_from_checkpoint: {out / 'checkpoint-2'} cannot be resumed "
         "from: model.safetensors is damaged: 4096 bytes, the manifest says 822632"
