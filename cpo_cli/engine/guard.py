@@ -17,6 +17,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from cpo_cli.errors import TrainingDiverged
+
 
 @dataclass(frozen=True)
 class StepCheck:
@@ -97,6 +99,30 @@ class NonFiniteStreak:
     @property
     def exhausted(self) -> bool:
         return self.length >= self.limit
+
+
+def skipped_message(step: int, check: StepCheck, streak: NonFiniteStreak) -> str:
+    what = [] if check.loss_finite else ["loss"]
+    if not check.grad_finite:
+        what.append(f"gradient norm ({check.grad_norm})")
+    return (
+        f"step {step}: non-finite {' and '.join(what)}; its update was skipped "
+        f"({streak.length} in a row, the run stops at {streak.limit})"
+    )
+
+
+def diverged_error(streak: NonFiniteStreak, kept: str) -> TrainingDiverged:
+    """The error that ends a run whose streak reached its limit; `kept` names what is safe."""
+    first, now = streak.first_step, (streak.first_step or 0) + streak.length - 1
+    steps = f"step {now}" if first == now else f"steps {first}-{now}"
+    return TrainingDiverged(
+        f"training diverged: the loss or gradient norm was NaN/inf at {steps} "
+        f"({streak.length} in a row, training.max_nonfinite_steps={streak.limit}); those "
+        f"updates were skipped and nothing non-finite was saved; {kept}",
+        hint="lower training.learning_rate (or add warmup), keep training.max_grad_norm "
+        "clipping on, and check the data; resume from the last good checkpoint with "
+        "training.resume_from_checkpoint=last",
+    )
 
 
 def nonfinite_weights(model: Any, accelerator: Any = None) -> list[str]:

@@ -10,7 +10,6 @@ printing, logging and writing happen on the main process only.
 from __future__ import annotations
 
 import math
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ from cpo_cli.engine.checkpoint import (
     rotate_checkpoints,
     save_checkpoint,
 )
-from cpo_cli.engine.guard import NonFiniteStreak, check_step
+from cpo_cli.engine.guard import NonFiniteStreak, check_step, diverged_error, skipped_message
 from cpo_cli.engine.metric_means import MetricMeans
 from cpo_cli.engine.outputs import (
     claim_files,
@@ -36,7 +35,7 @@ from cpo_cli.engine.outputs import (
     refuse_nonfinite_weights,
     write_summary,
 )
-from cpo_cli.engine.preemption import StopNow, StopSignals
+from cpo_cli.engine.preemption import StopNow, StopSignals, stopped_error
 from cpo_cli.engine.schedule import Schedule
 from cpo_cli.errors import (
     EXIT_INTERRUPTED,
@@ -294,7 +293,7 @@ def _train_loop(
             streak.update(state.global_step, finite)
             if not finite:
                 state.skipped_steps += 1
-                _warn_skipped(state, check, streak, progress)
+                progress.print(f"warning: {skipped_message(state.global_step, check, streak)}")
             epoch_float = state.epoch + state.batches_done_in_epoch / plan.batches_per_epoch
             batches_left = plan.batches_per_epoch - state.batches_done_in_epoch
             window_size, in_window = min(plan.accumulation, batches_left), 0
@@ -321,7 +320,7 @@ def _train_loop(
                 window_means.reset()
                 window_tokens, window_seconds = 0, 0.0
             if streak.exhausted:
-                raise _diverged(run, state, streak)
+                raise diverged_error(streak, last_good_message(run.output_dir))
             finished = state.global_step >= plan.total_steps
             # a stop signal: no new evaluation; the checkpoint below is what matters
             stop = check.stop and not finished
@@ -333,7 +332,12 @@ def _train_loop(
             if stop or schedule.should_save(state.global_step, end_of_epoch, state):
                 saved = _save(run, state)
                 if stop:
-                    raise _preempted(run, state, check.stop_signal or signals.received, saved)
+                    raise stopped_error(
+                        check.stop_signal or signals.received,
+                        f"after step {state.global_step} of {plan.total_steps}",
+                        saved,
+                        resume=f"{run.command} training.resume_from_checkpoint=last",
+                    )
             tick = time.perf_counter()
             if finished:
                 break
@@ -344,48 +348,6 @@ def _train_loop(
         state.batches_done_in_epoch = 0
     if schedule.evaluate_at_end(state):
         last.evaluation = _evaluate(run, state, tracker, progress)
-
-
-def _warn_skipped(state: TrainerState, check: Any, streak: NonFiniteStreak, progress: Any) -> None:
-    what = []
-    if not check.loss_finite:
-        what.append("loss")
-    if not check.grad_finite:
-        what.append(f"gradient norm ({check.grad_norm})")
-    progress.print(
-        f"warning: step {state.global_step}: non-finite {' and '.join(what)}; its update was "
-        f"skipped ({streak.length} in a row, the run stops at {streak.limit})"
-    )
-
-
-def _diverged(run: Run, state: TrainerState, streak: NonFiniteStreak) -> TrainingDiverged:
-    first, now = streak.first_step, state.global_step
-    steps = f"step {now}" if first == now else f"steps {first}-{now}"
-    return TrainingDiverged(
-        f"training diverged: the loss or gradient norm was NaN/inf at {steps} "
-        f"({streak.length} in a row, training.max_nonfinite_steps={streak.limit}); those "
-        f"updates were skipped and nothing non-finite was saved; "
-        f"{last_good_message(run.output_dir)}",
-        hint="lower training.learning_rate (or add warmup), keep training.max_grad_norm "
-        "clipping on, and check the data; resume from the last good checkpoint with "
-        "training.resume_from_checkpoint=last",
-    )
-
-
-def _preempted(
-    run: Run, state: TrainerState, signum: int | None, saved: Path
-) -> TrainingInterrupted:
-    """Stopped for a signal (this process's or, with several, one that another one got)."""
-    from cpo_cli.engine.preemption import EXIT_CODES
-
-    stop = signal.Signals(signum or signal.SIGTERM)
-    return TrainingInterrupted(
-        f"stopped by {stop.name} after step {state.global_step} of "
-        f"{run.plan.total_steps}; checkpoint saved: {saved}",
-        exit_code=EXIT_CODES[stop],
-        hint=f"resume with: {run.command} training.resume_from_checkpoint=last (or `auto` in "
-        "a requeue script)",
-    )
 
 
 def _tokens_per_second(accelerator: Any, tokens: int, seconds: float) -> float:

@@ -18,10 +18,11 @@ import contextlib
 import signal
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from cpo_cli.errors import EXIT_SIGTERM, EXIT_SIGUSR1
+from cpo_cli.errors import EXIT_SIGTERM, EXIT_SIGUSR1, TrainingInterrupted
 
 #: the signals handled, and the exit code each ends the run with
 EXIT_CODES: dict[int, int] = {signal.SIGTERM: EXIT_SIGTERM, signal.SIGUSR1: EXIT_SIGUSR1}
@@ -87,6 +88,19 @@ class StopSignals:
 
 
 _active: StopSignals | None = None
+
+
+def stopped_error(
+    signum: int | None, when: str, saved: Path, *, resume: str
+) -> TrainingInterrupted:
+    """The error that ends a run stopped for a signal after saving `saved` (this process's
+    signal or, with several processes, one that another process got)."""
+    stop = signal.Signals(signum or signal.SIGTERM)
+    return TrainingInterrupted(
+        f"stopped by {stop.name} {when}; checkpoint saved: {saved}",
+        exit_code=EXIT_CODES[stop],
+        hint=f"resume with: {resume} (or `auto` in a requeue script)",
+    )
 
 
 @contextlib.contextmanager
