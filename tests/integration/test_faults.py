@@ -11,51 +11,34 @@ import os
 import pickle
 import signal
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from support import TINY_RUN, Result, write_recipe
 
-from cpo_cli.cli import run as cli_run
 from cpo_cli.engine.checkpoint import checkpoint_problem
 from cpo_cli.engine.manifest import write_manifest
 from cpo_cli.errors import EXIT_DIVERGED, EXIT_SIGTERM
 
+pytestmark = pytest.mark.usefixtures("private_cache")  # prepared pairs stay out of ~/.cache
 
-@pytest.fixture(autouse=True)
-def _private_cache(
-    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("CPO_CACHE", str(tmp_path_factory.getbasetemp() / "cpo_cache"))
+#: four optimizer steps of four pairs on the tiny model, logged each step, nothing saved
+FAULT_RUN = {**TINY_RUN, "max_steps": 4, "learning_rate": 1e-3, "disable_tqdm": True,
+             "max_length": 128, "max_prompt_length": 64}  # fmt: skip
+Cli = Callable[..., Result]
 
 
 def recipe_file(tmp_path: Path, model_dir: Path, train: Path, out: Path, **training: Any) -> Path:
-    settings = {
-        "output_dir": str(out),
-        "per_device_train_batch_size": 4,
-        "max_steps": 4,
-        "learning_rate": 1e-3,
-        "logging_steps": 1,
-        "save_strategy": "no",
-        "report_to": "none",
-        "disable_tqdm": True,
-        "max_length": 128,
-        "max_prompt_length": 64,
-        **training,
-    }
-    recipe = {
-        "model": {"name_or_path": str(model_dir)},
-        "data": {"train": {"path": str(train), "max_rows": 32}},
-        "training": settings,
-    }
     path = tmp_path / f"recipe-{len(list(tmp_path.glob('recipe-*')))}.yaml"
-    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
-    return path
+    return write_recipe(
+        path, model_dir, train=train, out=out, train_rows=32, **{**FAULT_RUN, **training}
+    )
 
 
-def train_cli(recipe: Path, *overrides: str) -> int:
-    return cli_run(["train", str(recipe), "--quiet", *overrides])
+def train_cli(cli: Cli, recipe: Path, *overrides: str) -> Result:
+    return cli("train", str(recipe), "--quiet", *overrides)
 
 
 def records(out: Path) -> list[dict[str, Any]]:
@@ -97,7 +80,7 @@ def _tensors(obj: Any, where: str) -> dict[str, Any]:
 
 
 def test_a_divergent_run_exits_non_zero_naming_the_step_and_saves_nothing_non_finite(
-    tiny_model_dir: Path, demo_train_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_model_dir: Path, demo_train_path: Path, tmp_path: Path, cli: Cli
 ) -> None:
     """learning_rate 1e30: the loss is NaN/inf from step 2; three such steps in a row stop the
     run with exit 4. Every tensor written anywhere is finite; there is no final model."""
@@ -106,8 +89,9 @@ def test_a_divergent_run_exits_non_zero_naming_the_step_and_saves_nothing_non_fi
         tmp_path, tiny_model_dir, demo_train_path, out,
         learning_rate=1e30, max_steps=10, save_strategy="steps", save_steps=1,
     )  # fmt: skip
-    assert train_cli(recipe) == EXIT_DIVERGED
-    err = capsys.readouterr().err
+    done = train_cli(cli, recipe)
+    assert done.exit_code == EXIT_DIVERGED, done.stderr[-2000:]
+    err = done.stderr
     assert "error: training diverged: the loss or gradient norm was NaN/inf at steps 2-4" in err
     assert f"last good checkpoint: {out / 'checkpoint-3'}" in err and "Traceback" not in err
     tensors = all_tensors(out)
@@ -134,6 +118,7 @@ def test_nan_steps_are_skipped_counted_and_only_the_loss_is_filtered(
     demo_train_path: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    cli: Cli,
 ) -> None:
     """The loss of steps 2 and 4 (the last) is made NaN: those updates are skipped; the log of
     step 2 leaves out the loss only when filtering, but shows every other metric; the final
@@ -153,7 +138,8 @@ def test_nan_steps_are_skipped_counted_and_only_the_loss_is_filtered(
     recipe = recipe_file(
         tmp_path, tiny_model_dir, demo_train_path, out, logging_nan_inf_filter=nan_filter
     )
-    assert train_cli(recipe) == 0
+    done = train_cli(cli, recipe)
+    assert done.exit_code == 0, done.stderr[-2000:]
     logged = {r["step"]: r for r in records(out)}
     assert ("loss" in logged[2]) is not nan_filter
     assert logged[2]["grad_norm"] == "nan" and math.isfinite(logged[2]["rewards/margins"])
@@ -165,7 +151,11 @@ def test_nan_steps_are_skipped_counted_and_only_the_loss_is_filtered(
 
 
 def test_one_device_read_per_optimizer_step(
-    tiny_model_dir: Path, demo_train_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_model_dir: Path,
+    demo_train_path: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    cli: Cli,
 ) -> None:
     """16 micro-batches in 4 optimizer steps, logging off: the engine reads the device 4 times
     (once per step) plus twice at the end (the weight check before the final save, the
@@ -197,7 +187,8 @@ def test_one_device_read_per_optimizer_step(
         tmp_path, tiny_model_dir, demo_train_path, tmp_path / "out",
         per_device_train_batch_size=2, gradient_accumulation_steps=4, logging_strategy="no",
     )  # fmt: skip
-    assert train_cli(recipe) == 0
+    done = train_cli(cli, recipe)
+    assert done.exit_code == 0, done.stderr[-2000:]
     monkeypatch.undo()
     per_step = [r for r in reads if r.endswith("check_step")]
     assert len(per_step) == 4
@@ -215,7 +206,7 @@ def test_a_second_signal_during_the_preemption_save_stops_at_once_keeping_the_la
     demo_train_path: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    cli: Cli,
 ) -> None:
     """A real SIGTERM to this process after step 3 asks for a checkpoint at the end of step 4;
     a second one arrives while that checkpoint is being written: the run stops at once (exit
@@ -242,8 +233,9 @@ def test_a_second_signal_during_the_preemption_save_stops_at_once_keeping_the_la
         tmp_path, tiny_model_dir, demo_train_path, out,
         max_steps=8, save_strategy="steps", save_steps=2,
     )  # fmt: skip
-    assert train_cli(recipe) == EXIT_SIGTERM
-    err = capsys.readouterr().err
+    done = train_cli(cli, recipe)
+    assert done.exit_code == EXIT_SIGTERM, done.stderr[-2000:]
+    err = done.stderr
     assert f"stopped by SIGTERM at step 4; last complete checkpoint: {out / 'checkpoint-2'}" in err
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".cpo")) == [
         "checkpoint-2", "metrics.jsonl", "train_results.json",
@@ -257,7 +249,7 @@ def test_without_jit_checkpoint_a_signal_stops_at_once(
     demo_train_path: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    cli: Cli,
 ) -> None:
     import cpo_cli.engine.loop as loop
 
@@ -274,9 +266,10 @@ def test_without_jit_checkpoint_a_signal_stops_at_once(
         tmp_path, tiny_model_dir, demo_train_path, out,
         save_strategy="steps", save_steps=2, enable_jit_checkpoint=False,
     )  # fmt: skip
-    assert train_cli(recipe) == 138
+    done = train_cli(cli, recipe)
+    assert done.exit_code == 138, done.stderr[-2000:]
     assert f"stopped by SIGUSR1 at step 3; last complete checkpoint: {out / 'checkpoint-2'}" in (
-        capsys.readouterr().err
+        done.stderr
     )
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
 
@@ -285,7 +278,7 @@ def test_without_jit_checkpoint_a_signal_stops_at_once(
 
 
 def test_a_folder_with_foreign_files_is_refused_then_used_beside_them(
-    tiny_model_dir: Path, demo_train_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_model_dir: Path, demo_train_path: Path, tmp_path: Path, cli: Cli
 ) -> None:
     out = tmp_path / "out"
     out.mkdir()
@@ -294,19 +287,23 @@ def test_a_folder_with_foreign_files_is_refused_then_used_beside_them(
     mine.mkdir()
     (mine / "weights.bin").write_text("my weights")
     recipe = recipe_file(tmp_path, tiny_model_dir, demo_train_path, out, max_steps=1)
-    assert train_cli(recipe) == 1
-    err = capsys.readouterr().err
+    done = train_cli(cli, recipe)
+    assert done.exit_code == 1, done.stderr[-2000:]
+    err = done.stderr
     assert "holds checkpoint-10/, which cpo did not write and would replace" in err
     assert "Traceback" not in err
     (mine / "weights.bin").rename(tmp_path / "weights.bin")
     mine.rmdir()
-    assert train_cli(recipe) == 1
-    assert "holds files cpo did not write: notes.md" in capsys.readouterr().err
-    assert train_cli(recipe, "training.overwrite_output_dir=true") == 0
+    done = train_cli(cli, recipe)
+    assert done.exit_code == 1, done.stderr[-2000:]
+    assert "holds files cpo did not write: notes.md" in done.stderr
+    done = train_cli(cli, recipe, "training.overwrite_output_dir=true")
+    assert done.exit_code == 0, done.stderr[-2000:]
     assert (out / "notes.md").read_text() == "my notes"
     assert (out / "model.safetensors").is_file() and not (out / ".cpo-lock").exists()
     # the folder is cpo's now (besides notes.md): a rerun replaces its own files only
-    assert train_cli(recipe, "training.overwrite_output_dir=true") == 0
+    done = train_cli(cli, recipe, "training.overwrite_output_dir=true")
+    assert done.exit_code == 0, done.stderr[-2000:]
     assert (out / "notes.md").read_text() == "my notes"
 
 
@@ -330,7 +327,7 @@ def _plant(path: Path, sentinel: Path) -> None:
 
 
 def test_nothing_loaded_from_a_checkpoint_can_run_code(
-    tiny_model_dir: Path, demo_train_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_model_dir: Path, demo_train_path: Path, tmp_path: Path, cli: Cli
 ) -> None:
     out = tmp_path / "out"
     sentinel = tmp_path / _SENTINEL
@@ -338,7 +335,8 @@ def test_nothing_loaded_from_a_checkpoint_can_run_code(
         tmp_path, tiny_model_dir, demo_train_path, out,
         max_steps=2, save_strategy="steps", save_steps=2,
     )  # fmt: skip
-    assert train_cli(recipe) == 0
+    done = train_cli(cli, recipe)
+    assert done.exit_code == 0, done.stderr[-2000:]
     checkpoint = out / "checkpoint-2"
     state = checkpoint / "accelerate"
     assert not list(state.glob("custom_checkpoint_*"))  # the schedule is JSON now
@@ -346,29 +344,29 @@ def test_nothing_loaded_from_a_checkpoint_can_run_code(
 
     # accelerate's file for a registered scheduler, planted: an extra file, so not ours
     _plant(state / "custom_checkpoint_0.pkl", sentinel)
-    assert train_cli(recipe, *resume) == 1
-    assert "accelerate/custom_checkpoint_0.pkl was not part of the checkpoint" in (
-        capsys.readouterr().err
-    )
+    done = train_cli(cli, recipe, *resume)
+    assert done.exit_code == 1, done.stderr[-2000:]
+    assert "accelerate/custom_checkpoint_0.pkl was not part of the checkpoint" in (done.stderr)
     # with a manifest forged to match, it is refused by name, never loaded
     write_manifest(checkpoint, global_step=2, cpo_version="forged")
-    assert train_cli(recipe, *resume) == 1
-    assert "custom_checkpoint_0.pkl: refused: cpo never writes this file" in (
-        capsys.readouterr().err
-    )
+    done = train_cli(cli, recipe, *resume)
+    assert done.exit_code == 1, done.stderr[-2000:]
+    assert "custom_checkpoint_0.pkl: refused: cpo never writes this file" in (done.stderr)
     assert not sentinel.exists()
     live = tmp_path / "custom_checkpoint_0.pkl"
     (state / "custom_checkpoint_0.pkl").rename(live)
     write_manifest(checkpoint, global_step=2, cpo_version="test")
-    assert train_cli(recipe, *resume) == 0
+    done = train_cli(cli, recipe, *resume)
+    assert done.exit_code == 0, done.stderr[-2000:]
 
     # the RNG and optimizer states are read with weights_only=True, which refuses the pickle
     for name in ("random_states_0.pkl", "optimizer.bin"):
         original = (state / name).read_bytes()
         _plant(state / name, sentinel)
         write_manifest(checkpoint, global_step=2, cpo_version="forged")
-        assert train_cli(recipe, *resume) == 1
-        err = capsys.readouterr().err
+        done = train_cli(cli, recipe, *resume)
+        assert done.exit_code == 1, done.stderr[-2000:]
+        err = done.stderr
         assert f"{state}" in err and "refused: it holds Python objects" in err
         assert not sentinel.exists()
         (state / name).write_bytes(original)
@@ -379,32 +377,36 @@ def test_nothing_loaded_from_a_checkpoint_can_run_code(
 
 
 def test_a_damaged_checkpoint_given_by_path_is_one_error_naming_the_file(
-    tiny_model_dir: Path, demo_train_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_model_dir: Path, demo_train_path: Path, tmp_path: Path, cli: Cli
 ) -> None:
     out = tmp_path / "out"
     recipe = recipe_file(
         tmp_path, tiny_model_dir, demo_train_path, out,
         max_steps=2, save_strategy="steps", save_steps=1,
     )  # fmt: skip
-    assert train_cli(recipe) == 0
+    done = train_cli(cli, recipe)
+    assert done.exit_code == 0, done.stderr[-2000:]
     with (out / "checkpoint-2" / "model.safetensors").open("r+b") as f:
         f.truncate(4096)
     (out / "checkpoint-1" / "accelerate" / "optimizer.bin").unlink()
     path = f"training.resume_from_checkpoint={out / 'checkpoint-2'}"
-    assert train_cli(recipe, "training.max_steps=3", path) == 1
-    err = capsys.readouterr().err.strip().splitlines()
+    done = train_cli(cli, recipe, "training.max_steps=3", path)
+    assert done.exit_code == 1, done.stderr[-2000:]
+    err = done.stderr.strip().splitlines()
     assert len(err) == 2 and err[1].startswith("hint: ")
     assert not (out / "train_results.json").exists()  # the first run's would be stale
     assert err[0] == (
         f"error: training.resume_from_checkpoint: {out / 'checkpoint-2'} cannot be resumed "
         "from: model.safetensors is damaged: 4096 bytes, the manifest says 822632"
     )
-    assert train_cli(recipe, "training.max_steps=3", "training.resume_from_checkpoint=last") == 1
-    err = capsys.readouterr().err  # both passed over: one error naming each problem
+    done = train_cli(cli, recipe, "training.max_steps=3", "training.resume_from_checkpoint=last")
+    assert done.exit_code == 1, done.stderr[-2000:]
+    err = done.stderr  # both passed over: one error naming each problem
     assert "no complete cpo checkpoint in" in err and "model.safetensors is damaged" in err
     assert f"{out / 'checkpoint-1'}: accelerate/optimizer.bin is missing" in err
     # auto: nothing good to resume from, so a fresh start (the damaged folders stay as they are)
-    assert train_cli(recipe, "training.max_steps=3", "training.resume_from_checkpoint=auto") == 0
+    done = train_cli(cli, recipe, "training.max_steps=3", "training.resume_from_checkpoint=auto")
+    assert done.exit_code == 0, done.stderr[-2000:]
     assert json.loads((out / "train_results.json").read_text())["global_step"] == 3
 
 
@@ -436,15 +438,16 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_good_checkpoint(
     demo_train_path: Path,
     tmp_path: Path,
     small_disk: Path,
-    capsys: pytest.CaptureFixture[str],
+    cli: Cli,
 ) -> None:
     out = small_disk / "out"
     recipe = recipe_file(
         tmp_path, tiny_model_dir, demo_train_path, out,
         max_steps=6, save_strategy="steps", save_steps=1,
     )  # fmt: skip
-    assert train_cli(recipe) == 1
-    lines = capsys.readouterr().err.strip().splitlines()
+    done = train_cli(cli, recipe)
+    assert done.exit_code == 1, done.stderr[-2000:]
+    lines = done.stderr.strip().splitlines()
     error = next(line for line in lines if line.startswith("error: "))
     assert error.startswith("error: disk full while writing checkpoint-")
     assert f" in {out} (" in error and " free; the partial files were removed; " in error

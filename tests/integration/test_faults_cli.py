@@ -16,33 +16,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from support import REPO, TINY_RUN
+from support import write_recipe as write_recipe_file
 
 from cpo_cli.engine.checkpoint import checkpoint_problem
 
-REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.usefixtures("private_cache")  # prepared pairs stay out of ~/.cache
+
+#: a run long enough to be stopped mid-way: 2000 steps, a checkpoint every 1000
+LONG_RUN = {**TINY_RUN, "max_steps": 2000, "save_strategy": "steps", "save_steps": 1000,
+            "max_length": 128, "max_prompt_length": 64}  # fmt: skip
 
 
 def write_recipe(tmp_path: Path, model_dir: Path, train: Path, out: Path, **training: Any) -> Path:
-    recipe = {
-        "model": {"name_or_path": str(model_dir)},
-        "data": {"train": {"path": str(train), "max_rows": 64}},
-        "training": {
-            "output_dir": str(out),
-            "per_device_train_batch_size": 4,
-            "max_steps": 2000,
-            "logging_steps": 1,
-            "save_strategy": "steps",
-            "save_steps": 1000,
-            "report_to": "none",
-            "max_length": 128,
-            "max_prompt_length": 64,
-            **training,
-        },
-    }
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
-    return path
+    return write_recipe_file(
+        tmp_path / "recipe.yaml", model_dir, train=train, out=out, train_rows=64,
+        **{**LONG_RUN, **training},
+    )  # fmt: skip
 
 
 def start(recipe: Path, log: Path, *overrides: str) -> subprocess.Popen[str]:

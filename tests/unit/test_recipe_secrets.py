@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -136,15 +137,15 @@ def test_a_git_revision_is_not_a_token() -> None:
     assert yaml.safe_load(to_yaml(loaded))["model"]["revision"] == revision
 
 
-def test_the_cli_never_echoes_a_token(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from cpo_cli.cli import run
-
+def test_the_cli_never_echoes_a_token(tmp_path: Path, cli: Any) -> None:
     token = SHAPED["hf"]
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"model: {{name_or_path: m}}\ntraining: {{hub_tokn: {token}}}\n")
-    assert run(["recipe", "validate", str(recipe)]) == 1
-    assert run(["train", str(recipe), f"training.oops={token}", token]) == 1
-    assert run(["push", str(tmp_path), token]) == 2  # click's own usage error
-    out, err = capsys.readouterr()
-    assert "unexpected extra argument" in err and "(***)" in err
-    assert token not in out + err
+    runs = [
+        cli("recipe", "validate", str(recipe)),
+        cli("train", str(recipe), f"training.oops={token}", token),
+        cli("push", str(tmp_path), token),  # click's own usage error
+    ]
+    assert [r.exit_code for r in runs] == [1, 1, 2]
+    assert "unexpected extra argument" in runs[2].stderr and "(***)" in runs[2].stderr
+    assert not [r for r in runs if token in r.output]
