@@ -127,17 +127,30 @@ def diverged_error(streak: NonFiniteStreak, kept: str) -> TrainingDiverged:
 
 def nonfinite_weights(model: Any, accelerator: Any = None) -> list[str]:
     """Names of parameters holding a NaN/inf value (on any process); empty when all are
-    finite. One pass over the weights and one host read."""
+    finite. One pass over the weights and one host read: a tensor's sum is finite only when
+    every element is (NaN and inf propagate), and a sum is ~30x cheaper than
+    `isfinite(...).all()` on a CPU; only a non-finite sum (which a huge but finite tensor can
+    also give, by overflow) is looked at element by element."""
     import torch
 
-    names, flags = [], []
+    names, sums = [], []
     for name, param in model.named_parameters():
         local = param.to_local() if hasattr(param, "to_local") else param
         names.append(name)
-        flags.append(torch.isfinite(local.detach()).all())
-    if not flags:
+        sums.append(torch.isfinite(local.detach().sum()))
+    if not sums:
         return []
-    bad = (~torch.stack(flags)).float()
+    bad = (~torch.stack(sums)).float()
     if accelerator is not None and accelerator.num_processes > 1:
         bad = accelerator.reduce(bad, "sum")
-    return [n for n, b in zip(names, bad.tolist(), strict=True) if b > 0]
+    suspects = {n for n, b in zip(names, bad.tolist(), strict=True) if b > 0}
+    if not suspects:
+        return []
+    found = []
+    for name, param in model.named_parameters():
+        if name in suspects:
+            local = param.to_local() if hasattr(param, "to_local") else param
+            if not bool(torch.isfinite(local.detach()).all()):
+                found.append(name)
+    # with several processes, another one may hold the bad shard: trust the reduced flags then
+    return found if accelerator is None or accelerator.num_processes == 1 else sorted(suspects)

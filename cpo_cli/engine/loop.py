@@ -98,11 +98,17 @@ def train(loaded: LoadedRecipe, *, show_progress: bool = True) -> TrainResult:
     output_dir = output_dir_of(training)
     signals = StopSignals(checkpoint_first=training.enable_jit_checkpoint)
     with signals.installed():
-        lock = claim_output_dir(output_dir, training)
+        lock = None
         try:
+            lock = claim_output_dir(output_dir, training)
             kept = lambda: last_good_message(output_dir)  # noqa: E731
             with disk_full_as_error("the run's outputs", output_dir, kept=kept):
                 return _train(loaded, signals, started, show_progress=show_progress)
+        except StopNow as exc:  # before training started (the loop turns its own into errors)
+            raise TrainingInterrupted(
+                f"stopped by {exc} before training started; nothing was saved",
+                exit_code=_exit_code(exc),
+            ) from None
         finally:
             if lock is not None:
                 lock.release()
@@ -121,9 +127,9 @@ def _train(
         console.warn(warning)
     try:
         run = build_run(loaded)
-    except (KeyboardInterrupt, StopNow) as exc:
+    except KeyboardInterrupt:
         raise TrainingInterrupted(
-            "interrupted before training started; nothing was saved", exit_code=_exit_code(exc)
+            "interrupted before training started; nothing was saved"
         ) from None
     accelerator = run.accelerator
     state = TrainerState()
@@ -131,7 +137,7 @@ def _train(
         state = load_checkpoint(accelerator, run.model, resume.path, scheduler=run.scheduler)
         console.info(f"resumed from {resume.path} (step {state.global_step})")
     else:
-        if training.resume_from_checkpoint == "auto":
+        if str(training.resume_from_checkpoint).strip().lower() == "auto":
             console.info(f"no checkpoint to resume from in {run.output_dir}; starting afresh")
         if latest_checkpoint(run.output_dir) is not None:
             console.warn(

@@ -274,6 +274,30 @@ def test_without_jit_checkpoint_a_signal_stops_at_once(
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
 
 
+def test_a_signal_before_training_starts_stops_at_once(
+    tiny_model_dir: Path,
+    demo_train_path: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    cli: Cli,
+) -> None:
+    """While the model loads there is nothing to save: SIGTERM stops at once (exit 143), the
+    output folder's lock is released."""
+    import cpo_cli.engine.loop as loop
+
+    def loading(loaded: Any) -> Any:
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("the signal should have stopped the run")
+
+    monkeypatch.setattr(loop, "build_run", loading)
+    out = tmp_path / "out"
+    recipe = recipe_file(tmp_path, tiny_model_dir, demo_train_path, out)
+    done = train_cli(cli, recipe)
+    assert done.exit_code == EXIT_SIGTERM
+    assert "error: stopped by SIGTERM before training started; nothing was saved" in done.stderr
+    assert not (out / ".cpo-lock").exists() and not list(out.glob("checkpoint-*"))
+
+
 # --------------------------------------------------------------------------- output folder
 
 

@@ -61,3 +61,14 @@ def test_nonfinite_weights_names_them() -> None:
     with torch.no_grad():
         model[1].bias[0] = math.inf
     assert nonfinite_weights(model) == ["1.bias"]
+
+
+def test_a_huge_but_finite_weight_is_not_mistaken_for_a_non_finite_one() -> None:
+    model = torch.nn.Linear(1000, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(3e38)  # the float32 sum overflows; every element is finite
+    assert not bool(torch.isfinite(model.weight.sum()))
+    assert nonfinite_weights(model) == []
+    with torch.no_grad():
+        model.weight[0, 7] = math.nan
+    assert nonfinite_weights(model) == ["weight"]
