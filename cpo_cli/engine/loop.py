@@ -28,6 +28,7 @@ from cpo_cli.engine.checkpoint import (
 )
 from cpo_cli.engine.guard import NonFiniteStreak, check_step, diverged_error, skipped_message
 from cpo_cli.engine.metric_means import MetricMeans
+from cpo_cli.engine.outdir import foreign_checkpoints_ahead
 from cpo_cli.engine.outputs import (
     claim_files,
     claim_output_dir,
@@ -145,6 +146,8 @@ def _train(
                 "starts from scratch and may replace them (to continue that run instead, "
                 "set training.resume_from_checkpoint=last)"
             )
+    if accelerator.is_main_process:  # now that the steps this run may save at are known
+        foreign_checkpoints_ahead(run.output_dir, state.global_step, run.plan.total_steps)
     claim_files(run, ["metrics.jsonl", *tracker_outputs(training, run.output_dir)])
     tracker = build_tracker(
         training,

@@ -30,10 +30,11 @@ from cpo_cli.errors import OutputDirError
 
 MARKER = ".cpo-output.json"
 LOCK_FILE = ".cpo-lock"
-#: names cpo writes at the top of an output folder; a foreign entry by one of these names would
-#: be replaced, so it is refused even with `overwrite_output_dir`
+#: names cpo writes at the top of an output folder at every run's end; a foreign entry by one of
+#: these names would be replaced, so it is refused even with `overwrite_output_dir`. (A foreign
+#: `checkpoint-N` is refused only when this run could save step N: `foreign_checkpoints_ahead`.)
 _WRITES = re.compile(
-    r"^(checkpoint-\d+|\.tmp-.*|\.old-.*|recipe\.yaml|metrics\.jsonl|train_results\.json|"
+    r"^(\.tmp-.*|\.old-.*|recipe\.yaml|metrics\.jsonl|train_results\.json|"
     r"config\.json|generation_config\.json|model.*\.safetensors(\.index\.json)?|"
     r"adapter_(config\.json|model\.safetensors)|tokenizer.*|special_tokens_map\.json|"
     r"added_tokens\.json|chat_template\.(jinja|json)|vocab\..*|merges\.txt|spiece\.model)$"
@@ -108,6 +109,32 @@ def check_output_dir(directory: Path, *, overwrite_output_dir: bool) -> list[str
             "to write beside them (they are left alone)",
         )
     return [f"{directory} holds files cpo did not write ({_listing(foreign)}); they are left alone"]
+
+
+def foreign_checkpoints_ahead(directory: Path, first_step: int, last_step: int) -> None:
+    """Refuse a `checkpoint-N` cpo did not write where this run may save (first < N <= last):
+    it would have to replace it. Called once the run's steps are known, before training."""
+    if not directory.is_dir():
+        return
+    owned = owned_names(directory)
+    ahead = sorted(
+        (
+            p
+            for p in directory.iterdir()
+            if (m := re.fullmatch(r"checkpoint-(\d+)", p.name))
+            and first_step < int(m.group(1)) <= last_step
+            and not is_ours(p, owned)
+        ),
+        key=lambda p: int(p.name.split("-")[1]),
+    )
+    if ahead:
+        raise OutputDirError(
+            f"training.output_dir: {directory} holds {_listing(ahead)}, which cpo did not "
+            f"write, and this run (steps {first_step + 1}-{last_step}) may save a checkpoint "
+            "by that name",
+            hint="move them away or choose another training.output_dir (cpo only ever "
+            "replaces or deletes files it wrote itself)",
+        )
 
 
 def create_partial(path: Path) -> Path:

@@ -307,28 +307,40 @@ def test_a_folder_with_foreign_files_is_refused_then_used_beside_them(
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.md").write_text("my notes")
-    mine = out / "checkpoint-10"
-    mine.mkdir()
-    (mine / "weights.bin").write_text("my weights")
-    recipe = recipe_file(tmp_path, tiny_model_dir, demo_train_path, out, max_steps=1)
+    theirs = out / "checkpoint-10"
+    theirs.mkdir()
+    (theirs / "weights.bin").write_text("my weights")
+    recipe = recipe_file(
+        tmp_path, tiny_model_dir, demo_train_path, out,
+        max_steps=2, save_strategy="steps", save_steps=1,
+    )  # fmt: skip
     done = train_cli(cli, recipe)
-    assert done.exit_code == 1, done.stderr[-2000:]
-    err = done.stderr
-    assert "holds checkpoint-10/, which cpo did not write and would replace" in err
-    assert "Traceback" not in err
-    (mine / "weights.bin").rename(tmp_path / "weights.bin")
-    mine.rmdir()
-    done = train_cli(cli, recipe)
-    assert done.exit_code == 1, done.stderr[-2000:]
-    assert "holds files cpo did not write: notes.md" in done.stderr
-    done = train_cli(cli, recipe, "training.overwrite_output_dir=true")
+    assert done.exit_code == 1
+    assert "holds files cpo did not write: checkpoint-10/, notes.md" in done.stderr
+    assert "overwrite_output_dir=true" in done.stderr and "Traceback" not in done.stderr
+    # a run that could save step 10 would have to replace their checkpoint-10
+    done = train_cli(cli, recipe, "training.overwrite_output_dir=true", "training.max_steps=12")
+    assert done.exit_code == 1
+    assert "holds checkpoint-10/, which cpo did not write, and this run (steps 1-12)" in (
+        done.stderr
+    )
+    overwrite = "training.overwrite_output_dir=true"
+    done = train_cli(cli, recipe, overwrite)
     assert done.exit_code == 0, done.stderr[-2000:]
-    assert (out / "notes.md").read_text() == "my notes"
+    assert "they are left alone" in done.stderr
     assert (out / "model.safetensors").is_file() and not (out / ".cpo-lock").exists()
-    # the folder is cpo's now (besides notes.md): a rerun replaces its own files only
-    done = train_cli(cli, recipe, "training.overwrite_output_dir=true")
+    # resuming passes over their folder (one warning) and takes cpo's newest
+    done = train_cli(
+        cli, recipe, overwrite, "training.max_steps=3", "training.resume_from_checkpoint=last"
+    )
     assert done.exit_code == 0, done.stderr[-2000:]
+    assert f"passing over {theirs}: no cpo_manifest.json" in done.stderr
+    assert json.loads((out / "train_results.json").read_text())["global_step"] == 3
     assert (out / "notes.md").read_text() == "my notes"
+    assert (theirs / "weights.bin").read_text() == "my weights"
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == [
+        "checkpoint-1", "checkpoint-10", "checkpoint-2", "checkpoint-3",
+    ]  # fmt: skip
 
 
 # --------------------------------------------------------------------------- checkpoints

@@ -21,6 +21,7 @@ from cpo_cli.engine.outdir import (
     check_output_dir,
     claim,
     create_partial,
+    foreign_checkpoints_ahead,
     foreign_entries,
     remove_partials,
 )
@@ -61,19 +62,31 @@ def test_foreign_files_are_refused_naming_them(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["config.json", "model.safetensors", "metrics.jsonl", "recipe.yaml", "checkpoint-10"]
+    "name", ["config.json", "model.safetensors", "metrics.jsonl", "recipe.yaml"]
 )
 def test_a_foreign_file_cpo_would_replace_is_refused_even_with_overwrite(
     tmp_path: Path, name: str
 ) -> None:
-    path = tmp_path / name
-    if name.startswith("checkpoint-"):
-        path.mkdir()
-        (path / "user_file.txt").write_text("mine")
-    else:
-        path.write_text("mine")
-    with pytest.raises(OutputDirError, match=f"holds {name}/?, which cpo did not write"):
+    (tmp_path / name).write_text("mine")
+    with pytest.raises(OutputDirError, match=f"holds {name}, which cpo did not write"):
         check_output_dir(tmp_path, overwrite_output_dir=True)
+
+
+def test_a_foreign_checkpoint_is_refused_only_where_this_run_may_save(tmp_path: Path) -> None:
+    theirs = tmp_path / "checkpoint-10"
+    theirs.mkdir()
+    (theirs / "user_file.txt").write_text("mine")
+    ours = tmp_path / "checkpoint-20"
+    ours.mkdir()
+    write_manifest(ours, global_step=20, cpo_version="test")
+    assert len(check_output_dir(tmp_path, overwrite_output_dir=True)) == 1
+    foreign_checkpoints_ahead(tmp_path, 0, 9)  # a 9-step run never saves checkpoint-10
+    foreign_checkpoints_ahead(tmp_path, 10, 30)  # resumed from step 10: saves 11-30 only
+    with pytest.raises(OutputDirError) as caught:
+        foreign_checkpoints_ahead(tmp_path, 0, 30)
+    assert "holds checkpoint-10/, which cpo did not write, and this run (steps 1-30)" in str(
+        caught.value
+    )
 
 
 def test_partial_folders_are_removed_only_when_marked(tmp_path: Path) -> None:
