@@ -339,7 +339,7 @@ def _train_loop(
                 stop = accelerator.num_processes == 1 and signals.received is not None
                 stop = stop and not finished
             if stop or schedule.should_save(state.global_step, end_of_epoch, state):
-                saved = _save(run, state)
+                saved = _save(run, state, push=not stop)  # a stop has no time for uploads
                 if stop:
                     raise stopped_error(
                         check.stop_signal or signals.received,
@@ -441,7 +441,7 @@ def _track_best(run: Run, state: TrainerState, metrics: dict[str, float]) -> Non
         state.best_step = state.global_step
 
 
-def _save(run: Run, state: TrainerState) -> Path:
+def _save(run: Run, state: TrainerState, *, push: bool = True) -> Path:
     from cpo_cli.engine.checkpoint import PREFIX
 
     refuse_nonfinite_weights(run, state, f"{PREFIX}{state.global_step}")
@@ -462,7 +462,7 @@ def _save(run: Run, state: TrainerState) -> Path:
             run.output_dir, run.training.save_total_limit, keep=state.best_checkpoint
         )
     console.info(f"saved {path}")
-    if run.training.push_to_hub and run.accelerator.is_main_process:
+    if push and run.training.push_to_hub and run.accelerator.is_main_process:
         # per hub_strategy; a failed push mid-run only warns (the checkpoint is safe on disk)
         from cpo_cli import __version__, hub
 
