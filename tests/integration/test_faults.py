@@ -111,6 +111,25 @@ def test_a_divergent_run_exits_non_zero_naming_the_step_and_saves_nothing_non_fi
     assert all("loss" not in r for r in logged[1:])  # filtered from the mean, not hidden below
 
 
+def test_weights_that_overflow_are_never_saved(
+    tiny_model_dir: Path, demo_train_path: Path, tmp_path: Path, cli: Cli
+) -> None:
+    """A learning rate past float32's range (1e39): step 1's loss and gradients are finite, but
+    the update makes the weights inf/NaN. The checkpoint of step 1 is refused, nothing is
+    written."""
+    out = tmp_path / "out"
+    recipe = recipe_file(
+        tmp_path, tiny_model_dir, demo_train_path, out,
+        learning_rate=1e39, save_strategy="steps", save_steps=1,
+    )  # fmt: skip
+    done = train_cli(cli, recipe)
+    assert done.exit_code == EXIT_DIVERGED
+    assert "error: training diverged: after step 1 the weights hold NaN/inf (" in done.stderr
+    assert "so checkpoint-1 was not written; no checkpoint was saved" in done.stderr
+    assert not list(out.glob("checkpoint-*")) and not list(out.glob("*.safetensors"))
+    assert not list(out.glob(".tmp-*"))
+
+
 @pytest.mark.parametrize("nan_filter", [True, False])
 def test_nan_steps_are_skipped_counted_and_only_the_loss_is_filtered(
     nan_filter: bool,
