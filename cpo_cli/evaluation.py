@@ -403,9 +403,9 @@ def prepare_pairs(
 def score_pairs(subject: EvalModel, pairs: Any, training: TrainingConfig) -> dict[str, float]:
     """The engine's evaluation over every pair, set up as the training loop sets it up (same
     accelerator, batch layout, loader and `evaluate_model`), plus the number of pairs."""
+    from cpo_cli.engine.build import build_accelerator
     from cpo_cli.engine.data import build_eval_dataloader, loader_settings
     from cpo_cli.engine.evaluate import evaluate_model
-    from cpo_cli.engine.loop import build_accelerator
 
     accelerator = build_accelerator(training)
     model = subject.model

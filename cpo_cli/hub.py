@@ -356,9 +356,10 @@ def _scrub(text: str, token: str) -> str:
 
 # ----------------------------------------------------------------------------- during training
 
-#: Files of a checkpoint that make up the model (what `every_save` mirrors at the repo root);
-#: optimizer/scheduler/RNG state (`accelerate/`) and `trainer_state.json` stay out of it.
-_NOT_MODEL_FILES = ("trainer_state.json", "trainer_state.json.part")
+#: Files of a checkpoint that are not the model (`every_save` mirrors the rest at the repo root):
+#: the counters, the schedule's state and the manifest (it lists files the root does not have);
+#: the optimizer and RNG states are in `accelerate/`, which is never mirrored.
+_NOT_MODEL_FILES = ("trainer_state.json", "scheduler.json", "cpo_manifest.json")
 
 
 def settings_from_training(training: TrainingConfig, output_dir: Path) -> PushSettings:

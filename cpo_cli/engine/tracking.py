@@ -50,7 +50,7 @@ class JsonlSink:
         self._file = path.open("a", encoding="utf-8")
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        record = {"step": step, **{k: _json_number(v) for k, v in metrics.items()}}
+        record = {"step": step, **{k: json_number(v) for k, v in metrics.items()}}
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
 
@@ -71,7 +71,7 @@ def _lines_up_to(path: Path, step: int) -> list[str]:
     return kept
 
 
-def _json_number(value: float) -> float | str | None:
+def json_number(value: float) -> float | str | None:
     """NaN and infinities are not JSON; write them as strings a reader can still parse."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
@@ -150,6 +150,17 @@ def check_backends(report_to: str | Sequence[str] | None) -> list[str]:
                 "or remove it from training.report_to",
             )
     return names
+
+
+def tracker_outputs(training: TrainingConfig, output_dir: Path) -> list[str]:
+    """Top-level names the trackers write into `output_dir` (recorded there as cpo's)."""
+    names = requested_backends(training.report_to)
+    out = []
+    if "tensorboard" in names and not training.logging_dir:
+        out.append("runs")
+    if "wandb" in names:
+        out.append("wandb")
+    return out
 
 
 def build_tracker(

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from cpo_cli.errors import RecipeError, first_line
 from cpo_cli.recipe.messages import format_validation_error
 from cpo_cli.recipe.schema import Recipe
-from cpo_cli.recipe.secrets import looks_secret, redact_text
+from cpo_cli.recipe.secrets import looks_secret, redact_text, redact_tokens
 
 # `training.beta=0.2`, `data.train.columns.prompt=question`, `training.report_to=[wandb]`
 _OVERRIDE = re.compile(r"^\+?([A-Za-z_][\w\-]*(?:\.[\w\-]+|\[\d+\])*)=(.*)$", re.S)
@@ -136,9 +136,10 @@ def _load_config(cfg: Any, overrides: Sequence[str], source: str) -> LoadedRecip
 
 
 def _shown(override: str) -> str:
-    """An override as it may be printed: `training.hub_token=***` for secret-looking keys."""
+    """An override as it may be printed: `training.hub_token=***` for secret-looking keys, and
+    token-shaped values hidden wherever they are."""
     key, sep, _ = override.partition("=")
-    return f"{key}=***" if sep and looks_secret(key.rsplit(".", 1)[-1]) else override
+    return f"{key}=***" if sep and looks_secret(key.rsplit(".", 1)[-1]) else redact_tokens(override)
 
 
 def _apply_overrides(cfg: DictConfig, overrides: Sequence[str], problems: list[str]) -> DictConfig:

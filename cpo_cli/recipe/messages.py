@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from cpo_cli.recipe.secrets import REDACTED
+from cpo_cli.recipe.secrets import REDACTED, redact_tokens
 
 
 def _submodel(annotation: Any) -> type[BaseModel] | None:
@@ -83,7 +83,7 @@ def show_value(value: Any, hidden: bool = False) -> str:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
-    text = repr(value) if isinstance(value, (dict, list, str)) else str(value)
+    text = redact_tokens(repr(value) if isinstance(value, (dict, list, str)) else str(value))
     return text if len(text) <= 80 else text[:77] + "..."
 
 

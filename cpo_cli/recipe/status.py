@@ -30,7 +30,7 @@ class FieldStatus:
 
 HONOURED: tuple[str, ...] = (
     # run, schedule, optimisation
-    "output_dir", "run_name", "num_train_epochs", "max_steps",
+    "output_dir", "overwrite_output_dir", "run_name", "num_train_epochs", "max_steps",
     "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
     "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
     "optim", "optim_args", "adafactor", "lr_scheduler_type", "lr_scheduler_kwargs",
@@ -58,7 +58,8 @@ HONOURED: tuple[str, ...] = (
     "padding_value", "truncation_mode", "generate_during_eval", "is_encoder_decoder",
     "model_init_kwargs", "dataset_num_proc",
     # beyond CPOConfig
-    "alpha", "prefix_sharing", "logprob_chunk_size",
+    "alpha", "prefix_sharing", "logprob_chunk_size", "enable_jit_checkpoint",
+    "max_nonfinite_steps",
 )  # fmt: skip
 
 _ACCELERATE = "configure it with `accelerate config` and run `accelerate launch -m cpo_cli train`"
@@ -81,7 +82,6 @@ NOT_APPLICABLE: dict[str, FieldStatus] = {
         "checkpoint pushes are synchronous, so every checkpoint is pushed already"
     ),
     # legacy script flags and HF Trainer internals
-    "overwrite_output_dir": _na("only example scripts read it; cpo never deletes an output_dir"),
     "do_train": _na("legacy script flag; the command (`cpo train`, `cpo eval`) decides"),
     "do_eval": _na("legacy script flag; `eval_strategy` and `cpo eval` decide"),
     "do_predict": _na("legacy script flag; cpo has no predict step"),

@@ -30,7 +30,13 @@ from cpo_cli.recipe.choices import (
 from cpo_cli.recipe.optim_args import parse_optim_args
 
 #: fields added beyond CPOConfig (documented as such)
-CPO_EXTENSIONS: tuple[str, ...] = ("alpha", "prefix_sharing", "logprob_chunk_size")
+CPO_EXTENSIONS: tuple[str, ...] = (
+    "alpha",
+    "prefix_sharing",
+    "logprob_chunk_size",
+    "enable_jit_checkpoint",
+    "max_nonfinite_steps",
+)
 
 # Fields TRL typed `dict | str`: a string there is a JSON object (as on TRL's command line).
 _JSON_DICT_FIELDS = ("lr_scheduler_kwargs", "gradient_checkpointing_kwargs", "model_init_kwargs")
@@ -48,7 +54,10 @@ class TrainingConfig(BaseModel):
         "`trainer_output` in the working directory.",
     )
     overwrite_output_dir: bool = Field(
-        default=False, description="Legacy flag read only by example scripts, never by the trainer."
+        default=False,
+        description="Allow an `output_dir` that holds files cpo did not write; they are left "
+        "alone (cpo only ever replaces or deletes its own files, and refuses a folder with a "
+        "foreign file it would replace).",
     )
     do_train: bool = Field(
         default=False, description="Legacy script flag; the command chosen decides."
@@ -167,8 +176,9 @@ class TrainingConfig(BaseModel):
     )
     logging_nan_inf_filter: bool = Field(
         default=True,
-        description="Leave NaN/inf losses out of the logged running loss (the update still "
-        "happens).",
+        description="Leave NaN/inf losses out of the logged mean loss (only the loss: the other "
+        "metrics, the final summary and the NaN guard see every value; see "
+        "`max_nonfinite_steps`).",
     )
 
     # --- checkpoints ------------------------------------------------------------------------
@@ -370,10 +380,12 @@ class TrainingConfig(BaseModel):
     push_to_hub: bool = Field(
         default=False, description="Upload the model to the Hugging Face Hub (see `hub_strategy`)."
     )
-    resume_from_checkpoint: str | None = Field(
+    resume_from_checkpoint: bool | str | None = Field(
         default=None,
-        description="Resume from this checkpoint folder; `last`: the latest checkpoint in "
-        "`output_dir`.",
+        description="Resume from a checkpoint: a `checkpoint-N` folder cpo wrote; `true` or "
+        "`last`: the newest good one in `output_dir` (damaged or foreign ones are passed over "
+        "with a warning; none is an error); `auto`: the same, or start afresh when there is "
+        "none (for requeue scripts). None/false: start afresh.",
     )
     hub_model_id: str | None = Field(
         default=None,
@@ -570,6 +582,20 @@ class TrainingConfig(BaseModel):
         default=True,
         description="cpo extension: run each prompt once per pair and attend both answers to "
         "it (same log-probabilities as the plain path, less compute).",
+    )
+    enable_jit_checkpoint: bool = Field(
+        default=True,
+        description="cpo extension (TRL 1.16's name): on SIGTERM or SIGUSR1, finish the "
+        "current optimizer step, save a checkpoint and exit 143 (SIGTERM) or 138 (SIGUSR1); a "
+        "second signal stops at once. False: the first signal stops at once (finished "
+        "checkpoints are kept). TRL's default is false; cpo's is true.",
+    )
+    max_nonfinite_steps: int = Field(
+        default=3,
+        ge=1,
+        description="cpo extension: an optimizer step whose loss or gradient norm is NaN/inf "
+        "is skipped (no update); after this many in a row the run stops (exit 4), keeping the "
+        "last good checkpoint. Non-finite weights are never saved.",
     )
     logprob_chunk_size: int = Field(
         default=256,

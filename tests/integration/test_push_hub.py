@@ -278,6 +278,8 @@ def checkpoint(output_dir: Path) -> Path:
     (ckpt / "config.json").write_text("{}")
     (ckpt / "model.safetensors").write_bytes(b"w" * 64)
     (ckpt / "trainer_state.json").write_text("{}")
+    (ckpt / "scheduler.json").write_text("{}")
+    (ckpt / "cpo_manifest.json").write_text("{}")
     (ckpt / "recipe.yaml").write_text(f"training:\n  hub_token: {TOKEN}\n")
     (ckpt / "accelerate").mkdir()
     (ckpt / "accelerate" / "optimizer.bin").write_bytes(b"o" * 10)
@@ -306,6 +308,7 @@ def test_push_checkpoint_follows_hub_strategy(
     paths = committed_paths(fake_hub)
     assert {"config.json", "model.safetensors", "recipe.yaml", "README.md"} <= paths
     assert "trainer_state.json" not in paths and "optimizer.bin" not in paths
+    assert "scheduler.json" not in paths and "cpo_manifest.json" not in paths
     assert extra <= paths
     nested = {p.split("/")[0] for p in paths if "/" in p}
     assert nested == {e.split("/")[0] for e in extra}  # only the strategy's checkpoint folder
