@@ -28,6 +28,7 @@ from cpo_cli.engine.checkpoint import (
     save_checkpoint,
     save_model,
 )
+from cpo_cli.engine.merge_check import merge_at_end
 from cpo_cli.engine.metric_means import MetricMeans
 from cpo_cli.engine.schedule import Plan, Schedule, build_plan
 from cpo_cli.errors import EXIT_INTERRUPTED, CpoError, RecipeError
@@ -491,9 +492,9 @@ def _finish(run: Run, state: TrainerState, last: dict[str, float]) -> dict[str, 
             f"loaded the best model ({best_metric_name(run.training)}="
             f"{state.best_metric:.4g}) from {state.best_checkpoint}"
         )
-    model = run.model
-    if run.peft is not None and run.peft.merge_at_end:
-        model = accelerator.unwrap_model(run.model, keep_torch_compile=False).merge_and_unload()
+    model, refused_merge = run.model, None
+    if run.peft is not None and run.peft.merge_at_end:  # merged and checked (engine.merge_check)
+        model, refused_merge = merge_at_end(run)
     # written beside the output first and moved in file by file, so an interrupt never leaves
     # a half-written model.safetensors in output_dir
     staging = run.output_dir / ".tmp-final"
@@ -504,6 +505,8 @@ def _finish(run: Run, state: TrainerState, last: dict[str, float]) -> dict[str, 
             os.replace(file, run.output_dir / file.name)
         staging.rmdir()
     accelerator.wait_for_everyone()
+    if refused_merge is not None:
+        raise refused_merge  # the adapter is saved as it is; the merged weights were not
     return ordered_metrics(last)
 
 
