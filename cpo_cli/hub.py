@@ -19,21 +19,38 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from cpo_cli.errors import HubError
-from cpo_cli.modelcard import (
-    collect_card_inputs,
-    find_recipe_file,
+from cpo_cli.modelcard import collect_card_inputs, render_model_card
+from cpo_cli.output_folder import find_recipe_file, read_recipe_dict
+from cpo_cli.public_paths import (
+    PathScrubber,
     is_hub_id,
-    read_recipe_dict,
-    render_model_card,
+    public_json_fields,
+    public_name,
+    public_recipe,
+    run_roots,
 )
 from cpo_cli.recipe.secrets import REDACTED, redact_data
 
 if TYPE_CHECKING:
+    from cpo_cli.engine.merge_check import MergeCheck
+    from cpo_cli.output_folder import EvalSource
     from cpo_cli.recipe.training import TrainingConfig
 
 #: Never uploaded: VCS/caches/locks, and anything hidden (`.env`, `.cache`, ...).
 _ALWAYS_SKIP = ("*.lock", "__pycache__", "*.pyc", ".*")
 _CHECKPOINT_DIR = re.compile(r"^checkpoint-\d+$")
+#: Text files whose contents are searched for the run's local paths (weights, optimizer state
+#: and pickles are binary and left as they are).
+_TEXT_SUFFIXES = (".json", ".jsonl", ".yaml", ".yml", ".md", ".txt", ".jinja", ".csv")
+#: JSON summaries and their fields that hold paths (reduced even when relative):
+#: (fields always local, fields holding a Hub id or a local path).
+_PATH_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "train_results.json": (("best_checkpoint",), ()),
+    "trainer_state.json": (("best_checkpoint",), ()),
+    "eval_results.json": (("model", "generations"), ("dataset", "compare.model")),
+}
+#: Files of a LoRA output folder that a merged model replaces.
+_ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
 
 
 @dataclass(frozen=True)
@@ -131,8 +148,18 @@ def _resolve_token(cli_token: str | None, recipe_token: Any) -> tuple[str | None
     return None, "none"
 
 
-def plan_push(output_dir: Path, settings: PushSettings, *, cpo_version: str) -> PushPlan:
-    """Every file that would be uploaded, with its size; no network call."""
+def plan_push(
+    output_dir: Path,
+    settings: PushSettings,
+    *,
+    cpo_version: str,
+    evaluation: EvalSource | None = None,
+    merged_dir: Path | None = None,
+    merge_check: MergeCheck | None = None,
+) -> PushPlan:
+    """Every file that would be uploaded, with its size; no network call. Text files go up with
+    the run's local paths reduced to `name (local)` (`cpo_cli.public_paths`); `merged_dir`
+    (`cpo push --merge`) holds merged weights that replace the folder's LoRA adapter."""
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         raise HubError(f"{output_dir}: no such output folder")
@@ -141,24 +168,22 @@ def plan_push(output_dir: Path, settings: PushSettings, *, cpo_version: str) -> 
             f"{output_dir}: no config.json or adapter_config.json — not a trained model folder",
             hint="point `cpo push` at the output_dir of a finished `cpo train` run",
         )
-    inputs = collect_card_inputs(output_dir, settings.repo_id)
+    inputs = collect_card_inputs(
+        output_dir, settings.repo_id, evaluation=evaluation, merge_check=merge_check
+    )
     card = render_model_card(inputs, cpo_version=cpo_version)
-    recipe_path = find_recipe_file(output_dir)
+    publishing = Publishing.of(output_dir, hub_base=inputs.base_model)
     files: list[UploadFile] = []
+    replaced: set[str] = set()
+    if merged_dir is not None:
+        for path in sorted(p for p in Path(merged_dir).iterdir() if p.is_file()):
+            files.append(publishing.file(path, path.name, note="merged LoRA model"))
+        replaced = {f.path_in_repo for f in files} | set(_ADAPTER_FILES)
     for path in sorted(_walk(output_dir, settings.hub_strategy)):
         rel = path.relative_to(output_dir).as_posix()
-        if rel == "README.md":
-            continue  # replaced by the generated card
-        if rel == "adapter_config.json":
-            files.append(_adapter_config(path, inputs.base_model))
-            continue
-        if recipe_path is not None and path == recipe_path:
-            content = redact_recipe_text(path.read_text(encoding="utf-8")).encode()
-            files.append(
-                UploadFile(rel, len(content), content=content, note="recipe, secrets redacted")
-            )
-            continue
-        files.append(_model_file(path, _repo_path(rel, settings.hub_strategy)))
+        if rel == "README.md" or rel in replaced:
+            continue  # the card is generated; merged weights replace the adapter
+        files.append(publishing.file(path, _repo_path(rel, settings.hub_strategy)))
     card_bytes = card.encode()
     files.append(
         UploadFile("README.md", len(card_bytes), content=card_bytes, note="generated model card")
@@ -166,21 +191,101 @@ def plan_push(output_dir: Path, settings: PushSettings, *, cpo_version: str) -> 
     return PushPlan(settings=settings, files=files, card=card)
 
 
-def _adapter_config(path: Path, hub_base: str | None) -> UploadFile:
-    """LoRA adapters name their base by the local path they were trained on (e.g. the cache
-    folder of a dequantised GGUF); on the Hub that path means nothing, so the uploaded copy
-    names the base's Hub id when the card knows it. The local file is not changed."""
-    raw = path.read_bytes()
+@dataclass(frozen=True)
+class Publishing:
+    """How one run's files go up: secrets redacted, local paths reduced, the adapter's base
+    named by its Hub id. The local files are only read."""
+
+    scrubber: PathScrubber
+    recipe_path: Path | None
+    hub_base: str | None
+
+    @classmethod
+    def of(
+        cls, folder: Path, *, hub_base: str | None = None, output_dir: Path | None = None
+    ) -> Publishing:
+        """For an output folder (or a checkpoint of `output_dir`): the local paths of its
+        recipe, of the adapter's base model, of the folders themselves, cpo's cache, the
+        working folder and the home folder."""
+        recipe_path = find_recipe_file(folder)
+        adapter_base = _adapter_base(folder / "adapter_config.json")
+        recipe = read_recipe_dict(recipe_path)
+        roots = run_roots(output_dir or folder, recipe, adapter_base, str(folder.resolve()))
+        return cls(PathScrubber(roots, home=Path.home()), recipe_path, hub_base)
+
+    def file(self, path: Path, path_in_repo: str, *, note: str = "") -> UploadFile:
+        name = path.name
+        if name in ("recipe.yaml", "recipe.yml") or path == self.recipe_path:
+            text = self._public_recipe(path.read_text(encoding="utf-8"))
+            return _generated(path_in_repo, text, "recipe, secrets redacted, local paths reduced")
+        if name == "adapter_config.json":
+            return self._adapter_config(path, path_in_repo)
+        if name in _PATH_FIELDS or path.suffix.lower() in _TEXT_SUFFIXES:
+            raw = path.read_bytes()
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return UploadFile(path_in_repo, len(raw), source=path, note=note)
+            public = self.scrubber.scrub(_public_json(name, text))
+            if public != text:
+                return _generated(path_in_repo, public, note or "local paths reduced")
+            return UploadFile(path_in_repo, len(raw), source=path, note=note)
+        return UploadFile(path_in_repo, path.stat().st_size, source=path, note=note)
+
+    def _public_recipe(self, text: str) -> str:
+        text = redact_recipe_text(text)
+        data = yaml.safe_load(text)  # parsed already by redact_recipe_text
+        public = public_recipe(data)
+        if public != data:
+            text = yaml.safe_dump(public, sort_keys=False)
+        return self.scrubber.scrub(text)
+
+    def _adapter_config(self, path: Path, path_in_repo: str) -> UploadFile:
+        """LoRA adapters name their base by the local path they were trained on (e.g. the cache
+        folder of a dequantised GGUF); the uploaded copy names the base's Hub id when the card
+        knows it, else `name (local)`."""
+        raw = path.read_bytes()
+        try:
+            config = json.loads(raw)
+        except ValueError:
+            return UploadFile(path_in_repo, len(raw), source=path)
+        local_base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+        note = ""
+        if isinstance(local_base, str) and local_base and not is_hub_id(local_base):
+            hub_base = self.hub_base if self.hub_base and is_hub_id(self.hub_base) else None
+            config["base_model_name_or_path"] = hub_base or public_name(local_base)
+            note = f"base model: {config['base_model_name_or_path']}"
+        text = self.scrubber.scrub(json.dumps(config, indent=2) + "\n")
+        if not note and self.scrubber.find(raw.decode("utf-8", "replace")) == []:
+            return UploadFile(path_in_repo, len(raw), source=path)
+        return _generated(path_in_repo, text, note or "local paths reduced")
+
+
+def _generated(path_in_repo: str, text: str, note: str) -> UploadFile:
+    content = text.encode()
+    return UploadFile(path_in_repo, len(content), content=content, note=note)
+
+
+def _public_json(name: str, text: str) -> str:
+    """Our JSON summaries with their path fields reduced (other text as it is)."""
+    if name not in _PATH_FIELDS:
+        return text
+    local, hub_or_local = _PATH_FIELDS[name]
     try:
-        config = json.loads(raw)
+        data = json.loads(text)
     except ValueError:
-        return UploadFile(path.name, len(raw), source=path)
-    local_base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
-    if not hub_base or not is_hub_id(hub_base) or not local_base or is_hub_id(str(local_base)):
-        return UploadFile(path.name, len(raw), source=path)
-    config["base_model_name_or_path"] = hub_base
-    content = (json.dumps(config, indent=2) + "\n").encode()
-    return UploadFile(path.name, len(content), content=content, note=f"base model: {hub_base}")
+        return text
+    public = public_json_fields(data, hub_or_local, local=local)
+    return text if public == data else json.dumps(public, indent=2) + "\n"
+
+
+def _adapter_base(path: Path) -> str | None:
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    return str(base) if base else None
 
 
 def _repo_path(rel: str, hub_strategy: str) -> str:
@@ -338,11 +443,16 @@ def _as_hub_error(
 def _is_network_error(exc: Exception) -> bool:
     import importlib
 
-    try:  # huggingface_hub 1.x uses httpx, 2.x its fork httpx2
-        client = importlib.import_module("httpx2")
-    except ImportError:  # pragma: no cover
-        client = importlib.import_module("httpx")
-    return isinstance(exc, (client.TransportError, ConnectionError, TimeoutError))
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    for name in ("httpx2", "httpx"):  # huggingface_hub 2.x's HTTP client, 1.x's
+        try:
+            client = importlib.import_module(name)
+        except ImportError:
+            continue
+        if isinstance(exc, client.TransportError):
+            return True
+    return False
 
 
 def _first_line(text: str) -> str:
@@ -428,11 +538,13 @@ def push_checkpoint(
     checkpoint_dir = Path(checkpoint_dir)
     try:
         settings = run_push_settings(training, checkpoint_dir.parent, endpoint)
-        card = render_model_card(
-            collect_card_inputs(checkpoint_dir, settings.repo_id), cpo_version=cpo_version
+        inputs = collect_card_inputs(checkpoint_dir, settings.repo_id)
+        card = render_model_card(inputs, cpo_version=cpo_version)
+        publishing = Publishing.of(
+            checkpoint_dir, hub_base=inputs.base_model, output_dir=checkpoint_dir.parent
         )
         files = [
-            _model_file(p)
+            publishing.file(p, p.name)
             for p in sorted(checkpoint_dir.iterdir())
             if p.is_file()
             and not _skipped(p.name)
@@ -445,7 +557,7 @@ def push_checkpoint(
             )
             for path in sorted(_walk_all(checkpoint_dir)):
                 rel = path.relative_to(checkpoint_dir).as_posix()
-                files.append(_model_file(path, f"{folder}/{rel}"))
+                files.append(publishing.file(path, f"{folder}/{rel}"))
         files.append(UploadFile("README.md", len(card.encode()), content=card.encode()))
         plan = PushPlan(settings=settings, files=files, card=card)
         return upload(
@@ -454,15 +566,6 @@ def push_checkpoint(
     except HubError as err:
         console.warn(f"push of {checkpoint_dir.name} to the Hub failed: {err.message}")
         return None
-
-
-def _model_file(path: Path, path_in_repo: str | None = None) -> UploadFile:
-    """A file to upload as it is, except a recipe, which goes up re-redacted."""
-    name = path_in_repo or path.name
-    if path.name in ("recipe.yaml", "recipe.yml"):
-        content = redact_recipe_text(path.read_text(encoding="utf-8")).encode()
-        return UploadFile(name, len(content), content=content, note="recipe, secrets redacted")
-    return UploadFile(name, path.stat().st_size, source=path)
 
 
 def _walk_all(folder: Path) -> list[Path]:
