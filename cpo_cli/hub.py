@@ -32,7 +32,7 @@ from cpo_cli.public_paths import (
 from cpo_cli.recipe.secrets import REDACTED, redact_data
 
 if TYPE_CHECKING:
-    from cpo_cli.engine.merge_check import MergeCheck
+    from cpo_cli.merge_report import MergeCheck
     from cpo_cli.output_folder import EvalSource
     from cpo_cli.recipe.training import TrainingConfig
 

@@ -41,7 +41,7 @@ from cpo_cli.recipe.choices import BUILTIN_MODELS, BUILTIN_PREFIX
 if TYPE_CHECKING:
     from huggingface_hub import EvalResult, ModelCard
 
-    from cpo_cli.engine.merge_check import MergeCheck
+    from cpo_cli.merge_report import MergeCheck
 
 TASK_TYPE = "text-generation"
 TASK_NAME = "Preference pairs (held out)"
@@ -131,7 +131,7 @@ def collect_card_inputs(
 ) -> CardInputs:
     """Everything the card needs, read from a trained output folder. `evaluation` (from
     `--eval-json`) wins over the folder's own; `merge_check`: `cpo push --merge` merged it."""
-    from cpo_cli.engine.merge_check import read_report
+    from cpo_cli.merge_report import read_report
 
     recipe_path = find_recipe_file(output_dir)
     recipe = read_recipe_dict(recipe_path)

@@ -12,13 +12,8 @@ from typing import Any
 
 import pytest
 
-from cpo_cli.engine.merge_check import (
-    REPORT_FILE,
-    TOLERANCE_NATS_PER_TOKEN,
-    MergeRefused,
-    merge_and_check,
-    read_report,
-)
+from cpo_cli.engine.merge_check import TOLERANCE_NATS_PER_TOKEN, MergeRefused, merge_and_check
+from cpo_cli.merge_report import REPORT_FILE, read_report
 
 
 @pytest.fixture(autouse=True)

@@ -196,7 +196,7 @@ def test_license_from_local_base_model_card(tmp_path: Path) -> None:
 
 
 def test_merge_check_is_reported(tmp_path: Path) -> None:
-    from cpo_cli.engine.merge_check import MergeCheck, write_report
+    from cpo_cli.merge_report import MergeCheck, write_report
 
     out = _write_run(tmp_path / "run", base="gpt2", peft=False)
     recipe = yaml.safe_load((out / "recipe.yaml").read_text())
