@@ -186,6 +186,7 @@ def eval_cmd(
         report = ev.report_json(
             model=label,
             dataset=str(source.path),
+            split=source.split,
             metrics=metrics,
             compare=(compare, other_metrics) if compare and other_metrics is not None else None,
             gates=results,

@@ -364,3 +364,232 @@ def test_cli_without_token_fails_before_listing(
         "error: no Hugging Face token: cannot push",
         "hint: pass --token, set HF_TOKEN, set training.hub_token, or run `hf auth login`",
     ]
+
+
+# ----------------------------------------------------------------------------- trained folders
+
+
+@dataclass
+class TrainedRuns:
+    """Tiny runs trained for real, everything under one temporary root: the model folder, the
+    data files (in a user-like folder), the recipes and the outputs."""
+
+    root: Path
+    full: Path
+    lora: Path
+    recipe: Path
+
+
+def _train_tiny(model_dir: Path, root: Path, name: str, *, peft: dict[str, Any] | None) -> Path:
+    import shutil
+
+    import yaml
+
+    from cpo_cli.assets import DEMO_DATA_DIR
+    from cpo_cli.engine.loop import train
+    from cpo_cli.recipe import load_recipe
+
+    data = root / "home" / "alice" / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    for file in ("demo_train.jsonl", "demo_eval.jsonl"):
+        shutil.copy(DEMO_DATA_DIR / file, data / file)
+    out = root / "home" / "alice" / "runs" / name
+    recipe = {
+        "model": {"name_or_path": str(model_dir)},
+        "data": {
+            "train": {"path": str(data / "demo_train.jsonl"), "max_rows": 16},
+            "eval": {"path": str(data / "demo_eval.jsonl"), "max_rows": 8},
+        },
+        "training": {
+            "output_dir": str(out),
+            "max_steps": 2,
+            "per_device_train_batch_size": 4,
+            "learning_rate": 3e-2,
+            "max_length": 128,
+            "max_prompt_length": 64,
+            "eval_strategy": "steps",
+            "eval_steps": 2,
+            "save_strategy": "steps",
+            "save_steps": 2,
+            "load_best_model_at_end": True,
+            "report_to": "none",
+            "disable_tqdm": True,
+            "hub_strategy": "all_checkpoints",
+            "hub_token": TOKEN,
+        },
+        **({"peft": peft} if peft else {}),
+    }
+    path = root / "home" / "alice" / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    train(load_recipe(path), show_progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainedRuns:
+    root = tmp_path_factory.mktemp("publish")
+    lora = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CPO_CACHE", str(root / "cpo_cache"))
+        full = _train_tiny(tiny_model_dir, root, "full", peft=None)
+        adapter = _train_tiny(tiny_model_dir, root, "lora", peft=lora)
+    return TrainedRuns(root, full, adapter, root / "home" / "alice" / "full.yaml")
+
+
+@pytest.fixture
+def runs(trained: TrainedRuns, monkeypatch: pytest.MonkeyPatch) -> TrainedRuns:
+    monkeypatch.setenv("CPO_CACHE", str(trained.root / "cpo_cache"))
+    return trained
+
+
+def uploaded_files(hub: FakeHub) -> dict[str, bytes]:
+    """Every file of the last commit, as the Hub received it."""
+    return {
+        ln["value"]["path"]: base64.b64decode(ln["value"]["content"])
+        for ln in hub.commit_lines()
+        if ln["key"] == "file"
+    }
+
+
+def local_paths_in(data: bytes, runs: TrainedRuns, tiny_model_dir: Path) -> list[str]:
+    import os
+
+    paths = {
+        str(runs.root),
+        str(runs.root.resolve()),
+        str(tiny_model_dir),
+        str(Path.home()) + os.sep,
+        str(Path.cwd()) + os.sep,
+    }
+    return [p for p in paths if p.encode() in data]
+
+
+def test_dry_run_card_of_a_trained_folder_validates_and_holds_the_model_index(
+    runs: TrainedRuns, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import ModelCard
+
+    card_file = runs.root / "card.md"
+    code, out, err = cpo(
+        capsys,
+        "push",
+        str(runs.full),
+        "--repo-id",
+        "alice/tiny",
+        "--dry-run",
+        "--card",
+        str(card_file),
+    )
+    assert code == 0, err
+    card = ModelCard(card_file.read_text(encoding="utf-8"))  # huggingface_hub's own parsing
+    results = {r.metric_name: r for r in card.data.eval_results}
+    final_eval = [
+        json.loads(line)
+        for line in (runs.full / "metrics.jsonl").read_text().splitlines()
+        if "eval_loss" in line
+    ][-1]
+    assert card.data.model_name == "tiny" and "eval_rewards/accuracies" in results
+    accuracy = results["eval_rewards/accuracies"]
+    assert accuracy.metric_value == pytest.approx(final_eval["eval_rewards/accuracies"], rel=1e-5)
+    assert accuracy.dataset_name == "demo_eval.jsonl (local)" and accuracy.task_type == (
+        "text-generation"
+    )
+    assert card.data.library_name == "transformers" and "cpo" in card.data.tags
+    assert str(runs.root) not in out + err  # neither the table nor the printed card
+
+
+def test_no_local_path_in_any_uploaded_byte(
+    runs: TrainedRuns,
+    fake_hub: FakeHub,
+    tiny_model_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A full run (with a `cpo eval --json` report in it) and a LoRA run, merged and not,
+    pushed with every checkpoint: no byte the Hub receives names this machine's folders."""
+    before = {run: folder_digest(run) for run in (runs.full, runs.lora)}
+    report = runs.root / "eval.json"
+    code, _, err = cpo(
+        capsys, "eval", str(runs.recipe), "--model", str(runs.full), "--json", str(report)
+    )
+    assert code == 0, err
+    pushes = [
+        (runs.full, ["--eval-json", str(report)]),
+        (runs.lora, []),
+        (runs.lora, ["--merge"]),
+    ]
+    for folder, extra in pushes:
+        fake_hub.requests.clear()
+        code, _, err = cpo(
+            capsys, "push", str(folder), "--repo-id", "alice/tiny", "--token", TOKEN, *extra
+        )
+        assert code == 0, err
+        files = uploaded_files(fake_hub)
+        assert any(p.startswith("checkpoint-2/") for p in files)  # all_checkpoints
+        for name, data in files.items():
+            assert local_paths_in(data, runs, tiny_model_dir) == [], name
+            assert TOKEN.encode() not in data, name
+        for request in fake_hub.requests:
+            assert local_paths_in(request.body, runs, tiny_model_dir) == [], request.path
+        recipe = files["recipe.yaml"].decode()
+        assert "demo_train.jsonl (local)" in recipe and "name_or_path: llama (local)" in recipe
+        assert TOKEN not in recipe
+    assert {run: folder_digest(run) for run in (runs.full, runs.lora)} == before
+
+
+def test_push_merge_uploads_a_checked_merged_model(
+    runs: TrainedRuns, fake_hub: FakeHub, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from huggingface_hub import ModelCard
+
+    code, _, err = cpo(
+        capsys, "push", str(runs.lora), "--repo-id", "alice/m", "--merge", "--token", TOKEN
+    )
+    assert code == 0, err
+    files = uploaded_files(fake_hub)
+    assert "model.safetensors" in files and "merge_check.json" in files
+    assert not {"adapter_config.json", "adapter_model.safetensors"} & set(files)
+    check = json.loads(files["merge_check.json"])
+    assert check["passed"] is True and check["pairs_from"] == "data.eval"
+    assert 0 <= check["merge_max_diff"] <= check["merge_tolerance"] == 1e-3
+    card = ModelCard(files["README.md"].decode())
+    assert card.data.library_name == "transformers" and "lora" in card.data.tags
+    assert "## LoRA merge check" in card.text and f"{check['merge_max_diff']:.2g}" in card.text
+    assert "merge passed cpo's check" in card.text
+
+
+def test_push_merge_refuses_a_broken_merge_before_any_request(
+    runs: TrainedRuns,
+    fake_hub: FakeHub,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from peft.tuners.lora import layer
+
+    delta = layer.Linear.get_delta_weight
+    monkeypatch.setattr(layer.Linear, "get_delta_weight", lambda s, a: 3 * delta(s, a))
+    before = folder_digest(runs.lora)
+    code, _, err = cpo(
+        capsys, "push", str(runs.lora), "--repo-id", "alice/m", "--merge", "--token", TOKEN
+    )
+    assert code == 1
+    first = err.splitlines()[0]
+    assert first.startswith("error: LoRA merge refused: |Δ log-prob| per answer token on 4 pairs")
+    assert "(tolerance 0.001): beyond the tolerance" in first
+    assert fake_hub.requests == [] and folder_digest(runs.lora) == before
+
+
+def test_push_merge_needs_an_adapter_and_eval_json_must_be_of_the_folder(
+    runs: TrainedRuns, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = cpo(capsys, "push", str(runs.full), "--repo-id", "a/b", "--merge", "--dry-run")
+    assert code == 2 and "--merge: " in err and "holds no LoRA adapter" in err
+    code, _, err = cpo(
+        capsys, "push", str(runs.full), "--repo-id", "a/b", "--merge-dtype", "float16"
+    )
+    assert code == 2 and "add --merge" in err
+    other = runs.root / "other.json"
+    other.write_text(json.dumps({"model": str(runs.lora), "metrics": {"eval_loss": 1.0}}))
+    code, _, err = cpo(
+        capsys, "push", str(runs.full), "--repo-id", "a/b", "--dry-run", "--eval-json", str(other)
+    )
+    assert code == 2 and "holds results for 'lora (local)', not for full" in err
