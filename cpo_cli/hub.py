@@ -237,7 +237,7 @@ class Publishing:
         data = yaml.safe_load(text)  # parsed already by redact_recipe_text
         public = public_recipe(data)
         if public != data:
-            text = yaml.safe_dump(public, sort_keys=False)
+            text = yaml.safe_dump(public, sort_keys=False, allow_unicode=True)
         return self.scrubber.scrub(text)
 
     def _adapter_config(self, path: Path, path_in_repo: str) -> UploadFile:

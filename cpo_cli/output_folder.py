@@ -28,7 +28,12 @@ from cpo_cli.public_paths import is_hub_id, public_name
 RECIPE_FILE_NAMES = ("recipe.yaml", "resolved_recipe.yaml", "cpo_recipe.yaml", "recipe.yml")
 #: Final training metrics summaries, in the order we look: the engine's `train_results.json`
 #: ({"global_step", ..., "metrics": {...}}), then other common names.
-METRICS_FILE_NAMES = ("train_results.json", "final_metrics.json", "all_results.json")
+METRICS_FILE_NAMES = (
+    "train_results.json",
+    "final_metrics.json",
+    "all_results.json",
+    "metrics.json",
+)
 #: The per-log-step stream the engine always writes; the last records are a fallback.
 METRICS_STREAM_NAME = "metrics.jsonl"
 #: A `cpo eval --json` report of the folder, read for the model-index.
