@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from cpo_cli.errors import HubError
-from cpo_cli.hub import plan_push, redact_recipe_text, resolve_settings
+from cpo_cli.hub import plan_push, resolve_settings
+from cpo_cli.upload_files import redact_recipe_text
 
 
 @pytest.fixture
