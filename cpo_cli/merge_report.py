@@ -40,9 +40,10 @@ class MergeCheck:
         if self.problems:
             return "; ".join(self.problems)
         text = (
-            f"|Δ log-prob| per answer token on {self.pairs} pairs of {self.pairs_from} "
-            f"({2 * self.pairs} answers), against the {self.reference_dtype} adapter model: "
-            f"merged {_num(self.merge_max_diff)} (tolerance {self.merge_tolerance:g})"
+            "largest log-prob difference per answer token from the "
+            f"{self.reference_dtype} adapter model, on {self.pairs} pairs of {self.pairs_from} "
+            f"({2 * self.pairs} answers): merged {_num(self.merge_max_diff)} "
+            f"(tolerance {self.merge_tolerance:g})"
         )
         if self.dtype != self.reference_dtype and not math.isnan(self.max_diff):
             text += f", saved as {self.dtype} {_num(self.max_diff)} (tolerance {self.tolerance:g})"

@@ -248,7 +248,7 @@ def eval_results(inputs: CardInputs) -> list[EvalResult]:
                 task_name=TASK_NAME,
                 dataset_type=dataset_type,
                 dataset_name=dataset_name,
-                dataset_split=evaluation.split if dataset_type == dataset else None,
+                dataset_split=evaluation.split if dataset and is_hub_id(dataset) else None,
                 metric_type=key.removeprefix("eval_"),
                 metric_name=key,
                 metric_value=float(f"{value:.6g}"),

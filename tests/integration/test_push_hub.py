@@ -573,7 +573,8 @@ def test_push_merge_refuses_a_broken_merge_before_any_request(
     )
     assert code == 1
     first = err.splitlines()[0]
-    assert first.startswith("error: LoRA merge refused: |Δ log-prob| per answer token on 4 pairs")
+    assert first.startswith("error: LoRA merge refused: largest log-prob difference per answer")
+    assert "on 4 pairs of data.eval (8 answers): merged " in first
     assert "(tolerance 0.001): beyond the tolerance" in first
     assert fake_hub.requests == [] and folder_digest(runs.lora) == before
 

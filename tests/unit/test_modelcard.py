@@ -144,6 +144,7 @@ def test_cpo_eval_report_wins_and_names_its_dataset(tmp_path: Path) -> None:
     report = {
         "model": str(out),
         "dataset": str(tmp_path / "secret" / "held.jsonl"),
+        "split": "train",
         "num_pairs": 60,
         "metrics": {"eval_rewards/accuracies": 0.9, "eval_bleu": 12.5, "eval_num_pairs": 60},
     }
@@ -154,6 +155,7 @@ def test_cpo_eval_report_wins_and_names_its_dataset(tmp_path: Path) -> None:
     assert results["eval_bleu"].metric_type == "bleu"
     assert results["eval_rewards/accuracies"].dataset_name == "held.jsonl (local)"
     assert results["eval_rewards/accuracies"].dataset_type == "held.jsonl"
+    assert results["eval_rewards/accuracies"].dataset_split is None  # a file has no real split
     assert "From `cpo eval` (eval_results.json)" in text and "60 pairs" in text
     assert str(tmp_path) not in text
 
