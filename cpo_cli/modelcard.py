@@ -425,7 +425,7 @@ def _mergesection(check: MergeCheck) -> list[str]:
         "the adapter model and with the merged model (in the dtype saved here), and adapter "
         "weight names checked for double wrapping.",
         "",
-        f"{check.summary()}.",
+        f"Result: {check.summary()}.",
     ]
 
 
