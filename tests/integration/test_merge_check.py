@@ -15,16 +15,11 @@ import pytest
 from cpo_cli.engine.merge_check import TOLERANCE_NATS_PER_TOKEN, MergeRefused, merge_and_check
 from cpo_cli.merge_report import REPORT_FILE, read_report
 
-
-@pytest.fixture(autouse=True)
-def _private_cache(
-    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("CPO_CACHE", str(tmp_path_factory.getbasetemp() / "cpo_cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")
 
 
 @pytest.fixture(scope="module")
-def pairs(tiny_tokenizer_dir: Path, demo_eval_path: Path) -> Any:
+def pairs(tiny_tokenizer_dir: Path, demo_eval_path: Path, private_cache: Path) -> Any:
     from support import make_training
 
     from cpo_cli.engine.data import prepare_source
@@ -165,34 +160,29 @@ def test_a_dtype_that_overflows_is_refused(tiny_model_dir: Path, pairs: Any) -> 
 
 
 def lora_recipe(model_dir: Path, out: Path, train: Path, evaluation: Path) -> Any:
+    from support import recipe_dict
+
     from cpo_cli.recipe import load_recipe_dict
 
+    peft = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
     return load_recipe_dict(
-        {
-            "model": {"name_or_path": str(model_dir)},
-            "data": {
-                "train": {"path": str(train), "max_rows": 16},
-                "eval": {"path": str(evaluation), "max_rows": 8},
-            },
-            "peft": {
-                "r": 4,
-                "lora_alpha": 8,
-                "lora_dropout": 0.0,
-                "target_modules": ["q_proj", "v_proj"],
-                "merge_at_end": True,
-            },
-            "training": {
-                "output_dir": str(out),
-                "max_steps": 2,
-                "per_device_train_batch_size": 4,
-                "learning_rate": 3e-2,
-                "max_length": 128,
-                "max_prompt_length": 64,
-                "save_strategy": "no",
-                "report_to": "none",
-                "disable_tqdm": True,
-            },
-        }
+        recipe_dict(
+            model_dir,
+            train=train,
+            eval=evaluation,
+            out=out,
+            train_rows=16,
+            eval_rows=8,
+            peft={**peft, "merge_at_end": True},
+            max_steps=2,
+            per_device_train_batch_size=4,
+            learning_rate=3e-2,
+            max_length=128,
+            max_prompt_length=64,
+            save_strategy="no",
+            report_to="none",
+            disable_tqdm=True,
+        )
     )
 
 

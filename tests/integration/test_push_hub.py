@@ -10,6 +10,7 @@ import hashlib
 import json
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -371,75 +372,70 @@ def test_cli_without_token_fails_before_listing(
 
 @dataclass
 class TrainedRuns:
-    """Tiny runs trained for real, everything under one temporary root: the model folder, the
-    data files (in a user-like folder), the recipes and the outputs."""
+    """Tiny runs trained for real, under a user-like folder of the session's temporary root
+    (`base`, which also holds the tiny model and the prepared-data cache): the data files, the
+    recipes and the outputs."""
 
+    base: Path
     root: Path
     full: Path
     lora: Path
     recipe: Path
 
 
-def _train_tiny(model_dir: Path, root: Path, name: str, *, peft: dict[str, Any] | None) -> Path:
+def _train_tiny(model_dir: Path, home: Path, name: str, *, peft: dict[str, Any] | None) -> Path:
     import shutil
 
-    import yaml
+    from support import write_recipe
 
     from cpo_cli.assets import DEMO_DATA_DIR
     from cpo_cli.engine.loop import train
     from cpo_cli.recipe import load_recipe
 
-    data = root / "home" / "alice" / "data"
+    data = home / "data"
     data.mkdir(parents=True, exist_ok=True)
     for file in ("demo_train.jsonl", "demo_eval.jsonl"):
         shutil.copy(DEMO_DATA_DIR / file, data / file)
-    out = root / "home" / "alice" / "runs" / name
-    recipe = {
-        "model": {"name_or_path": str(model_dir)},
-        "data": {
-            "train": {"path": str(data / "demo_train.jsonl"), "max_rows": 16},
-            "eval": {"path": str(data / "demo_eval.jsonl"), "max_rows": 8},
-        },
-        "training": {
-            "output_dir": str(out),
-            "max_steps": 2,
-            "per_device_train_batch_size": 4,
-            "learning_rate": 3e-2,
-            "max_length": 128,
-            "max_prompt_length": 64,
-            "eval_strategy": "steps",
-            "eval_steps": 2,
-            "save_strategy": "steps",
-            "save_steps": 2,
-            "load_best_model_at_end": True,
-            "report_to": "none",
-            "disable_tqdm": True,
-            "hub_strategy": "all_checkpoints",
-            "hub_token": TOKEN,
-        },
-        **({"peft": peft} if peft else {}),
-    }
-    path = root / "home" / "alice" / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
-    train(load_recipe(path), show_progress=False)
+    out = home / "runs" / name
+    recipe = write_recipe(
+        home / f"{name}.yaml",
+        model_dir,
+        train=data / "demo_train.jsonl",
+        eval=data / "demo_eval.jsonl",
+        out=out,
+        train_rows=16,
+        eval_rows=8,
+        peft=peft,
+        max_steps=2,
+        per_device_train_batch_size=4,
+        learning_rate=3e-2,
+        max_length=128,
+        max_prompt_length=64,
+        eval_strategy="steps",
+        eval_steps=2,
+        save_strategy="steps",
+        save_steps=2,
+        load_best_model_at_end=True,
+        report_to="none",
+        disable_tqdm=True,
+        hub_strategy="all_checkpoints",
+        hub_token=TOKEN,
+    )
+    train(load_recipe(recipe), show_progress=False)
     return out
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainedRuns:
+def trained(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, private_cache: Path
+) -> TrainedRuns:
     root = tmp_path_factory.mktemp("publish")
+    home = root / "home" / "alice"
     lora = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("CPO_CACHE", str(root / "cpo_cache"))
-        full = _train_tiny(tiny_model_dir, root, "full", peft=None)
-        adapter = _train_tiny(tiny_model_dir, root, "lora", peft=lora)
-    return TrainedRuns(root, full, adapter, root / "home" / "alice" / "full.yaml")
-
-
-@pytest.fixture
-def runs(trained: TrainedRuns, monkeypatch: pytest.MonkeyPatch) -> TrainedRuns:
-    monkeypatch.setenv("CPO_CACHE", str(trained.root / "cpo_cache"))
-    return trained
+    full = _train_tiny(tiny_model_dir, home, "full", peft=None)
+    adapter = _train_tiny(tiny_model_dir, home, "lora", peft=lora)
+    base = tmp_path_factory.getbasetemp()
+    return TrainedRuns(base, root, full, adapter, home / "full.yaml")
 
 
 def uploaded_files(hub: FakeHub) -> dict[str, bytes]:
@@ -451,13 +447,14 @@ def uploaded_files(hub: FakeHub) -> dict[str, bytes]:
     }
 
 
-def local_paths_in(data: bytes, runs: TrainedRuns, tiny_model_dir: Path) -> list[str]:
+def local_paths_in(data: bytes, runs: TrainedRuns) -> list[str]:
+    """This machine's folders in `data`: the session's temporary root (model, data, runs,
+    cache), the home folder and the working folder."""
     import os
 
     paths = {
-        str(runs.root),
-        str(runs.root.resolve()),
-        str(tiny_model_dir),
+        str(runs.base),
+        str(runs.base.resolve()),
         str(Path.home()) + os.sep,
         str(Path.cwd()) + os.sep,
     }
@@ -465,15 +462,14 @@ def local_paths_in(data: bytes, runs: TrainedRuns, tiny_model_dir: Path) -> list
 
 
 def test_dry_run_card_of_a_trained_folder_validates_and_holds_the_model_index(
-    runs: TrainedRuns, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    trained: TrainedRuns, cli: Callable[..., Result]
 ) -> None:
     from huggingface_hub import ModelCard
 
-    card_file = runs.root / "card.md"
-    code, out, err = cpo(
-        capsys,
+    card_file = trained.root / "card.md"
+    code, out, err = cli(
         "push",
-        str(runs.full),
+        str(trained.full),
         "--repo-id",
         "alice/tiny",
         "--dry-run",
@@ -485,7 +481,7 @@ def test_dry_run_card_of_a_trained_folder_validates_and_holds_the_model_index(
     results = {r.metric_name: r for r in card.data.eval_results}
     final_eval = [
         json.loads(line)
-        for line in (runs.full / "metrics.jsonl").read_text().splitlines()
+        for line in (trained.full / "metrics.jsonl").read_text().splitlines()
         if "eval_loss" in line
     ][-1]
     assert card.data.model_name == "tiny" and "eval_rewards/accuracies" in results
@@ -495,54 +491,49 @@ def test_dry_run_card_of_a_trained_folder_validates_and_holds_the_model_index(
         "text-generation"
     )
     assert card.data.library_name == "transformers" and "cpo" in card.data.tags
-    assert str(runs.root) not in out + err  # neither the table nor the printed card
+    assert str(trained.root) not in out + err  # neither the table nor the printed card
 
 
 def test_no_local_path_in_any_uploaded_byte(
-    runs: TrainedRuns,
-    fake_hub: FakeHub,
-    tiny_model_dir: Path,
-    capsys: pytest.CaptureFixture[str],
+    trained: TrainedRuns, fake_hub: FakeHub, cli: Callable[..., Result]
 ) -> None:
     """A full run (with a `cpo eval --json` report in it) and a LoRA run, merged and not,
     pushed with every checkpoint: no byte the Hub receives names this machine's folders."""
-    before = {run: folder_digest(run) for run in (runs.full, runs.lora)}
-    report = runs.root / "eval.json"
-    code, _, err = cpo(
-        capsys, "eval", str(runs.recipe), "--model", str(runs.full), "--json", str(report)
+    before = {run: folder_digest(run) for run in (trained.full, trained.lora)}
+    report = trained.root / "eval.json"
+    code, _, err = cli(
+        "eval", str(trained.recipe), "--model", str(trained.full), "--json", str(report)
     )
     assert code == 0, err
     pushes = [
-        (runs.full, ["--eval-json", str(report)]),
-        (runs.lora, []),
-        (runs.lora, ["--merge"]),
+        (trained.full, ["--eval-json", str(report)]),
+        (trained.lora, []),
+        (trained.lora, ["--merge"]),
     ]
     for folder, extra in pushes:
         fake_hub.requests.clear()
-        code, _, err = cpo(
-            capsys, "push", str(folder), "--repo-id", "alice/tiny", "--token", TOKEN, *extra
-        )
+        code, _, err = cli("push", str(folder), "--repo-id", "alice/tiny", "--token", TOKEN, *extra)
         assert code == 0, err
         files = uploaded_files(fake_hub)
         assert any(p.startswith("checkpoint-2/") for p in files)  # all_checkpoints
         for name, data in files.items():
-            assert local_paths_in(data, runs, tiny_model_dir) == [], name
+            assert local_paths_in(data, trained) == [], name
             assert TOKEN.encode() not in data, name
         for request in fake_hub.requests:
-            assert local_paths_in(request.body, runs, tiny_model_dir) == [], request.path
+            assert local_paths_in(request.body, trained) == [], request.path
         recipe = files["recipe.yaml"].decode()
         assert "demo_train.jsonl (local)" in recipe and "name_or_path: llama (local)" in recipe
         assert TOKEN not in recipe
-    assert {run: folder_digest(run) for run in (runs.full, runs.lora)} == before
+    assert {run: folder_digest(run) for run in (trained.full, trained.lora)} == before
 
 
 def test_push_merge_uploads_a_checked_merged_model(
-    runs: TrainedRuns, fake_hub: FakeHub, capsys: pytest.CaptureFixture[str]
+    trained: TrainedRuns, fake_hub: FakeHub, cli: Callable[..., Result]
 ) -> None:
     from huggingface_hub import ModelCard
 
-    code, _, err = cpo(
-        capsys, "push", str(runs.lora), "--repo-id", "alice/m", "--merge", "--token", TOKEN
+    code, _, err = cli(
+        "push", str(trained.lora), "--repo-id", "alice/m", "--merge", "--token", TOKEN
     )
     assert code == 0, err
     files = uploaded_files(fake_hub)
@@ -558,39 +549,37 @@ def test_push_merge_uploads_a_checked_merged_model(
 
 
 def test_push_merge_refuses_a_broken_merge_before_any_request(
-    runs: TrainedRuns,
+    trained: TrainedRuns,
     fake_hub: FakeHub,
-    capsys: pytest.CaptureFixture[str],
+    cli: Callable[..., Result],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from peft.tuners.lora import layer
 
     delta = layer.Linear.get_delta_weight
     monkeypatch.setattr(layer.Linear, "get_delta_weight", lambda s, a: 3 * delta(s, a))
-    before = folder_digest(runs.lora)
-    code, _, err = cpo(
-        capsys, "push", str(runs.lora), "--repo-id", "alice/m", "--merge", "--token", TOKEN
+    before = folder_digest(trained.lora)
+    code, _, err = cli(
+        "push", str(trained.lora), "--repo-id", "alice/m", "--merge", "--token", TOKEN
     )
     assert code == 1
     first = err.splitlines()[0]
     assert first.startswith("error: LoRA merge refused: largest log-prob difference per answer")
     assert "on 4 pairs of data.eval (8 answers): merged " in first
     assert "(tolerance 0.001): beyond the tolerance" in first
-    assert fake_hub.requests == [] and folder_digest(runs.lora) == before
+    assert fake_hub.requests == [] and folder_digest(trained.lora) == before
 
 
 def test_push_merge_needs_an_adapter_and_eval_json_must_be_of_the_folder(
-    runs: TrainedRuns, capsys: pytest.CaptureFixture[str]
+    trained: TrainedRuns, cli: Callable[..., Result]
 ) -> None:
-    code, _, err = cpo(capsys, "push", str(runs.full), "--repo-id", "a/b", "--merge", "--dry-run")
+    code, _, err = cli("push", str(trained.full), "--repo-id", "a/b", "--merge", "--dry-run")
     assert code == 2 and "--merge: " in err and "holds no LoRA adapter" in err
-    code, _, err = cpo(
-        capsys, "push", str(runs.full), "--repo-id", "a/b", "--merge-dtype", "float16"
-    )
+    code, _, err = cli("push", str(trained.full), "--repo-id", "a/b", "--merge-dtype", "float16")
     assert code == 2 and "add --merge" in err
-    other = runs.root / "other.json"
-    other.write_text(json.dumps({"model": str(runs.lora), "metrics": {"eval_loss": 1.0}}))
-    code, _, err = cpo(
-        capsys, "push", str(runs.full), "--repo-id", "a/b", "--dry-run", "--eval-json", str(other)
+    other = trained.root / "other.json"
+    other.write_text(json.dumps({"model": str(trained.lora), "metrics": {"eval_loss": 1.0}}))
+    code, _, err = cli(
+        "push", str(trained.full), "--repo-id", "a/b", "--dry-run", "--eval-json", str(other)
     )
     assert code == 2 and "holds results for 'lora (local)', not for full" in err
