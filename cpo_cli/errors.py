@@ -116,6 +116,11 @@ class HubError(CpoError):
     """A Hugging Face Hub operation that failed (token, network, permission, conflict)."""
 
 
+class MergeCheckError(CpoError):
+    """A LoRA merge whose result does not compute what the adapter model computed (or whose
+    adapter keys are malformed): the merged weights are neither saved nor pushed."""
+
+
 class DependencyMissingError(CpoError):
     """An optional package the recipe asks for is not installed."""
 

@@ -263,14 +263,17 @@ def report_json(
     model: str,
     dataset: str,
     metrics: Mapping[str, float],
+    split: str | None = None,
     compare: tuple[str, Mapping[str, float]] | None = None,
     gates: Sequence[GateResult] = (),
     generations_path: Path | None = None,
 ) -> dict[str, Any]:
-    """The one JSON object of `--json`: metrics under their engine names, plus what was run."""
+    """The one JSON object of `--json`: metrics under their engine names, plus what was run
+    (`cpo push` reads it for the model card's model-index: model, dataset, split, metrics)."""
     report: dict[str, Any] = {
         "model": model,
         "dataset": dataset,
+        "split": split,
         "num_pairs": int(metrics.get(NUM_PAIRS, 0)),
         "metrics": {k: _json_number(v) for k, v in metrics.items()},
     }

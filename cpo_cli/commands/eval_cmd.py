@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -189,6 +190,7 @@ def eval_cmd(
         report = ev.report_json(
             model=label,
             dataset=source_label,
+            split=_common_split(sources_of(source)),
             metrics=metrics,
             compare=(compare, other_metrics) if compare and other_metrics is not None else None,
             gates=results,
@@ -298,3 +300,9 @@ def _print_gates(results: list[GateResult]) -> None:
     for r in results:
         status = "pass" if r.passed else "FAIL"
         console.result(f"gate {r.gate.flag}: {_fmt(r.value)} {status}", markup=False)
+
+
+def _common_split(sources: Sequence[DataSource]) -> str | None:
+    """The split the model card names: the sources' one split, none for a mixture of splits."""
+    splits = {s.split for s in sources}
+    return splits.pop() if len(splits) == 1 else None

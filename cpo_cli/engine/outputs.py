@@ -12,6 +12,7 @@ from cpo_cli import console
 from cpo_cli.engine.build import Run
 from cpo_cli.engine.checkpoint import TrainerState, last_good_message, load_model_weights
 from cpo_cli.engine.guard import nonfinite_weights
+from cpo_cli.engine.merge_check import merge_at_end
 from cpo_cli.engine.outdir import RunLock
 from cpo_cli.errors import TrainingDiverged
 
@@ -90,9 +91,9 @@ def finish(run: Run, state: TrainerState, best_metric_name: str) -> None:
             f"{state.best_metric:.4g}) from {state.best_checkpoint}"
         )
     refuse_nonfinite_weights(run, state, "the final model")
-    model = run.model
-    if run.peft is not None and run.peft.merge_at_end:
-        model = accelerator.unwrap_model(run.model, keep_torch_compile=False).merge_and_unload()
+    model, refused_merge = run.model, None
+    if run.peft is not None and run.peft.merge_at_end:  # merged and checked (engine.merge_check)
+        model, refused_merge = merge_at_end(run)
     # written beside the output first and moved in file by file, so an interrupt never leaves
     # a half-written model.safetensors in output_dir
     staging = run.output_dir / ".tmp-final"
@@ -106,6 +107,8 @@ def finish(run: Run, state: TrainerState, best_metric_name: str) -> None:
             (staging / "recipe.yaml").write_text(run.recipe_yaml, encoding="utf-8")
             _move_final(run.output_dir, staging)
     accelerator.wait_for_everyone()
+    if refused_merge is not None:
+        raise refused_merge  # the adapter is saved as it is; the merged weights were not
 
 
 def _move_final(output_dir: Path, staging: Path) -> None:
