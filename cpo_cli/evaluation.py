@@ -337,8 +337,11 @@ def _has_tokenizer(folder: Path) -> bool:
 def load_eval_model(recipe: Recipe, model_ref: str | None) -> EvalModel:
     """The recipe's model (`model_ref` None), a trained output folder (full weights or LoRA
     adapters on the recipe's base model), or any other `model.name_or_path` value."""
+    from transformers.utils import logging as hf_logging
+
     from cpo_cli.engine.model import build_model, build_tokenizer, is_encoder_decoder_model
 
+    hf_logging.disable_progress_bar()  # our own progress is the one bar on screen
     training = recipe.training
     if model_ref is None:
         section = recipe.model

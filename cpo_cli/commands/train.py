@@ -36,7 +36,7 @@ def train(
     loaded = load_recipe(recipe, overrides or [])
     for warning in loaded.warnings:
         console.warn(warning)
-    from cpo_cli.losses.objective import describe_objective, simpo_notice
+    from cpo_cli.losses.formula import describe_objective, simpo_notice
 
     console.info(describe_objective(loaded.recipe.training), markup=False, highlight=False)
     notice = simpo_notice(loaded.recipe.training)

@@ -73,7 +73,7 @@ def _objective(run: RunData) -> str | None:
     if not isinstance(training, dict):
         return None
     try:
-        from cpo_cli.losses.objective import describe_objective
+        from cpo_cli.losses.formula import describe_objective
         from cpo_cli.recipe.training import TrainingConfig
 
         return describe_objective(TrainingConfig(**training))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cpo_cli.losses.objective import describe_objective, objective_name, simpo_notice
+from cpo_cli.losses.formula import describe_objective, objective_name, simpo_notice
 from cpo_cli.losses.registry import LOSS_NAMES, effective_cpo_alpha
 from cpo_cli.recipe.training import TrainingConfig
 
