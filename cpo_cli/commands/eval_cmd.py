@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -237,7 +237,7 @@ def eval_cmd(
     ev.raise_on_failed_gates(results)
 
 
-def label_of(model: str | None, recipe: Any) -> str:
+def label_of(model: str | None, recipe: Recipe) -> str:
     """How the evaluated model is named in tables: --model, else the recipe's model."""
     return model or str(recipe.model.name_or_path)
 
