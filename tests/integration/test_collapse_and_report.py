@@ -15,13 +15,12 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from support import cpo_process, write_recipe
 
 ROWS = 8
 
@@ -33,51 +32,39 @@ class Runs:
     stderr: str
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    old = os.environ.get("CPO_CACHE")
-    os.environ["CPO_CACHE"] = str(tmp_path_factory.mktemp("cpo_cache"))
-    yield
-    if old is None:
-        os.environ.pop("CPO_CACHE", None)
-    else:
-        os.environ["CPO_CACHE"] = old
-
-
 def _recipe(path: Path, model: Path, data: Path, out: Path, **training: Any) -> Path:
-    recipe = {
-        "model": {"name_or_path": str(model)},
-        "data": {
-            "train": {"path": str(data), "max_rows": ROWS},
-            "eval": {"path": str(data), "max_rows": ROWS},
-        },
-        "training": {
-            "output_dir": str(out),
-            "per_device_train_batch_size": ROWS,
-            "per_device_eval_batch_size": ROWS,
-            "max_length": 64,
-            "max_prompt_length": 32,
-            "max_completion_length": 16,
-            "lr_scheduler_type": "constant",
-            "logging_steps": 2,
-            "save_strategy": "no",
-            "report_to": "none",
-            "disable_tqdm": True,
-            "eval_strategy": "steps",
-            "generate_during_eval": True,
-            **training,
-        },
-    }
-    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
-    return path
+    """8 held-out pairs to train and evaluate on, short answers, samples at each evaluation."""
+    return write_recipe(
+        path,
+        model,
+        train=data,
+        eval=data,
+        out=out,
+        train_rows=ROWS,
+        eval_rows=ROWS,
+        per_device_train_batch_size=ROWS,
+        per_device_eval_batch_size=ROWS,
+        max_length=64,
+        max_prompt_length=32,
+        max_completion_length=16,
+        lr_scheduler_type="constant",
+        logging_steps=2,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        eval_strategy="steps",
+        generate_during_eval=True,
+        **training,
+    )
 
 
 @pytest.fixture(scope="module")
 def runs(
-    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, demo_eval_path: Path
+    private_cache: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_model_dir: Path,
+    demo_eval_path: Path,
 ) -> Runs:
-    from cpo_cli.cli import run
-
     root = tmp_path_factory.mktemp("collapse")
     memorised = root / "memorised"
     sft = _recipe(
@@ -91,7 +78,8 @@ def runs(
         max_steps=40,
         eval_steps=40,
     )
-    assert run(["train", str(sft)]) == 0
+    done = cpo_process("train", str(sft), timeout=1200)
+    assert done.exit_code == 0, done.stderr[-3000:]
     collapsed = root / "simpo"
     simpo = _recipe(
         root / "simpo.yaml",
@@ -106,18 +94,9 @@ def runs(
         eval_steps=2,
         eval_on_start=True,
     )
-    # the console warning goes to stderr: run as a user would and keep it
-    import sys
-
-    done = subprocess.run(
-        [sys.executable, "-m", "cpo_cli", "train", str(simpo)],
-        capture_output=True,
-        text=True,
-        timeout=1200,
-        env={**os.environ, "NO_COLOR": "1"},
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    # a child process, as a user runs it: the console warning goes to its stderr
+    done = cpo_process("train", str(simpo), timeout=1200)
+    assert done.exit_code == 0, done.stderr[-3000:]
     return Runs(memorised, collapsed, done.stderr)
 
 
@@ -173,21 +152,18 @@ GENERATION_PLOTS = {"answer_accuracy", "length_ratio", "degeneration"}
 @pytest.fixture(scope="module")
 def report(runs: Runs, tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("matplotlib", reason="cpo report needs the report extra (matplotlib)")
-    from cpo_cli.cli import run
-
     out = tmp_path_factory.mktemp("report")
-    code = run(
-        [
-            "report",
-            str(runs.memorised),
-            str(runs.collapsed),
-            "-o",
-            str(out / "report.html"),
-            "--png",
-            str(out / "png"),
-        ]
+    done = cpo_process(
+        "report",
+        str(runs.memorised),
+        str(runs.collapsed),
+        "-o",
+        str(out / "report.html"),
+        "--png",
+        str(out / "png"),
     )
-    assert code == 0
+    assert done.exit_code == 0, done.output
+    assert "report written to" in done.stdout and "(11 plots)" in done.stdout
     return out
 
 

@@ -323,6 +323,7 @@ def test_reward_model_judges_generations_chosen_answers_and_the_compared_model(
     recipe, out, _ = trained
     gens = tmp_path / "judged.jsonl"
     args = [
+        "eval",
         str(recipe),
         "--model",
         str(out),
@@ -374,7 +375,7 @@ def test_reward_model_judges_generations_chosen_answers_and_the_compared_model(
     assert failing.exit_code == EXIT_GATE_FAILED
     assert "eval_reward/win_rate_vs_chosen" in failing.output
 
-    no_generate = cli(str(recipe), "--reward-model", str(tiny_reward_model_dir))
+    no_generate = cli("eval", str(recipe), "--reward-model", str(tiny_reward_model_dir))
     assert no_generate.exit_code == EXIT_USAGE and "--reward-model needs --generate" in (
         no_generate.output
     )
