@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import TINY_RUN, Result, write_recipe
+from support import TINY_RUN, Result, cpo_process, write_recipe
 
 from cpo_cli.errors import EXIT_GATE_FAILED, EXIT_USAGE
 from cpo_cli.evaluation import EVAL_METRICS, NUM_PAIRS
@@ -379,3 +380,35 @@ def test_reward_model_judges_generations_chosen_answers_and_the_compared_model(
     assert no_generate.exit_code == EXIT_USAGE and "--reward-model needs --generate" in (
         no_generate.output
     )
+
+
+@pytest.mark.distributed
+def test_generation_shared_out_across_two_processes(
+    trained: tuple[Path, Path, dict], tmp_path: Path
+) -> None:
+    """5 prompts over 2 processes (3 + 2, the short share padded): the answers, gathered back
+    in order, are those of one process, written once."""
+    recipe, out, _ = trained
+    written = {}
+    for processes in (1, 2):
+        path = tmp_path / f"generations{processes}.jsonl"
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+        done = cpo_process(
+            "eval",
+            str(recipe),
+            "--model",
+            str(out),
+            "--generate",
+            "5",
+            "--max-new-tokens",
+            "6",
+            "--generations-out",
+            str(path),
+            "--json",
+            str(tmp_path / f"report{processes}.json"),
+            launcher=launcher if processes == 2 else None,
+        )
+        assert done.exit_code == 0, done.stderr[-3000:]
+        written[processes] = path.read_text(encoding="utf-8")
+    assert len(written[1].splitlines()) == 5
+    assert written[2] == written[1]
