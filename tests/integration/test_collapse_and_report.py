@@ -116,17 +116,17 @@ def test_collapse_warning_fires_while_margins_rise(runs: Runs) -> None:
     assert [r["step"] for r in evals] == [0, 2, 4, 6, 8]
     start, end = evals[0], evals[-1]
     # the first steps at this learning rate knock the margin down; from there it climbs back
-    # ("better" by reward) while the answers only get worse
-    margins = [r["eval_rewards/margins"] for r in evals]
-    assert margins[-1] > margins[-2] > margins[-3]
-    assert end["eval_gen/truncated"] > start["eval_gen/truncated"] + 0.5
+    # ("better" by reward) while the answers are much worse than at the start
+    lowest = min(r["eval_rewards/margins"] for r in evals[1:])
+    assert end["eval_rewards/margins"] > lowest
+    assert end["eval_gen/answer_accuracy"] <= start["eval_gen/answer_accuracy"] - 0.3
+    assert end["eval_gen/repeated_4grams"] >= start.get("eval_gen/repeated_4grams", 0) + 0.15
     warnings = [r for r in records if r.get("warning") == "collapse"]
     assert warnings, "no collapse warning in metrics.jsonl"
     first = warnings[0]
     assert first["message"].startswith(f"possible collapse at step {first['step']}:")
     assert "eval_rewards/margins is still rising" in first["message"]
     assert f"warning: possible collapse at step {first['step']}" in runs.stderr
-    assert warnings[-1]["step"] == 8
     # the warning is not raised where the margins did not rise
     by_step = {r["step"]: r["eval_rewards/margins"] for r in evals}
     for warning in warnings:
