@@ -17,7 +17,7 @@ from typing import Annotated, Any, TextIO
 import typer
 
 from cpo_cli import __version__, console
-from cpo_cli.commands import eval_cmd, prepare, push, train
+from cpo_cli.commands import eval_cmd, prepare, push, report, train
 from cpo_cli.commands.options import Quiet
 from cpo_cli.commands.recipe import recipe_app
 from cpo_cli.errors import EXIT_INTERRUPTED, EXIT_OK, CpoError
@@ -65,6 +65,7 @@ app.command(name="prepare", epilog=prepare.EPILOG)(prepare.prepare)
 app.command(name="train")(train.train)
 app.command(name="eval")(eval_cmd.eval_cmd)
 app.command(name="push")(push.push)
+app.command(name="report")(report.report)
 app.add_typer(recipe_app, name="recipe")
 
 

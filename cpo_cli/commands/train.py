@@ -36,6 +36,12 @@ def train(
     loaded = load_recipe(recipe, overrides or [])
     for warning in loaded.warnings:
         console.warn(warning)
+    from cpo_cli.losses.formula import describe_objective, simpo_notice
+
+    console.info(describe_objective(loaded.recipe.training), markup=False, highlight=False)
+    notice = simpo_notice(loaded.recipe.training)
+    if notice:
+        console.info(notice, markup=False, highlight=False)
     from cpo_cli.engine.loop import train as run_training  # imports torch: only now
 
     result = run_training(loaded)

@@ -390,18 +390,22 @@ def _evaluate(run: Run, state: TrainerState, tracker: Any, progress: Any) -> dic
     metrics = ordered_metrics(
         evaluate_model(run.model, run.eval_loader, run.training, run.accelerator)
     )
+    if run.training.generate_during_eval:  # every process generates its share
+        metrics.update(_generate(run, state, progress))
     tracker.log(metrics, state.global_step)
     state.log_history.append({"step": state.global_step, **metrics})
     progress.show_metrics(state.global_step, metrics)
     _track_best(run, state, metrics)
     state.last_eval_step = state.global_step
-    if run.training.generate_during_eval and run.accelerator.is_main_process:
-        _generate(run, state, progress)
+    if run.training.generate_during_eval:
+        _warn_on_collapse(state, tracker)
     return metrics
 
 
-def _generate(run: Run, state: TrainerState, progress: Any) -> None:
+def _generate(run: Run, state: TrainerState, progress: Any) -> dict[str, float]:
+    """Sample answers (written to eval_samples.jsonl, a few shown) and their task metrics."""
     from cpo_cli.engine.generate import generate_samples, samples_table, write_samples
+    from cpo_cli.gen_metrics import generation_metrics
 
     model = run.accelerator.unwrap_model(run.model, keep_torch_compile=False)
     samples = generate_samples(
@@ -412,8 +416,19 @@ def _generate(run: Run, state: TrainerState, progress: Any) -> None:
         is_encoder_decoder=run.is_encoder_decoder,
     )
     claim_files(run, ["eval_samples.jsonl"])
-    write_samples(samples, run.output_dir / "eval_samples.jsonl", state.global_step)
-    progress.print(samples_table(samples, state.global_step))
+    if run.accelerator.is_main_process:
+        write_samples(samples, run.output_dir / "eval_samples.jsonl", state.global_step)
+        progress.print(samples_table(samples, state.global_step))
+    return generation_metrics([s.answer() for s in samples])
+
+
+def _warn_on_collapse(state: TrainerState, tracker: Any) -> None:
+    from cpo_cli.engine.collapse import collapse_warning
+
+    warning = collapse_warning(state.log_history)
+    if warning is not None:
+        console.warn(warning.message())
+        tracker.warning("collapse", warning.message(), state.global_step)
 
 
 def best_metric_name(training: TrainingConfig) -> str:

@@ -21,7 +21,9 @@ if TYPE_CHECKING:
 
 def effective_cpo_alpha(training: TrainingConfig) -> float:
     """`cpo_alpha`, except 0 for `alphapo` (TRL's CPOConfig rewrites alphapo that way)."""
-    return 0.0 if training.loss_type == "alphapo" else float(training.cpo_alpha)
+    from cpo_cli.losses.registry import effective_cpo_alpha as for_loss
+
+    return for_loss(training.loss_type, training.cpo_alpha)
 
 
 def batch_loss_and_metrics(

@@ -23,6 +23,7 @@ BACKENDS = {name: name for name in ENGINE_TRACKERS}
 
 class Sink(Protocol):
     def log(self, metrics: dict[str, float], step: int) -> None: ...
+    def warning(self, kind: str, message: str, step: int) -> None: ...
     def close(self) -> None: ...
 
 
@@ -30,6 +31,9 @@ class NullSink:
     """Does nothing: what non-main processes and `report_to: none` get."""
 
     def log(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def warning(self, kind: str, message: str, step: int) -> None:
         pass
 
     def close(self) -> None:
@@ -51,6 +55,12 @@ class JsonlSink:
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         record = {"step": step, **{k: json_number(v) for k, v in metrics.items()}}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def warning(self, kind: str, message: str, step: int) -> None:
+        """A line of its own, `{"step", "warning": kind, "message"}`, beside the metrics."""
+        record = {"step": step, "warning": kind, "message": message}
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
 
@@ -93,6 +103,10 @@ class TensorBoardSink:
             )
         self._writer.flush()
 
+    def warning(self, kind: str, message: str, step: int) -> None:
+        self._writer.add_text(f"warnings/{kind}", message, step)
+        self._writer.flush()
+
     def close(self) -> None:
         self._writer.close()
 
@@ -105,6 +119,13 @@ class WandbSink:
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         self._run.log(metrics, step=step)
+
+    def warning(self, kind: str, message: str, step: int) -> None:
+        import wandb
+
+        self._run.alert(
+            title=f"cpo: {kind} at step {step}", text=message, level=wandb.AlertLevel.WARN
+        )
 
     def close(self) -> None:
         self._run.finish()
@@ -119,6 +140,10 @@ class Tracker:
     def log(self, metrics: dict[str, float], step: int) -> None:
         for sink in self.sinks:
             sink.log(metrics, step)
+
+    def warning(self, kind: str, message: str, step: int) -> None:
+        for sink in self.sinks:
+            sink.warning(kind, message, step)
 
     def close(self) -> None:
         for sink in self.sinks:

@@ -459,8 +459,23 @@ def test_generate_during_eval_writes_samples(
         )
     )
     samples = read_jsonl(out / "eval_samples.jsonl")
-    assert len(samples) == 4
-    assert set(samples[0]) == {"step", "prompt", "policy", "chosen"}
+    assert len(samples) == 8  # every eval pair (there are fewer than 16)
+    assert set(samples[0]) == {
+        "step",
+        "prompt",
+        "generation",
+        "chosen",
+        "rejected",
+        "tokens",
+        "finished",
+        "answer_correct",
+    }
+    assert all(0 <= s["tokens"] <= 8 for s in samples)
+    # the prompt as written, taken back out of the template; the task metrics logged with it
+    assert samples[0]["prompt"].startswith("Question: ")
+    evaluation = [r for r in read_jsonl(out / "metrics.jsonl") if "eval_loss" in r][-1]
+    assert evaluation["eval_gen/num_samples"] == 8
+    assert evaluation["eval_gen/length"] == pytest.approx(sum(s["tokens"] for s in samples) / 8)
 
 
 def test_bf16_gradient_checkpointing_and_length_grouping(
