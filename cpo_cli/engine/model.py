@@ -153,6 +153,11 @@ def build_model(
 
     if training.disable_dropout:
         disable_dropout(model)
+    if not training.gradient_checkpointing:
+        # (with checkpointing the whole layer is recomputed: nothing more to save)
+        from cpo_cli.engine.activations import apply_mlp_activation_saving
+
+        apply_mlp_activation_saving(model, training.mlp_activation_saving)
     if training.gradient_checkpointing:
         model.config.use_cache = False
         options = training.gradient_checkpointing_kwargs

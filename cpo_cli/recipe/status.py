@@ -58,7 +58,8 @@ HONOURED: tuple[str, ...] = (
     "padding_value", "truncation_mode", "generate_during_eval", "is_encoder_decoder",
     "model_init_kwargs", "dataset_num_proc",
     # beyond CPOConfig
-    "alpha", "prefix_sharing", "logprob_chunk_size",
+    "alpha", "prefix_sharing", "logprob_chunk_size", "mlp_activation_saving",
+    "max_tokens_per_batch",
 )  # fmt: skip
 
 _ACCELERATE = "configure it with `accelerate config` and run `accelerate launch -m cpo_cli train`"

@@ -30,7 +30,13 @@ from cpo_cli.recipe.choices import (
 from cpo_cli.recipe.optim_args import parse_optim_args
 
 #: fields added beyond CPOConfig (documented as such)
-CPO_EXTENSIONS: tuple[str, ...] = ("alpha", "prefix_sharing", "logprob_chunk_size")
+CPO_EXTENSIONS: tuple[str, ...] = (
+    "alpha",
+    "prefix_sharing",
+    "logprob_chunk_size",
+    "mlp_activation_saving",
+    "max_tokens_per_batch",
+)
 
 # Fields TRL typed `dict | str`: a string there is a JSON object (as on TRL's command line).
 _JSON_DICT_FIELDS = ("lr_scheduler_kwargs", "gradient_checkpointing_kwargs", "model_init_kwargs")
@@ -577,6 +583,29 @@ class TrainingConfig(BaseModel):
         description="cpo extension: answer positions per chunk when computing the LM head "
         "and log-softmax (bounds logits memory: chunk x vocab x 4 bytes; 256 measured best "
         "for memory at no speed cost on a 49k vocabulary).",
+    )
+
+    mlp_activation_saving: Literal["model", "gate_up", "input"] = Field(
+        default="input",
+        description="cpo extension: what each SwiGLU MLP keeps for the backward pass when "
+        "`gradient_checkpointing` is off (exact in every case). `model`: the model's own MLP "
+        "(gate, up, silu(gate) and their product: 4 x intermediate size per token); `gate_up`: "
+        "a fused SwiGLU keeps gate and up only and recomputes the rest elementwise (about a "
+        "quarter less layer memory, no extra matmul); `input`: selective activation "
+        "checkpointing keeps only the MLP's input and runs the MLP again in the backward "
+        "(about half the layer memory, one more MLP forward per step).",
+    )
+    max_tokens_per_batch: int | None = Field(
+        default=None,
+        ge=1,
+        description="cpo extension: build training micro-batches by a token budget instead of "
+        "a pair count: pairs are grouped by length and added to a micro-batch while the tokens "
+        "it puts through the model (padding included for padded layouts) stay within this "
+        "budget; `per_device_train_batch_size` then only caps the pairs per micro-batch. The "
+        "longest micro-batch runs first (an out-of-memory error shows at step 1). The loss of "
+        "a micro-batch is weighted by its share of the optimizer step's pairs, so an "
+        "optimizer step equals one batch of all its pairs. None: batches of "
+        "`per_device_train_batch_size` pairs.",
     )
 
     @field_validator("eval_strategy", "logging_strategy", "save_strategy", mode="before")
