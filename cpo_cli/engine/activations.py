@@ -12,9 +12,9 @@ keep less, each one recipe value:
   MLP again in the backward (one more MLP forward, ~1/3 of its FLOPs per step).
 
 The MLP's own modules run (LoRA adapters, hooks and FSDP unsharding keep working) and parameter
-names do not change: only each MLP instance's `forward` is replaced. An MLP is changed only when
-it has `gate_proj`/`up_proj`/`down_proj` and an `act_fn` that computes SiLU, and the replacement is checked
-once against the original on a random input.
+names do not change: only each MLP instance's `forward` is replaced. An MLP is changed only
+when it has `gate_proj`/`up_proj`/`down_proj` and an `act_fn` that computes SiLU, and the
+replacement is checked once against the original on a random input.
 """
 
 from __future__ import annotations
@@ -67,7 +67,8 @@ def _is_swiglu_mlp(module: nn.Module) -> bool:
 def _check_same_output(module: nn.Module, original: Any) -> None:
     import torch
 
-    weight = module.gate_proj.weight  # type: ignore[union-attr]
+    gate_proj: Any = module.gate_proj
+    weight: Any = gate_proj.weight
     if weight.numel() == 0 or weight.device.type == "meta":
         return  # partitioned (ZeRO-3) or not materialised: nothing to compare yet
     g = torch.Generator(device="cpu").manual_seed(0)
