@@ -29,7 +29,7 @@ from cpo_cli.engine.checkpoint import (
     save_model,
 )
 from cpo_cli.engine.metric_means import MetricMeans
-from cpo_cli.engine.schedule import Plan, Schedule, build_plan
+from cpo_cli.engine.schedule import Plan, Schedule, build_plan, with_window_pairs
 from cpo_cli.errors import EXIT_INTERRUPTED, CpoError, RecipeError
 from cpo_cli.metric_names import EVAL_METRICS, TRAIN_ONLY_METRICS
 
@@ -300,12 +300,15 @@ def _train_loop(run: Run, state: TrainerState, tracker: Any, progress: Any) -> d
         in_window = 0
 
         tick = time.perf_counter()
-        for batch, sizes in loader:
+        for batch, sizes, window_pairs in with_window_pairs(
+            loader, plan.accumulation, batches_left
+        ):
             # ---- one micro-batch: forward + backward, gradients accumulate ------------------
             with accelerator.accumulate(model):
                 loss, metrics = batch_loss_and_metrics(model, batch, training)
-                # accelerate divides by `accumulation`; a short last window divides by its size
-                accelerator.backward(loss * (plan.accumulation / window_size))
+                # accelerate divides by `accumulation`; each micro-batch counts by its share of
+                # the window's pairs (equal shares: 1 / window size, as in a short last window)
+                accelerator.backward(loss * (plan.accumulation * sizes["pairs"] / window_pairs))
             in_window += 1
             state.batches_done_in_epoch += 1
             window_tokens += sizes["tokens"]

@@ -526,3 +526,35 @@ def test_torch_compile_saves_plain_weight_names_and_resumes(
         )
     )
     assert result.global_step == 3
+
+
+def test_token_budget_micro_batches_of_different_sizes_make_one_exact_step(
+    tiny_model_dir: Path, tmp_path: Path, demo_train_path: Path
+) -> None:
+    """6 pairs as micro-batches of 4 and 2 (`max_tokens_per_batch` with a 4-pair cap),
+    accumulated in one window, give the step of one batch of all 6: each micro-batch's loss
+    counts by its share of the window's pairs."""
+    common = {"max_steps": 1, "cpo_alpha": 0.0, "optim": "sgd", "learning_rate": 0.5}
+    run(
+        make_recipe(
+            tiny_model_dir,
+            tmp_path / "budget",
+            demo_train_path,
+            train_rows=6,
+            per_device_train_batch_size=4,
+            max_tokens_per_batch=100_000,
+            gradient_accumulation_steps=2,
+            **common,
+        )
+    )
+    run(
+        make_recipe(
+            tiny_model_dir,
+            tmp_path / "big",
+            demo_train_path,
+            train_rows=6,
+            per_device_train_batch_size=6,
+            **common,
+        )
+    )
+    assert max_abs_diff(weights(tmp_path / "big"), weights(tmp_path / "budget")) < 1e-5
