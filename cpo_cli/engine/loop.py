@@ -213,7 +213,14 @@ def _redacted_dict(recipe: Recipe) -> dict[str, Any]:
 
 
 def train(loaded: LoadedRecipe, *, show_progress: bool = True) -> TrainResult:
-    """Train the recipe's model; return where the result is and its final metrics."""
+    """Train the recipe's model; return where the result is and its final metrics (started
+    again with a smaller micro-batch on out-of-memory under `auto_find_batch_size`)."""
+    from cpo_cli.engine.auto_batch import run_with_auto_batch
+
+    return run_with_auto_batch(lambda attempt: _train(attempt, show_progress), loaded)
+
+
+def _train(loaded: LoadedRecipe, show_progress: bool) -> TrainResult:
     from cpo_cli.engine.progress import build_progress
     from cpo_cli.engine.tracking import build_tracker, check_backends
 

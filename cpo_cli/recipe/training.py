@@ -436,7 +436,10 @@ class TrainingConfig(BaseModel):
     )
     mp_parameters: str = Field(default="", description="SageMaker model-parallel parameters.")
     auto_find_batch_size: bool = Field(
-        default=False, description="Halve the batch size on out-of-memory errors and retry."
+        default=False,
+        description="On an out-of-memory error, halve `per_device_train_batch_size` (and "
+        "`max_tokens_per_batch`), double `gradient_accumulation_steps` (same effective batch) "
+        "and start the run again.",
     )
     full_determinism: bool = Field(
         default=False,
@@ -483,9 +486,17 @@ class TrainingConfig(BaseModel):
     eval_on_start: bool = Field(
         default=False, description="Evaluate once before the first training step."
     )
-    use_liger_kernel: bool | None = Field(default=False, description="Use Liger kernels.")
+    use_liger_kernel: bool | None = Field(
+        default=False,
+        description="Apply Liger-Kernel's Triton kernels to the model's layers (RMSNorm, "
+        "SwiGLU, RoPE) through `apply_liger_kernel_to_<model_type>`; needs the liger-kernel "
+        "package and a GPU. Its loss kernels stay off: cpo's chunked LM head computes the "
+        "log-probs.",
+    )
     liger_kernel_config: dict[str, bool] | None = Field(
-        default=None, description="Which Liger kernels to apply."
+        default=None,
+        description="Arguments of `apply_liger_kernel_to_<model_type>`, e.g. `{rope: true, "
+        "rms_norm: true, swiglu: false}`.",
     )
     eval_use_gather_object: bool | None = Field(
         default=False, description="Gather nested Python objects across devices in evaluation."
