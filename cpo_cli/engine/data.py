@@ -154,8 +154,9 @@ def _collate(
     is_encoder_decoder: bool,
     decoder_start_token_id: int | None,
 ) -> tuple[dict[str, Any], dict[str, int]]:
-    """The padded batch plus its size (pairs, real tokens), counted here where it is cheap:
-    the loop needs them for weighted averages and tokens/s."""
+    """The padded batch plus its size (pairs, real tokens; tokens and Σ length² as plain
+    sequences, for model FLOPs), counted here where it is cheap: the loop needs them for
+    weighted averages, tokens/s and FLOP/s."""
     from cpo_cli.data.collate import collate_pairs
 
     batch = collate_pairs(
@@ -165,11 +166,18 @@ def _collate(
         is_encoder_decoder=is_encoder_decoder,
         decoder_start_token_id=decoder_start_token_id,
     )
-    tokens = sum(
-        len(r["prompt_input_ids"]) + len(r["chosen_input_ids"]) + len(r["rejected_input_ids"])
-        for r in rows
-    )
-    return batch, {"pairs": len(rows), "tokens": tokens}
+    from cpo_cli.engine.flops import plain_sequence_sizes
+
+    tokens = plain_tokens = sum_sq = 0
+    for r in rows:
+        p, c = len(r["prompt_input_ids"]), len(r["chosen_input_ids"])
+        rej = len(r["rejected_input_ids"])
+        tokens += p + c + rej
+        plain, sq = plain_sequence_sizes(p, c, rej)
+        plain_tokens += plain
+        sum_sq += sq
+    sizes = {"pairs": len(rows), "tokens": tokens, "plain_tokens": plain_tokens, "sum_sq": sum_sq}
+    return batch, sizes
 
 
 def _collate_fn(

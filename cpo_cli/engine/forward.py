@@ -156,6 +156,11 @@ def model_config(model: nn.Module) -> Any:
     return _text_config(_core_model(model))
 
 
+def vocab_size(model: nn.Module) -> int:
+    """The LM head's output size (the model's vocabulary)."""
+    return _vocab_size(_core_model(model))
+
+
 def packed_attention_mask(
     segment_ids: torch.Tensor,
     dtype: torch.dtype,
@@ -261,6 +266,14 @@ def _run_model(
     if attention_implementation(core) == FLEX_ATTENTION and _device(core).type == "cpu":
         import torch
 
+        if torch.is_grad_enabled() and core.training:
+            from cpo_cli.errors import ModelLoadError
+
+            raise ModelLoadError(
+                "model.attn_implementation: flex_attention has no backward pass on a CPU "
+                "(torch's FlexAttention), so it cannot train here",
+                hint="use model.attn_implementation=sdpa on a CPU; flex_attention trains on GPUs",
+            )
         # inductor's CPU FlexAttention template fails to compile with symbolic lengths
         # (torch 2.13): compile each length statically instead of going dynamic
         with torch._dynamo.config.patch(automatic_dynamic_shapes=False):

@@ -28,6 +28,7 @@ from cpo_cli.engine.checkpoint import (
     save_checkpoint,
     save_model,
 )
+from cpo_cli.engine.flops import StepFlops
 from cpo_cli.engine.metric_means import MetricMeans
 from cpo_cli.engine.schedule import Plan, Schedule, build_plan, with_window_pairs
 from cpo_cli.errors import EXIT_INTERRUPTED, CpoError, RecipeError
@@ -289,6 +290,7 @@ def _train_loop(run: Run, state: TrainerState, tracker: Any, progress: Any) -> d
     accelerator, model, training, plan = run.accelerator, run.model, run.training, run.plan
     schedule = Schedule(plan, training, has_eval=run.eval_loader is not None)
     window_means = MetricMeans()  # metrics since the last log
+    window_flops = StepFlops(model, accelerator.device.type, _precision(training))
     last: dict[str, float] = {}
     # tokens/s counts training time only: evaluation and saving pause the clock
     window_tokens, window_seconds, tick = 0, 0.0, time.perf_counter()
@@ -319,6 +321,7 @@ def _train_loop(run: Run, state: TrainerState, tracker: Any, progress: Any) -> d
             in_window += 1
             state.batches_done_in_epoch += 1
             window_tokens += sizes["tokens"]
+            window_flops.add(sizes)
             # logging_nan_inf_filter: a non-finite loss is left out of the logged means
             keep = torch.isfinite(loss.detach()) if training.logging_nan_inf_filter else None
             window_means.add(
@@ -356,6 +359,7 @@ def _train_loop(run: Run, state: TrainerState, tracker: Any, progress: Any) -> d
                     "grad_norm": float(grad_norm),
                     "epoch": round(epoch_float, 4),
                     "tokens/s": _tokens_per_second(accelerator, window_tokens, elapsed),
+                    **window_flops.report(elapsed),
                 }
                 _log(run, state, tracker, progress, logged)
                 last.update(logged)
@@ -376,6 +380,10 @@ def _train_loop(run: Run, state: TrainerState, tracker: Any, progress: Any) -> d
     if schedule.evaluate_at_end(state):
         last.update(_evaluate(run, state, tracker, progress))
     return last
+
+
+def _precision(training: Any) -> str:
+    return "bf16" if training.bf16 else "fp16" if training.fp16 else "fp32"
 
 
 def _tokens_per_second(accelerator: Any, tokens: int, seconds: float) -> float:

@@ -27,8 +27,12 @@ TRAIN_KEYS = {
     "grad_norm",
     "epoch",
     "tokens/s",
+    "tflops/s",
 }
-EVAL_KEYS = {f"eval_{k}" for k in TRAIN_KEYS - {"learning_rate", "grad_norm", "epoch", "tokens/s"}}
+EVAL_KEYS = {
+    f"eval_{k}"
+    for k in TRAIN_KEYS - {"learning_rate", "grad_norm", "epoch", "tokens/s", "tflops/s"}
+}
 
 
 pytestmark = pytest.mark.usefixtures("private_cache")  # prepared pairs stay out of ~/.cache
