@@ -575,7 +575,7 @@ def test_auto_find_batch_size_halves_the_micro_batch_and_keeps_the_effective_bat
     the run starts again with 2 pairs x 2 accumulation and ends where such a run ends."""
     import torch
 
-    from cpo_cli.engine import step
+    from cpo_cli.engine import objective as step
 
     real = step.batch_loss_and_metrics
     seen: list[int] = []

@@ -9,7 +9,7 @@ transformers = pytest.importorskip("transformers")
 
 from cpo_cli.data.collate import collate_pairs  # noqa: E402
 from cpo_cli.engine.activations import apply_mlp_activation_saving  # noqa: E402
-from cpo_cli.engine.step import batch_loss_and_metrics  # noqa: E402
+from cpo_cli.engine.objective import batch_loss_and_metrics  # noqa: E402
 from tests.unit.test_forward import (  # noqa: E402
     assert_grads_close,
     grads,

@@ -11,7 +11,7 @@ transformers = pytest.importorskip("transformers")
 
 from cpo_cli.data.collate import collate_pairs  # noqa: E402
 from cpo_cli.engine.forward import choose_layout, model_support, sequence_logps  # noqa: E402
-from cpo_cli.engine.step import METRIC_NAMES, batch_loss_and_metrics  # noqa: E402
+from cpo_cli.engine.objective import METRIC_NAMES, batch_loss_and_metrics  # noqa: E402
 from cpo_cli.losses.registry import LOSS_NAMES  # noqa: E402
 from tests.unit.test_collate import ROWS  # noqa: E402
 from tests.unit.test_forward import (  # noqa: E402
