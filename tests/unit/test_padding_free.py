@@ -11,8 +11,9 @@ transformers = pytest.importorskip("transformers")
 
 from cpo_cli.data.collate import collate_pairs  # noqa: E402
 from cpo_cli.engine.forward import choose_layout, model_support, sequence_logps  # noqa: E402
-from cpo_cli.engine.objective import METRIC_NAMES, batch_loss_and_metrics  # noqa: E402
+from cpo_cli.engine.objective import batch_loss_and_metrics  # noqa: E402
 from cpo_cli.losses.registry import LOSS_NAMES  # noqa: E402
+from cpo_cli.metric_names import PAIR_METRICS  # noqa: E402
 from tests.unit.test_collate import ROWS  # noqa: E402
 from tests.unit.test_forward import (  # noqa: E402
     assert_grads_close,
@@ -89,7 +90,7 @@ def test_padding_free_same_loss_metrics_and_gradients(
         results[name] = (loss.detach(), metrics, grads(model))
     (l1, m1, g1), (l2, m2, g2) = results[layout], results["pair_rows"]
     torch.testing.assert_close(l1, l2, rtol=1e-5, atol=1e-6)
-    for name in METRIC_NAMES:
+    for name in PAIR_METRICS:
         torch.testing.assert_close(m1[name], m2[name], rtol=1e-5, atol=1e-6, msg=name)
     assert_grads_close(g1, g2)
 
