@@ -79,7 +79,7 @@ else
   skip "bench_train vs TRL per layout on CUDA" "$reason"
   skip "largest batch at 4k tokens, peak CUDA memory" "$reason"
   # the same benchmark path on the CPU, small enough for CI
-  step "CPU smoke: bench_train tiny, cpo only" 300 "$PY" benchmarks/bench_train.py --models tiny \
+  step "CPU smoke: bench_train tiny, cpo only" 900 "$PY" benchmarks/bench_train.py --models tiny \
     --shapes balanced --engines cpo --tokenizer tiny --steps 1 2 --batch-size 2 --threads 1
 fi
 

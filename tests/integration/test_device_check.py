@@ -29,7 +29,7 @@ def test_device_check_runs_and_writes_one_table(tmp_path: Path) -> None:
         env=env,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=1500,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = out.read_text()
