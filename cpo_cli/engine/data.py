@@ -7,6 +7,8 @@ from collections.abc import Iterator, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from cpo_cli.data.token_batching import longest_first
+
 if TYPE_CHECKING:
     from cpo_cli.data.collate import Layout
     from cpo_cli.recipe.schema import DataSource, Recipe
@@ -63,16 +65,85 @@ class EpochSampler:
             return perm
         size = self.batch_size * MEGABATCH_FACTOR
         lengths = self.lengths
-        out: list[int] = []
-        for start in range(0, len(perm), size):
-            out.extend(sorted(perm[start : start + size], key=lambda i: -lengths[i]))
-        return out
+        megabatches = [
+            sorted(perm[start : start + size], key=lambda i: -lengths[i])
+            for start in range(0, len(perm), size)
+        ]
+        # the megabatch holding the longest pair goes first (its first batch is the longest),
+        # so an out-of-memory error shows at step 1, as in the HF length-grouped sampler
+        firsts = [lengths[m[0]] for m in megabatches]
+        megabatches = longest_first(megabatches, firsts)
+        return [i for m in megabatches for i in m]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.order())
 
     def __len__(self) -> int:
         return self.num_rows
+
+
+class TokenBudgetBatches:
+    """Micro-batches by a token budget (`max_tokens_per_batch`), for `DataLoader(batch_sampler=)`.
+
+    The batches are formed once, from a length-grouped order drawn with `seed` alone, so every
+    epoch has the same number of batches (the plan's step count stays exact and a resumed run
+    skips exactly the batches already done); each epoch shuffles their order with
+    (seed, epoch) and puts the costliest batch first."""
+
+    def __init__(
+        self,
+        pair_token_lengths: list[tuple[int, int, int]],
+        *,
+        budget: int,
+        max_pairs: int,
+        layout: str,
+        seed: int,
+    ) -> None:
+        from cpo_cli.data.token_batching import batch_tokens, token_budget_batches
+
+        lengths = [p + max(c, r) for p, c, r in pair_token_lengths]
+        grouped = EpochSampler(
+            len(lengths), seed=seed, lengths=lengths, batch_size=max_pairs
+        ).order()
+        self.batches = token_budget_batches(
+            grouped, pair_token_lengths, budget=budget, max_pairs=max_pairs, layout=layout
+        )
+        self.costs = [
+            batch_tokens([pair_token_lengths[i] for i in b], layout) for b in self.batches
+        ]
+        self.seed = seed
+        self.epoch = 0
+
+    def use_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def order(self) -> list[list[int]]:
+        import torch
+
+        from cpo_cli.data.token_batching import longest_first
+
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        perm = torch.randperm(len(self.batches), generator=generator).tolist()
+        return longest_first([self.batches[i] for i in perm], [self.costs[i] for i in perm])
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.order())
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def pair_token_lengths(dataset: Any) -> list[tuple[int, int, int]]:
+    """(prompt, chosen, rejected) token counts of every pair."""
+    return [
+        (len(p), len(c), len(r))
+        for p, c, r in zip(
+            dataset["prompt_input_ids"],
+            dataset["chosen_input_ids"],
+            dataset["rejected_input_ids"],
+            strict=True,
+        )
+    ]
 
 
 def _collate(
@@ -83,8 +154,9 @@ def _collate(
     is_encoder_decoder: bool,
     decoder_start_token_id: int | None,
 ) -> tuple[dict[str, Any], dict[str, int]]:
-    """The padded batch plus its size (pairs, real tokens), counted here where it is cheap:
-    the loop needs them for weighted averages and tokens/s."""
+    """The padded batch plus its size (pairs, real tokens; tokens and Σ length² as plain
+    sequences, for model FLOPs), counted here where it is cheap: the loop needs them for
+    weighted averages, tokens/s and FLOP/s."""
     from cpo_cli.data.collate import collate_pairs
 
     batch = collate_pairs(
@@ -94,11 +166,18 @@ def _collate(
         is_encoder_decoder=is_encoder_decoder,
         decoder_start_token_id=decoder_start_token_id,
     )
-    tokens = sum(
-        len(r["prompt_input_ids"]) + len(r["chosen_input_ids"]) + len(r["rejected_input_ids"])
-        for r in rows
-    )
-    return batch, {"pairs": len(rows), "tokens": tokens}
+    from cpo_cli.engine.flops import plain_sequence_sizes
+
+    tokens = plain_tokens = sum_sq = 0
+    for r in rows:
+        p, c = len(r["prompt_input_ids"]), len(r["chosen_input_ids"])
+        rej = len(r["rejected_input_ids"])
+        tokens += p + c + rej
+        plain, sq = plain_sequence_sizes(p, c, rej)
+        plain_tokens += plain
+        sum_sq += sq
+    sizes = {"pairs": len(rows), "tokens": tokens, "plain_tokens": plain_tokens, "sum_sq": sum_sq}
+    return batch, sizes
 
 
 def _collate_fn(
@@ -121,6 +200,7 @@ def _loader(
     training: TrainingConfig,
     collate: Any,
     drop_last: bool,
+    batch_sampler: Any = None,
 ) -> Any:
     import torch
     from torch.utils.data import DataLoader
@@ -133,14 +213,15 @@ def _loader(
             kwargs["prefetch_factor"] = training.dataloader_prefetch_factor
     keep = ["prompt_input_ids", "chosen_input_ids", "rejected_input_ids"]
     token_view = dataset.select_columns([c for c in keep if c in dataset.column_names])
+    if batch_sampler is not None:  # micro-batches by a token budget
+        kwargs["batch_sampler"] = batch_sampler
+    else:
+        kwargs.update(batch_size=batch_size, sampler=sampler, drop_last=drop_last)
     return DataLoader(
         token_view,
-        batch_size=batch_size,
-        sampler=sampler,
         collate_fn=collate,
         num_workers=workers,
         pin_memory=training.dataloader_pin_memory and _has_cuda(),
-        drop_last=drop_last,
         # its own generator: creating an iterator must not draw from the global RNG, or a
         # resumed run (which creates one more iterator) would see different dropout/noise
         generator=torch.Generator().manual_seed(training.seed),
@@ -162,14 +243,32 @@ def build_train_dataloader(
     is_encoder_decoder: bool,
     layout: Layout,
     decoder_start_token_id: int | None = None,
-) -> tuple[Any, EpochSampler]:
+) -> tuple[Any, EpochSampler | TokenBudgetBatches]:
     """The training loader and its sampler (the loop sets the epoch on it)."""
     seed = training.data_seed if training.data_seed is not None else training.seed
+    collate = _collate_fn(pad_token_id, layout, is_encoder_decoder, decoder_start_token_id)
+    if training.max_tokens_per_batch is not None:
+        batches = TokenBudgetBatches(
+            pair_token_lengths(dataset),
+            budget=training.max_tokens_per_batch,
+            max_pairs=training.per_device_train_batch_size,
+            layout="pair_rows" if is_encoder_decoder else layout,
+            seed=seed,
+        )
+        loader = _loader(
+            dataset,
+            batch_size=1,
+            sampler=None,
+            training=training,
+            collate=collate,
+            drop_last=False,
+            batch_sampler=batches,
+        )
+        return loader, batches
     lengths = pair_lengths(dataset) if training.group_by_length else None
     sampler = EpochSampler(
         len(dataset), seed=seed, lengths=lengths, batch_size=training.per_device_train_batch_size
     )
-    collate = _collate_fn(pad_token_id, layout, is_encoder_decoder, decoder_start_token_id)
     loader = _loader(
         dataset,
         batch_size=training.per_device_train_batch_size,

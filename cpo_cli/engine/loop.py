@@ -26,6 +26,7 @@ from cpo_cli.engine.checkpoint import (
     rotate_checkpoints,
     save_checkpoint,
 )
+from cpo_cli.engine.flops import StepFlops
 from cpo_cli.engine.guard import NonFiniteStreak, check_step, diverged_error, skipped_message
 from cpo_cli.engine.metric_means import MetricMeans
 from cpo_cli.engine.outdir import foreign_checkpoints_ahead
@@ -37,7 +38,7 @@ from cpo_cli.engine.outputs import (
     write_summary,
 )
 from cpo_cli.engine.preemption import StopNow, StopSignals, stopped_error
-from cpo_cli.engine.schedule import Schedule
+from cpo_cli.engine.schedule import Schedule, with_window_pairs
 from cpo_cli.errors import (
     EXIT_INTERRUPTED,
     TrainingDiverged,
@@ -89,7 +90,9 @@ class LastValues:
 
 
 def train(loaded: LoadedRecipe, *, show_progress: bool = True) -> TrainResult:
-    """Train the recipe's model; return where the result is and its final metrics."""
+    """Train the recipe's model; return where the result is and its final metrics (started
+    again with a smaller micro-batch on out-of-memory under `auto_find_batch_size`)."""
+    from cpo_cli.engine.auto_batch import run_with_auto_batch
     from cpo_cli.engine.disk import disk_full_as_error
     from cpo_cli.engine.tracking import check_backends
 
@@ -104,7 +107,10 @@ def train(loaded: LoadedRecipe, *, show_progress: bool = True) -> TrainResult:
             lock = claim_output_dir(output_dir, training)
             kept = lambda: last_good_message(output_dir)  # noqa: E731
             with disk_full_as_error("the run's outputs", output_dir, kept=kept):
-                return _train(loaded, signals, started, show_progress=show_progress)
+                return run_with_auto_batch(
+                    lambda attempt: _train(attempt, signals, started, show_progress=show_progress),
+                    loaded,
+                )
         except StopNow as exc:  # before training started (the loop turns its own into errors)
             raise TrainingInterrupted(
                 f"stopped by {exc} before training started; nothing was saved",
@@ -242,6 +248,7 @@ def _train_loop(
     step_means = MetricMeans()  # this optimizer step's metrics, unfiltered (the summary)
     step_loss: Any = None  # this step's summed micro-batch losses, on the device
     streak = NonFiniteStreak(training.max_nonfinite_steps)
+    window_flops = StepFlops(model, accelerator.device.type, _precision(training))
     # tokens/s counts training time only: evaluation and saving pause the clock
     window_tokens, window_seconds, tick = 0, 0.0, time.perf_counter()
 
@@ -259,15 +266,19 @@ def _train_loop(
         in_window = 0
 
         tick = time.perf_counter()
-        for batch, sizes in loader:
+        for batch, sizes, window_pairs in with_window_pairs(
+            loader, plan.accumulation, batches_left
+        ):
             # ---- one micro-batch: forward + backward, gradients accumulate ------------------
             with accelerator.accumulate(model):
                 loss, metrics = batch_loss_and_metrics(model, batch, training)
-                # accelerate divides by `accumulation`; a short last window divides by its size
-                accelerator.backward(loss * (plan.accumulation / window_size))
+                # accelerate divides by `accumulation`; each micro-batch counts by its share of
+                # the window's pairs (equal shares: 1 / window size, as in a short last window)
+                accelerator.backward(loss * (plan.accumulation * sizes["pairs"] / window_pairs))
             in_window += 1
             state.batches_done_in_epoch += 1
             window_tokens += sizes["tokens"]
+            window_flops.add(sizes)
             # nothing is read back here: sums and the NaN filter stay on the device
             loss = loss.detach()
             step_loss = loss if step_loss is None else step_loss + loss
@@ -323,6 +334,7 @@ def _train_loop(
                     **window_means.means(accelerator),
                     **step_values,
                     "tokens/s": _tokens_per_second(accelerator, window_tokens, elapsed),
+                    **window_flops.report(elapsed),
                 }
                 _log(run, state, tracker, progress, logged)
                 window_loss.reset()
@@ -357,6 +369,10 @@ def _train_loop(
         state.batches_done_in_epoch = 0
     if schedule.evaluate_at_end(state):
         last.evaluation = _evaluate(run, state, tracker, progress)
+
+
+def _precision(training: Any) -> str:
+    return "bf16" if training.bf16 else "fp16" if training.fp16 else "fp32"
 
 
 def _tokens_per_second(accelerator: Any, tokens: int, seconds: float) -> float:

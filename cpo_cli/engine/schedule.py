@@ -3,9 +3,11 @@ out of the loop so the loop reads as the training it does."""
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cpo_cli.errors import RecipeError
 
@@ -111,3 +113,24 @@ class Schedule:
             and self.training.eval_strategy != "no"
             and state.last_eval_step != state.global_step
         )
+
+
+def with_window_pairs(
+    loader: Iterable[tuple[Any, dict[str, int]]], accumulation: int, batches_left: int
+) -> Iterator[tuple[Any, dict[str, int], int]]:
+    """Each (batch, sizes) of `loader` with the number of pairs in its accumulation window.
+
+    The window's batches are fetched before the first of them runs (as the HF Trainer does to
+    count a window's tokens), so that a micro-batch's loss can be weighted by its share of the
+    window's pairs: with micro-batches of different sizes (`max_tokens_per_batch`) an optimizer
+    step then equals one batch of all its pairs. `batches_left`: batches still to come in this
+    epoch (the last window may be short)."""
+    iterator = iter(loader)
+    while batches_left > 0:
+        window = list(itertools.islice(iterator, min(accumulation, batches_left)))
+        if not window:
+            return
+        pairs = sum(int(sizes["pairs"]) for _, sizes in window)
+        for batch, sizes in window:
+            yield batch, sizes, pairs
+        batches_left -= len(window)

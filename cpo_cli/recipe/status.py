@@ -42,6 +42,7 @@ HONOURED: tuple[str, ...] = (
     # data loading
     "dataloader_drop_last", "dataloader_num_workers", "dataloader_prefetch_factor",
     "dataloader_pin_memory", "dataloader_persistent_workers", "group_by_length",
+    "auto_find_batch_size", "use_liger_kernel", "liger_kernel_config",
     # logging, evaluation, checkpoints
     "logging_dir", "logging_strategy", "logging_first_step", "logging_steps",
     "logging_nan_inf_filter", "report_to", "disable_tqdm",
@@ -59,7 +60,7 @@ HONOURED: tuple[str, ...] = (
     "model_init_kwargs", "dataset_num_proc",
     # beyond CPOConfig
     "alpha", "prefix_sharing", "logprob_chunk_size", "enable_jit_checkpoint",
-    "max_nonfinite_steps",
+    "max_nonfinite_steps", "mlp_activation_saving", "max_tokens_per_batch",
 )  # fmt: skip
 
 _ACCELERATE = "configure it with `accelerate config` and run `accelerate launch -m cpo_cli train`"
@@ -113,12 +114,7 @@ NOT_APPLICABLE: dict[str, FieldStatus] = {
     ),
     "ray_scope": _na("hyperparameter search is not part of cpo"),
     "mp_parameters": _na("SageMaker model parallelism is not supported"),
-    "auto_find_batch_size": _na("not implemented: the batch size is used as given"),
     "optim_target_modules": _na("GaLore/APOLLO optimizers are not supported"),
-    "use_liger_kernel": _na(
-        "cpo computes the LM head and log-softmax in chunks itself (`logprob_chunk_size`)"
-    ),
-    "liger_kernel_config": _na("cpo computes the LM head and log-softmax in chunks itself"),
     # logging verbosity
     "log_level": _na("cpo prints its own lines; use --quiet for less output"),
     "log_level_replica": _na("only the main process prints"),

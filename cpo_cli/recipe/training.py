@@ -36,6 +36,8 @@ CPO_EXTENSIONS: tuple[str, ...] = (
     "logprob_chunk_size",
     "enable_jit_checkpoint",
     "max_nonfinite_steps",
+    "mlp_activation_saving",
+    "max_tokens_per_batch",
 )
 
 # Fields TRL typed `dict | str`: a string there is a JSON object (as on TRL's command line).
@@ -442,7 +444,10 @@ class TrainingConfig(BaseModel):
     )
     mp_parameters: str = Field(default="", description="SageMaker model-parallel parameters.")
     auto_find_batch_size: bool = Field(
-        default=False, description="Halve the batch size on out-of-memory errors and retry."
+        default=False,
+        description="On an out-of-memory error, halve `per_device_train_batch_size` (and "
+        "`max_tokens_per_batch`), double `gradient_accumulation_steps` (same effective batch) "
+        "and start the run again.",
     )
     full_determinism: bool = Field(
         default=False,
@@ -489,9 +494,17 @@ class TrainingConfig(BaseModel):
     eval_on_start: bool = Field(
         default=False, description="Evaluate once before the first training step."
     )
-    use_liger_kernel: bool | None = Field(default=False, description="Use Liger kernels.")
+    use_liger_kernel: bool | None = Field(
+        default=False,
+        description="Apply Liger-Kernel's Triton kernels to the model's layers (RMSNorm, "
+        "SwiGLU, RoPE) through `apply_liger_kernel_to_<model_type>`; needs the liger-kernel "
+        "package and a GPU. Its loss kernels stay off: cpo's chunked LM head computes the "
+        "log-probs.",
+    )
     liger_kernel_config: dict[str, bool] | None = Field(
-        default=None, description="Which Liger kernels to apply."
+        default=None,
+        description="Arguments of `apply_liger_kernel_to_<model_type>`, e.g. `{rope: true, "
+        "rms_norm: true, swiglu: false}`.",
     )
     eval_use_gather_object: bool | None = Field(
         default=False, description="Gather nested Python objects across devices in evaluation."
@@ -603,6 +616,29 @@ class TrainingConfig(BaseModel):
         description="cpo extension: answer positions per chunk when computing the LM head "
         "and log-softmax (bounds logits memory: chunk x vocab x 4 bytes; 256 measured best "
         "for memory at no speed cost on a 49k vocabulary).",
+    )
+
+    mlp_activation_saving: Literal["model", "gate_up", "input"] = Field(
+        default="input",
+        description="cpo extension: what each SwiGLU MLP keeps for the backward pass when "
+        "`gradient_checkpointing` is off (exact in every case). `model`: the model's own MLP "
+        "(gate, up, silu(gate) and their product: 4 x intermediate size per token); `gate_up`: "
+        "a fused SwiGLU keeps gate and up only and recomputes the rest elementwise (about a "
+        "quarter less layer memory, no extra matmul); `input`: selective activation "
+        "checkpointing keeps only the MLP's input and runs the MLP again in the backward "
+        "(about half the layer memory, one more MLP forward per step).",
+    )
+    max_tokens_per_batch: int | None = Field(
+        default=None,
+        ge=1,
+        description="cpo extension: build training micro-batches by a token budget instead of "
+        "a pair count: pairs are grouped by length and added to a micro-batch while the tokens "
+        "it puts through the model (padding included for padded layouts) stay within this "
+        "budget; `per_device_train_batch_size` then only caps the pairs per micro-batch. The "
+        "longest micro-batch runs first (an out-of-memory error shows at step 1). The loss of "
+        "a micro-batch is weighted by its share of the optimizer step's pairs, so an "
+        "optimizer step equals one batch of all its pairs. None: batches of "
+        "`per_device_train_batch_size` pairs.",
     )
 
     @field_validator("eval_strategy", "logging_strategy", "save_strategy", mode="before")
