@@ -8,6 +8,10 @@ checking, template, tokenising, building the Dataset), which does strictly more 
 
     python benchmarks/bench_prepare.py [--rows 5000] [--tokenizer DIR] [--repeats 3] [--num-proc N]
 
+`--huge-row-mb N` instead measures memory: the peak resident size of a child process preparing
+`--rows` ordinary pairs plus one pair whose prompt is N MB of text (a runaway scrape), under the
+default byte cap (the row is dropped before tokenising) and, for comparison, without it.
+
 Prints figures; it is not a test.
 """
 
@@ -17,6 +21,8 @@ import argparse
 import functools
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -73,9 +79,65 @@ def best_of(repeats: int, fn: Any, *args: Any) -> tuple[float, int]:
     return min(times), n
 
 
+def _child_prepare(path: str, tok_dir: str, max_row_bytes: str) -> None:
+    """Run in a child process: prepare `path`, print rows kept and dropped."""
+    from transformers import AutoTokenizer
+
+    from cpo_cli.data import prepare_dataset
+    from cpo_cli.recipe import DataSource, TrainingConfig
+
+    source = DataSource(path=path, max_row_bytes=int(max_row_bytes))
+    report = prepare_dataset(
+        source, AutoTokenizer.from_pretrained(tok_dir), TrainingConfig(is_encoder_decoder=False)
+    ).report
+    print(json.dumps({"kept": report.rows_kept, "dropped": report.dropped}))
+
+
+def _peak_rss_mb(args: list[str]) -> tuple[float, str]:
+    """Peak resident size (MB) of one child process (its own, from wait4), and its last line."""
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.Popen(
+            [sys.executable, __file__, "--child", *args], stdout=out, stderr=subprocess.STDOUT
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        lines = out.read().strip().splitlines() or [""]
+    outcome = lines[-1] if proc.returncode == 0 else f"exit {proc.returncode}: {lines[-1][:200]}"
+    return usage.ru_maxrss / 1024, outcome
+
+
+def huge_row(tmp_dir: Path, tok_dir: Path, rows: int, megabytes: int, uncapped_mb: int) -> None:
+    """Peak RSS of preparing `rows` pairs, alone and with one `megabytes` MB prompt under the
+    default byte cap; then with an `uncapped_mb` MB prompt and no cap (what tokenising a long
+    row costs)."""
+    from cpo_cli.recipe import DataSource
+
+    default_cap = DataSource(path="x").max_row_bytes
+    runs = (("baseline", 0, default_cap), ("default cap", megabytes, default_cap),
+            ("no cap", uncapped_mb, 2**62))  # fmt: skip
+    print(f"{rows} ordinary pairs; default max_row_bytes {default_cap:,}")
+    for label, mb, cap in runs:
+        path = tmp_dir / f"huge-{mb}.jsonl"
+        replicate("demo_train.jsonl", rows, path)
+        if mb:
+            with path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps({"prompt": "word " * (mb * 2**20 // 5), "chosen": "a",
+                                    "rejected": "b"}) + "\n")  # fmt: skip
+        peak, outcome = _peak_rss_mb([str(path), str(tok_dir), str(cap)])
+        size = path.stat().st_size / 2**20
+        print(f"  {label:<12} +{mb:>4} MB row ({size:,.0f} MB file): peak RSS {peak:,.0f} MB")
+        print(f"  {'':<12} {outcome}")
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        _child_prepare(*sys.argv[2:5])
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=5000)
+    parser.add_argument("--huge-row-mb", type=int, default=None, help="measure memory instead")
+    parser.add_argument("--uncapped-mb", type=int, default=4, help="with --huge-row-mb")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--num-proc", type=int, default=None, help="dataset_num_proc, both sides")
     parser.add_argument("--tokenizer", help="tokenizer folder (default: the tiny test tokenizer)")
@@ -93,6 +155,9 @@ def main() -> None:
             from cpo_cli.assets.build import build_tiny_tokenizer
 
             tok_dir = build_tiny_tokenizer(tmp_dir / "tokenizer")
+        if args.huge_row_mb is not None:
+            huge_row(tmp_dir, tok_dir, args.rows, args.huge_row_mb, args.uncapped_mb)
+            return
         tokenizer = AutoTokenizer.from_pretrained(tok_dir)
         print(f"tokenizer: {tok_dir} ({len(tokenizer)} tokens); rows: {args.rows}; "
               f"best of {args.repeats}; num_proc {args.num_proc}")  # fmt: skip

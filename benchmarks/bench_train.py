@@ -91,6 +91,7 @@ def write_dataset(path: Path, shape: str, rows: int, seed: int = 0) -> None:
         "prompt-heavy": (380, 35),
         "balanced": (110, 110),
         "long": (690, 300),
+        "4k": (2750, 1250),
     }[shape]
     with path.open("w") as f:
         for _ in range(rows):
@@ -126,6 +127,58 @@ def build_tiny_model(out_dir: Path, tokenizer_dir: Path) -> None:
     tok.save_pretrained(out_dir)
 
 
+#: random-init models shaped like released ones (no Hub): (config class name, fields)
+SHAPED = {
+    "smollm2-shape": (
+        "LlamaConfig",
+        dict(
+            hidden_size=576,
+            intermediate_size=1536,
+            num_hidden_layers=30,
+            num_attention_heads=9,
+            num_key_value_heads=3,
+            vocab_size=49152,
+            max_position_embeddings=8192,
+            rope_theta=100000.0,
+            tie_word_embeddings=True,
+        ),
+    ),
+    "qwen05b-shape": (
+        "Qwen2Config",
+        dict(
+            hidden_size=896,
+            intermediate_size=4864,
+            num_hidden_layers=24,
+            num_attention_heads=14,
+            num_key_value_heads=2,
+            vocab_size=151936,
+            max_position_embeddings=32768,
+            rope_theta=1000000.0,
+            tie_word_embeddings=True,
+        ),
+    ),
+}
+
+
+def build_shaped_model(name: str, out_dir: Path, tokenizer_dir: Path) -> None:
+    """A random-init model from a config shaped like a released model, with our tokenizer."""
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    cls_name, fields = SHAPED[name]
+    cfg = getattr(transformers, cls_name)(
+        **fields,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+
+
 # ---------------------------------------------------------------------------------------------
 # workers (each runs in a fresh process)
 # ---------------------------------------------------------------------------------------------
@@ -141,7 +194,8 @@ def worker_trl(a: argparse.Namespace) -> dict[str, float]:
     tok = AutoTokenizer.from_pretrained(a.model)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32)
+    kwargs = {"attn_implementation": a.trl_attn} if a.trl_attn else {}
+    model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32, **kwargs)
     train = load_dataset("json", data_files=a.data, split="train")
     args = CPOConfig(
         output_dir=a.out,
@@ -151,8 +205,8 @@ def worker_trl(a: argparse.Namespace) -> dict[str, float]:
         learning_rate=a.lr,
         loss_type=a.loss_type,
         max_length=a.max_length,
-        bf16=False,
-        use_cpu=True,
+        bf16=a.bf16,
+        use_cpu=a.device == "cpu",
         report_to="none",
         save_strategy="no",
         logging_steps=1,
@@ -163,7 +217,15 @@ def worker_trl(a: argparse.Namespace) -> dict[str, float]:
     trainer = CPOTrainer(model=model, args=args, processing_class=tok, train_dataset=train)
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return {"final_loss": float(losses[-1]) if losses else float("nan")}
+    return {"final_loss": float(losses[-1]) if losses else float("nan"), **_cuda_peak()}
+
+
+def _cuda_peak() -> dict[str, float]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return {}
+    return {"cuda_peak_mib": torch.cuda.max_memory_allocated() / 2**20}
 
 
 def worker_cpo(a: argparse.Namespace) -> dict[str, float]:
@@ -171,8 +233,7 @@ def worker_cpo(a: argparse.Namespace) -> dict[str, float]:
     recipe.write_text(
         "model:\n"
         f"  name_or_path: {a.model}\n"
-        "  dtype: float32\n"
-        "data:\n"
+        "  dtype: float32\n" + (f"  attn_implementation: {a.attn}\n" if a.attn else "") + "data:\n"
         "  train:\n"
         f"    path: {a.data}\n"
         "training:\n"
@@ -183,8 +244,9 @@ def worker_cpo(a: argparse.Namespace) -> dict[str, float]:
         f"  loss_type: {a.loss_type}\n"
         f"  max_length: {a.max_length}\n"
         f"  max_prompt_length: {a.max_length - 1}\n"
-        "  use_cpu: true\n"
-        "  bf16: false\n"
+        f"  use_cpu: {str(a.device == 'cpu').lower()}\n"
+        f"  bf16: {str(a.bf16).lower()}\n"
+        f"  mlp_activation_saving: {a.mlp_saving}\n"
         "  save_strategy: 'no'\n"
         "  logging_steps: 1\n"
         "  disable_tqdm: true\n"
@@ -208,7 +270,7 @@ def worker_cpo(a: argparse.Namespace) -> dict[str, float]:
         rec = json.loads(line)
         if "loss" in rec:
             losses.append(rec["loss"])
-    return {"final_loss": float(losses[-1]) if losses else float("nan")}
+    return {"final_loss": float(losses[-1]) if losses else float("nan"), **_cuda_peak()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,6 +309,13 @@ def run_once(engine: str, model: Path, data: Path, steps: int, a: argparse.Names
         cmd.append("--no-prefix-sharing")
     if a.chunk_size:
         cmd += ["--chunk-size", str(a.chunk_size)]
+    cmd += ["--device", a.device, "--mlp-saving", a.mlp_saving]
+    if a.bf16:
+        cmd.append("--bf16")
+    if a.attn:
+        cmd += ["--attn", a.attn]
+    if a.trl_attn:
+        cmd += ["--trl-attn", a.trl_attn]
     env = dict(ENV)
     if getattr(a, "mmap_threshold_kib", 0):
         # Tensors above the threshold get their own mapping, returned to the OS when freed:
@@ -296,7 +365,7 @@ def estimate_max_batch(models: dict[str, Path], work: Path, a: argparse.Namespac
         else "glibc default allocator"
     )
     print(
-        f"largest batch of ~1024-token pairs within {a.memory_gib:g} GiB "
+        f"largest batch of {a.max_batch_shape} pairs within {a.memory_gib:g} GiB "
         f"(2 steps; {allocator}; gradient checkpointing "
         f"{'on' if a.gradient_checkpointing else 'off'})"
     )
@@ -304,14 +373,15 @@ def estimate_max_batch(models: dict[str, Path], work: Path, a: argparse.Namespac
         f"{'model':<8} {'engine':<6} {'peak MiB per batch size':<40} {'MiB/pair':>9} {'max b':>6}"
     )
     for mname, mdir in models.items():
-        data = work / "long.jsonl"
-        write_dataset(data, "long", 2 * max(max(v) for v in sizes_for.values()))
+        data = work / f"{a.max_batch_shape}.jsonl"
+        write_dataset(data, a.max_batch_shape, 2 * max(max(v) for v in sizes_for.values()))
+        mem_key = "cuda_peak_mib" if a.device == "cuda" else "peak_rss_mib"
         best: dict[str, float] = {}
         for engine in a.engines:
             sizes, peaks = sizes_for[engine], []
             for b in sizes:
                 a.batch_size = b
-                peaks.append(run_once(engine, mdir, data, 2, a)["peak_rss_mib"])
+                peaks.append(run_once(engine, mdir, data, 2, a)[mem_key])
             slope, base = _line_fit(sizes, peaks)
             best[engine] = (budget - base) / max(slope, 1e-6)
             shown = " ".join(f"{b}:{m:.0f}" for b, m in zip(sizes, peaks, strict=True))
@@ -323,8 +393,8 @@ def estimate_max_batch(models: dict[str, Path], work: Path, a: argparse.Namespac
         for b in a.check_batch:
             # a real run at the size claimed to fit, not an extrapolation
             a.batch_size = b
-            write_dataset(data, "long", 2 * b)
-            peak = run_once("cpo", mdir, data, 2, a)["peak_rss_mib"]
+            write_dataset(data, a.max_batch_shape, 2 * b)
+            peak = run_once("cpo", mdir, data, 2, a)[mem_key]
             verdict = "fits" if peak <= budget else "does NOT fit"
             print(f"{mname:<8} cpo    b={b}: peak {peak:.0f} MiB, {verdict} in {budget:.0f} MiB")
 
@@ -345,7 +415,12 @@ def main() -> None:
     p.add_argument("--model")
     p.add_argument("--data")
     p.add_argument("--out")
-    p.add_argument("--models", nargs="+", default=["tiny"], choices=["tiny", "smollm2"])
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=["tiny"],
+        choices=["tiny", "smollm2", "smollm2-shape", "qwen05b-shape"],
+    )
     p.add_argument("--shapes", nargs="+", default=["prompt-heavy", "balanced"])
     p.add_argument("--worker-steps", type=int, default=0)
     p.add_argument("--steps", nargs=2, type=int, default=[2, 6], metavar=("SHORT", "LONG"))
@@ -387,6 +462,26 @@ def main() -> None:
         "RSS follows its fragmentation; 0 forces glibc's default)",
     )
     p.add_argument("--memory-gib", type=float, default=24.0)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--bf16", action="store_true", help="bf16 mixed precision (both engines)")
+    p.add_argument(
+        "--attn", default=None, help="cpo's model.attn_implementation (sdpa, flex_attention, ...)"
+    )
+    p.add_argument("--trl-attn", default=None, help="TRL's attn_implementation")
+    p.add_argument(
+        "--mlp-saving",
+        default="input",
+        choices=["model", "gate_up", "input"],
+        help="cpo's training.mlp_activation_saving",
+    )
+    p.add_argument("--repeats", type=int, default=1, help="interleaved rounds per measurement")
+    p.add_argument("--tokenizer", default="smollm2", choices=["smollm2", "tiny"])
+    p.add_argument(
+        "--max-batch-shape",
+        default="long",
+        choices=["long", "4k"],
+        help="pairs for --max-batch: ~1000 or ~4000 tokens per sequence",
+    )
     a = p.parse_args()
 
     if a.worker:
@@ -395,58 +490,124 @@ def main() -> None:
         print(json.dumps(fn(a)))
         return
 
-    from cpo_cli.assets.smollm2 import ensure_smollm2
-
     work = Path(tempfile.mkdtemp(prefix="cpo-bench-"))
-    smol = ensure_smollm2()
-    models = {}
-    if "tiny" in a.models:
-        models["tiny"] = work / "tiny-qwen2"
-        build_tiny_model(models["tiny"], smol)
-    if "smollm2" in a.models:
-        models["smollm2"] = smol
-
+    models = build_models(a.models, work, a.tokenizer)
     if a.max_batch:
         estimate_max_batch(models, work, a)
         return
+    measure_speed(models, work, a)
 
+
+def build_models(names: list[str], work: Path, tokenizer: str) -> dict[str, Path]:
+    """Model folders by name: `tiny` (a 2-layer Qwen2 with the chosen tokenizer's vocabulary),
+    `smollm2` (the shipped SmolLM2-135M-Instruct), `*-shape` (random-init, shaped like a
+    released model). `tokenizer`: `smollm2` (shipped) or `tiny` (the test suite's)."""
+    if tokenizer == "tiny":
+        from cpo_cli.assets.build import build_tiny_tokenizer
+
+        tok_dir = build_tiny_tokenizer(work / "tiny-tokenizer")
+    else:
+        from cpo_cli.assets.smollm2 import ensure_smollm2
+
+        tok_dir = ensure_smollm2()
+    models: dict[str, Path] = {}
+    for name in names:
+        if name == "tiny":
+            models[name] = work / "tiny-qwen2"
+            build_tiny_model(models[name], tok_dir)
+        elif name == "smollm2":
+            from cpo_cli.assets.smollm2 import ensure_smollm2
+
+            models[name] = ensure_smollm2()
+        else:
+            models[name] = work / name
+            build_shaped_model(name, models[name], tok_dir)
+    return models
+
+
+def step_model_flops(data: Path, model: Path, rows: int, batch_size: int) -> float:
+    """Model FLOPs of one step (cpo_cli.engine.flops: 6·N + causal attention on the pairs'
+    plain sequences), averaged over the steps the data makes."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from cpo_cli.engine.flops import flops_model, plain_sequence_sizes
+
+    tok = AutoTokenizer.from_pretrained(model)
+    config = AutoConfig.from_pretrained(model)
+    fm = flops_model(config, int(config.vocab_size))
+    total = 0.0
+    for line in data.read_text().splitlines():
+        r = json.loads(line)
+        p = len(tok(r["prompt"])["input_ids"])
+        c, j = (len(tok(r[k])["input_ids"]) for k in ("chosen", "rejected"))
+        total += fm.step_flops(*plain_sequence_sizes(p, c, j))
+    return total / (rows / batch_size)
+
+
+def measure_speed(models: dict[str, Path], work: Path, a: argparse.Namespace) -> None:
+    """Each (model, data): every engine's short and long run, `--repeats` rounds interleaved
+    (cpo, trl, cpo, trl, ...), so both engines see the same machine load; the ratio of each
+    round and their spread are printed."""
+    import statistics
+
+    from cpo_cli.engine.flops import peak_flops
+
+    precision = "bf16" if a.bf16 else "fp32"
+    peak = peak_flops(a.device, precision)
     short, long = a.steps
     rows_needed = a.batch_size * long
     print(
-        f"machine: {os.cpu_count()} cores; torch threads {a.threads}; batch {a.batch_size} pairs;"
+        f"machine: {os.cpu_count()} cores; load {os.getloadavg()[0]:.1f}; device {a.device}; "
+        f"torch threads {a.threads}; batch {a.batch_size} pairs; {precision}; "
+        f"cpo attention {a.attn or 'default'}; mlp_activation_saving {a.mlp_saving}"
     )
-    print(f"steps timed: {long - short} (a {long}-step run minus a {short}-step run)\n")
+    print(
+        f"steps timed: {long - short} (a {long}-step run minus a {short}-step run); "
+        f"rounds: {a.repeats}; peak {'%.0f GFLOP/s' % (peak / 1e9) if peak else 'unknown'} "
+        f"({precision}, run benchmarks/bench_mfu.py to measure it)\n"
+    )
+    memory = "CUDA MiB" if a.device == "cuda" else "peak MiB"
     header = (
-        f"{'model':<8} {'data':<13} {'engine':<6} {'s/step':>8} {'tok/s':>9} "
-        f"{'peak MiB':>9} {'loss':>9} | {'speed x':>7} {'mem x':>6}"
+        f"| model | data | engine | s/step | tok/s | {memory} | loss | GFLOP/s | MFU "
+        "| speed × TRL (spread) | memory × TRL |"
     )
     print(header)
-    print("-" * len(header))
+    print("|---" * (header.count("|") - 1) + "|")
     for mname, mdir in models.items():
         for shape in a.shapes:
             data = work / f"{shape}.jsonl"
             write_dataset(data, shape, rows_needed)
             tokens_per_step = count_tokens(data, mdir) / (rows_needed / a.batch_size)
-            res = {}
+            flops = step_model_flops(data, mdir, rows_needed, a.batch_size)
+            rounds: list[dict[str, dict[str, float]]] = []
+            for _ in range(a.repeats):
+                res = {}
+                for engine in a.engines:
+                    r_short = run_once(engine, mdir, data, short, a)
+                    r_long = run_once(engine, mdir, data, long, a)
+                    mem_key = "cuda_peak_mib" if a.device == "cuda" else "peak_rss_mib"
+                    res[engine] = {
+                        "s": (r_long["wall"] - r_short["wall"]) / (long - short),
+                        "peak": max(r_short.get(mem_key, 0.0), r_long.get(mem_key, 0.0)),
+                        "loss": r_long["final_loss"],
+                    }
+                rounds.append(res)
             for engine in a.engines:
-                r_short = run_once(engine, mdir, data, short, a)
-                r_long = run_once(engine, mdir, data, long, a)
-                per_step = (r_long["wall"] - r_short["wall"]) / (long - short)
-                res[engine] = {
-                    "s_per_step": per_step,
-                    "tok_s": tokens_per_step / per_step,
-                    "peak": max(r_short["peak_rss_mib"], r_long["peak_rss_mib"]),
-                    "loss": r_long["final_loss"],
-                }
-            for engine, r in res.items():
-                ratio = ""
-                if engine == "cpo" and "trl" in res:
-                    speed = res["trl"]["s_per_step"] / r["s_per_step"]
-                    mem = r["peak"] / res["trl"]["peak"]
-                    ratio = f"{speed:7.2f} {mem:6.2f}"
+                s_step = statistics.median(r[engine]["s"] for r in rounds)
+                peak_mib = max(r[engine]["peak"] for r in rounds)
+                ratio = mem = ""
+                if engine == "cpo" and "trl" in a.engines:
+                    speeds = sorted(r["trl"]["s"] / r["cpo"]["s"] for r in rounds)
+                    spread = f" ({speeds[0]:.2f}–{speeds[-1]:.2f})" if len(speeds) > 1 else ""
+                    ratio = f"**{statistics.median(speeds):.2f}**{spread}"
+                    mem_ratio = peak_mib / max(max(r["trl"]["peak"] for r in rounds), 1e-9)
+                    mem = f"**{mem_ratio:.2f}**"
+                mfu = f"{flops / s_step / peak:.0%}" if peak else "–"
                 print(
-                    f"{mname:<8} {shape:<13} {engine:<6} {r['s_per_step']:8.2f} {r['tok_s']:9.0f} "
-                    f"{r['peak']:9.0f} {r['loss']:9.4f} | {ratio}",
+                    f"| {mname} | {shape} | {engine} | {s_step:.2f} | "
+                    f"{tokens_per_step / s_step:.0f} | {peak_mib:.0f} | "
+                    f"{rounds[-1][engine]['loss']:.4f} | {flops / s_step / 1e9:.0f} | {mfu} | "
+                    f"{ratio} | {mem} |",
                     flush=True,
                 )
 

@@ -1,21 +1,23 @@
 """The `cpo` command line. Commands live in `cpo_cli/commands/` and raise `CpoError`s; this is the
 one place that turns them into messages and exit codes:
 
-    0 ok, 1 user error (recipe, data, model, token...), 2 usage, 3 quality gate failed,
-    130 interrupted.
+    0 ok, 1 user error (recipe, data, model, token, disk full...), 2 usage, 3 quality gate
+    failed, 4 training diverged, 130 interrupted (Ctrl-C), 143 stopped by SIGTERM and 138 by
+    SIGUSR1 (a checkpoint saved first).
 
 Nothing here imports torch or transformers: `cpo --help` and `cpo recipe validate` start fast."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Sequence
-from typing import Annotated
+from typing import Annotated, Any, TextIO
 
 import typer
 
 from cpo_cli import __version__, console
-from cpo_cli.commands import eval_cmd, prepare, push, train
+from cpo_cli.commands import eval_cmd, prepare, push, report, train
 from cpo_cli.commands.options import Quiet
 from cpo_cli.commands.recipe import recipe_app
 from cpo_cli.errors import EXIT_INTERRUPTED, EXIT_OK, CpoError
@@ -24,7 +26,8 @@ app = typer.Typer(
     name="cpo",
     help="Preference-tune causal language models with Contrastive Preference Optimization "
     "(CPO) and its variants (SimPO, CPO-SimPO, IPO, hinge, AlphaPO) from one YAML recipe.\n\n"
-    "Exit codes: 0 ok, 1 user error, 2 usage error, 3 quality gate failed, 130 interrupted.",
+    "Exit codes: 0 ok, 1 user error, 2 usage error, 3 quality gate failed, 4 training diverged, "
+    "130 interrupted, 143 stopped by SIGTERM, 138 stopped by SIGUSR1 (checkpoint saved).",
     context_settings={"help_option_names": ["-h", "--help"]},
     rich_markup_mode=console.help_markup(),
     no_args_is_help=True,
@@ -58,10 +61,11 @@ def _root(
 
 
 # The command modules are owned by their features; their own Typer signatures apply.
-app.command(name="prepare")(prepare.prepare)
+app.command(name="prepare", epilog=prepare.EPILOG)(prepare.prepare)
 app.command(name="train")(train.train)
 app.command(name="eval")(eval_cmd.eval_cmd)
 app.command(name="push")(push.push)
+app.command(name="report")(report.report)
 app.add_typer(recipe_app, name="recipe")
 
 
@@ -85,8 +89,31 @@ def report_error(err: CpoError) -> None:
         console.err_console.print(text, markup=False, highlight=False)
 
 
+class _RedactingStream:
+    """A text stream that replaces token-shaped strings (`hf_...`, `sk-...`) before writing:
+    click prints its own usage errors, echoing the argument it could not place, which may be a
+    token pasted in the wrong spot. Everything else is the wrapped stream's."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        from cpo_cli.recipe.secrets import redact_tokens  # only once something is written
+
+        return self._stream.write(redact_tokens(text))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def run(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI and return its exit code; user errors never show a traceback."""
+    """Run the CLI and return its exit code; user errors never show a traceback, and nothing
+    written to stderr shows a token-shaped secret."""
+    with contextlib.redirect_stderr(_RedactingStream(sys.stderr)):  # type: ignore[type-var]
+        return _run(argv)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         # Standalone mode: Typer prints usage errors itself (exit 2) and maps --help, --version

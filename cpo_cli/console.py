@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Literal, TextIO
 
 from rich.console import Console
@@ -95,3 +97,34 @@ def error(message: str) -> None:
     """An error line on stderr (main process only)."""
     if is_main_process():
         err_console.print(f"error: {message}", markup=False, highlight=False)
+
+
+@contextmanager
+def progress(description: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress callback `(done, total)` for a batched job: a live bar on a terminal, a line
+    at each tenth of the way otherwise (CI logs), nothing with --quiet or off the main
+    process."""
+    if _quiet or not is_main_process():
+        yield lambda done, total: None
+        return
+    if not console.is_terminal:
+        last = [-1]
+
+        def line(done: int, total: int) -> None:
+            tenth = done * 10 // max(total, 1)
+            if tenth != last[0]:
+                last[0] = tenth
+                console.print(f"{description}: {done}/{total}", markup=False, highlight=False)
+
+        yield line
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task(description, total=None)
+
+        def advance(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield advance

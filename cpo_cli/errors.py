@@ -8,7 +8,14 @@ EXIT_OK = 0
 EXIT_USER_ERROR = 1
 EXIT_USAGE = 2
 EXIT_GATE_FAILED = 3
+#: training stopped because its loss or gradients stayed NaN/inf (`max_nonfinite_steps`)
+EXIT_DIVERGED = 4
 EXIT_INTERRUPTED = 130
+#: stopped by a signal after writing a checkpoint: 128 + the signal's number, as a shell reports
+#: a process killed by it, so requeue scripts can tell preemption (SIGTERM) from a time-limit
+#: warning (SIGUSR1, e.g. SLURM's `--signal=USR1@120`)
+EXIT_SIGUSR1 = 138
+EXIT_SIGTERM = 143
 
 
 def first_line(exc: BaseException) -> str:
@@ -60,7 +67,20 @@ class UsageError(CpoError):
 
 
 class DataError(CpoError):
-    """A dataset that cannot be loaded or prepared (file, column, row or format problems)."""
+    """A dataset that cannot be loaded or prepared (file, column, row or format problems).
+    `details` are extra lines shown between the message and the hint (counts, examples)."""
+
+    def __init__(
+        self, message: str, *, hint: str | None = None, details: list[str] | None = None
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.details = list(details or [])
+
+    def lines(self) -> list[str]:
+        out = [self.message, *(f"  {line}" for line in self.details)]
+        if self.hint:
+            out.append(f"hint: {self.hint}")
+        return out
 
 
 class ModelLoadError(CpoError):
@@ -71,8 +91,38 @@ class CheckpointError(CpoError):
     """A checkpoint that cannot be written, found or resumed from."""
 
 
+class OutputDirError(CpoError):
+    """An output folder cpo may not write into: files it did not write, or another run in it."""
+
+
+class DiskFullError(CpoError):
+    """The disk filled up while writing; the message says what, where, and what is kept."""
+
+
+class TrainingDiverged(CpoError):
+    """The loss or gradient norm stayed non-finite for `max_nonfinite_steps` steps in a row."""
+
+    exit_code = EXIT_DIVERGED
+
+
+class TrainingInterrupted(CpoError):
+    """Training ended early by Ctrl-C or a signal. Finished checkpoints are kept, nothing
+    half-written is; the exit code says which (130 Ctrl-C, 143 SIGTERM, 138 SIGUSR1)."""
+
+    def __init__(
+        self, message: str, *, exit_code: int = EXIT_INTERRUPTED, hint: str | None = None
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.exit_code = exit_code
+
+
 class HubError(CpoError):
     """A Hugging Face Hub operation that failed (token, network, permission, conflict)."""
+
+
+class MergeCheckError(CpoError):
+    """A LoRA merge whose result does not compute what the adapter model computed (or whose
+    adapter keys are malformed): the merged weights are neither saved nor pushed."""
 
 
 class DependencyMissingError(CpoError):

@@ -14,9 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from cpo_cli.errors import DependencyMissingError, GateFailedError, UsageError, first_line
+from cpo_cli.gen_metrics import GENERATION_METRICS, generation_metrics
+from cpo_cli.judge import REWARD_METRICS
 from cpo_cli.metric_names import EVAL_METRICS as ENGINE_EVAL_METRICS
 
 if TYPE_CHECKING:
+    from cpo_cli.engine.generate import Sample
     from cpo_cli.recipe.schema import DataSource, Recipe
     from cpo_cli.recipe.training import TrainingConfig
 
@@ -48,8 +51,20 @@ class Gate:
         return value >= self.threshold if self.kind == "under" else value <= self.threshold
 
 
-def gateable_metrics(extra: Sequence[str] = ()) -> list[str]:
-    return [*EVAL_METRICS, NUM_PAIRS, *extra]
+def gateable_metrics(
+    extra: Sequence[str] = (),
+    *,
+    generate: bool = False,
+    reward_model: bool = False,
+    compare: bool = False,
+) -> list[str]:
+    """The metrics this run of `cpo eval` will report, so a gate naming another fails at once."""
+    names = [*EVAL_METRICS, NUM_PAIRS]
+    if generate:
+        names += GENERATION_METRICS
+    if reward_model:
+        names += [m for m in REWARD_METRICS if compare or not m.endswith("_vs_compare")]
+    return [*names, *extra]
 
 
 def normalise_metric_name(name: str, valid: Sequence[str]) -> str:
@@ -131,7 +146,7 @@ def difference(a: Mapping[str, float], b: Mapping[str, float]) -> dict[str, floa
 
 
 def ordered_metric_names(*metric_sets: Mapping[str, float]) -> list[str]:
-    names = [*EVAL_METRICS, NUM_PAIRS, *REFERENCE_METRICS]
+    names = [*EVAL_METRICS, NUM_PAIRS, *GENERATION_METRICS, *REWARD_METRICS, *REFERENCE_METRICS]
     present = set().union(*(m.keys() for m in metric_sets))
     return [n for n in names if n in present] + sorted(present - set(names))
 
@@ -166,18 +181,19 @@ def sample_rows(num_rows: int, n: int, seed: int) -> list[int]:
 
 
 def generate(
-    model: Any,
-    tokenizer: Any,
+    subject: EvalModel,
     pairs: Any,
     settings: GenerationSettings,
     *,
-    is_encoder_decoder: bool,
-) -> list[dict[str, str]]:
-    """Answers of `model` to `settings.num_prompts` prompts of the prepared pairs, beside the
-    chosen and rejected answers. Greedy unless a temperature is set."""
+    batch_size: int,
+    on_progress: Any = None,
+) -> list[Sample]:
+    """Answers of the model to `settings.num_prompts` prompts of the prepared pairs (the same
+    prompts for every model at one seed), beside the chosen and rejected answers. Greedy
+    unless a temperature is set; batched and shared out across processes."""
     import torch
 
-    from cpo_cli.engine.generate import generate_answers
+    from cpo_cli.engine.generate import generate_answers, to_samples
 
     rows = pairs.select(sample_rows(len(pairs), settings.num_prompts, settings.seed))
     sampling = settings.temperature > 0
@@ -187,40 +203,52 @@ def generate(
         torch.manual_seed(settings.seed)
     else:  # make greedy explicit so a model's generation_config cannot turn sampling on
         options.update(temperature=None, top_p=None, top_k=None)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    answers = generate_answers(
-        model,
-        tokenizer,
+    generations = generate_answers(
+        subject.model,
+        subject.tokenizer,
         rows,
-        is_encoder_decoder=is_encoder_decoder,
-        pad_token_id=pad_id,
+        is_encoder_decoder=subject.is_encoder_decoder,
+        batch_size=batch_size,
+        on_progress=on_progress,
         **options,
     )
-    return [
-        {
-            "prompt": _text(row, "prompt", tokenizer),
-            "generation": answer.strip(),
-            "chosen": _text(row, "chosen", tokenizer),
-            "rejected": _text(row, "rejected", tokenizer),
-        }
-        for row, answer in zip(rows, answers, strict=True)
-    ]
+    return to_samples(list(rows), generations, subject.tokenizer, subject.model)
 
 
-def _text(row: Mapping[str, Any], column: str, tokenizer: Any) -> str:
-    """The readable text of a prepared column: decoded ids without special tokens (the text
-    column carries chat-template markup that does not belong in a reference)."""
-    ids = row.get(f"{column}_input_ids")
-    if ids is not None:
-        return str(tokenizer.decode(ids, skip_special_tokens=True)).strip()
-    return str(row.get(column, ""))
+def sample_metrics(samples: Sequence[Sample]) -> dict[str, float]:
+    """The task metrics of `cpo_cli.gen_metrics` over these samples."""
+    return generation_metrics([s.answer() for s in samples])
 
 
-def write_generations(samples: Sequence[Mapping[str, str]], path: Path) -> None:
+def sample_records(
+    samples: Sequence[Sample],
+    compared: Sequence[Sample] | None = None,
+    rewards: Mapping[str, Sequence[float]] | None = None,
+) -> list[dict[str, Any]]:
+    """One JSON object per prompt for `--generations-out`: the sample, the compared model's
+    answer (`compare_*` fields) and the judge's rewards when there are any."""
+    records = []
+    for i, sample in enumerate(samples):
+        record = sample.record()
+        if compared is not None:
+            theirs = compared[i].record()
+            record.update(
+                {
+                    f"compare_{k}": theirs[k]
+                    for k in ("generation", "tokens", "finished", "answer_correct")
+                }
+            )
+        for name, values in (rewards or {}).items():
+            record[name] = values[i]
+        records.append(record)
+    return records
+
+
+def write_generations(records: Sequence[Mapping[str, Any]], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as f:
-        for sample in samples:
-            f.write(json.dumps(dict(sample), ensure_ascii=False) + "\n")
+        for record in records:
+            f.write(json.dumps(dict(record), ensure_ascii=False) + "\n")
 
 
 def require_sacrebleu() -> Any:
@@ -235,14 +263,14 @@ def require_sacrebleu() -> Any:
     return sacrebleu
 
 
-def reference_metrics(samples: Sequence[Mapping[str, str]]) -> dict[str, float]:
+def reference_metrics(samples: Sequence[Sample]) -> dict[str, float]:
     """Corpus BLEU and chrF of the generations against the chosen answers (as references),
     from sacrebleu: meaningful where chosen answers are references, e.g. translations."""
     sacrebleu = require_sacrebleu()
     if not samples:
         return {}
-    hypotheses = [s["generation"] for s in samples]
-    references = [[s["chosen"] for s in samples]]
+    hypotheses = [s.generation for s in samples]
+    references = [[s.chosen for s in samples]]
     return {
         "eval_bleu": float(sacrebleu.corpus_bleu(hypotheses, references).score),
         "eval_chrf": float(sacrebleu.corpus_chrf(hypotheses, references).score),
@@ -263,14 +291,17 @@ def report_json(
     model: str,
     dataset: str,
     metrics: Mapping[str, float],
+    split: str | None = None,
     compare: tuple[str, Mapping[str, float]] | None = None,
     gates: Sequence[GateResult] = (),
     generations_path: Path | None = None,
 ) -> dict[str, Any]:
-    """The one JSON object of `--json`: metrics under their engine names, plus what was run."""
+    """The one JSON object of `--json`: metrics under their engine names, plus what was run
+    (`cpo push` reads it for the model card's model-index: model, dataset, split, metrics)."""
     report: dict[str, Any] = {
         "model": model,
         "dataset": dataset,
+        "split": split,
         "num_pairs": int(metrics.get(NUM_PAIRS, 0)),
         "metrics": {k: _json_number(v) for k, v in metrics.items()},
     }
@@ -309,8 +340,11 @@ def _has_tokenizer(folder: Path) -> bool:
 def load_eval_model(recipe: Recipe, model_ref: str | None) -> EvalModel:
     """The recipe's model (`model_ref` None), a trained output folder (full weights or LoRA
     adapters on the recipe's base model), or any other `model.name_or_path` value."""
+    from transformers.utils import logging as hf_logging
+
     from cpo_cli.engine.model import build_model, build_tokenizer, is_encoder_decoder_model
 
+    hf_logging.disable_progress_bar()  # our own progress is the one bar on screen
     training = recipe.training
     if model_ref is None:
         section = recipe.model
@@ -385,7 +419,11 @@ def check_same_tokenizer(a: EvalModel, b: EvalModel) -> None:
 
 
 def prepare_pairs(
-    source: DataSource, tokenizer: Any, training: TrainingConfig, *, is_encoder_decoder: bool
+    source: DataSource | list[DataSource],
+    tokenizer: Any,
+    training: TrainingConfig,
+    *,
+    is_encoder_decoder: bool,
 ) -> Any:
     """The eval pairs exactly as training prepares them (same template, tokenisation,
     truncation, checks and cache; a `cpo prepare` folder is checked and reused)."""
@@ -418,3 +456,47 @@ def score_pairs(subject: EvalModel, pairs: Any, training: TrainingConfig) -> dic
     metrics = evaluate_model(prepared, loader, training, accelerator)
     subject.model = accelerator.unwrap_model(prepared)
     return {**metrics, NUM_PAIRS: float(len(pairs))}
+
+
+# ----------------------------------------------------------------------------- reward judge
+
+
+@dataclass
+class Judgement:
+    """The judge's rewards per prompt and the metrics they give each model."""
+
+    rewards: dict[str, list[float]]
+    metrics: dict[str, float]
+    compare_metrics: dict[str, float] | None
+
+
+def judge_samples(
+    judge: Any,
+    samples: Sequence[Sample],
+    compared: Sequence[Sample] | None,
+    *,
+    batch_size: int,
+    on_progress: Any = None,
+) -> Judgement:
+    """Rewards of the generations, of the chosen answers and of the compared model's
+    generations (same prompts), and from them `judge.REWARD_METRICS` for each model (the
+    compared model's win rate against the model evaluated is 1 minus the reverse: left out)."""
+    from cpo_cli.judge import reward_metrics, score
+
+    prompts = [s.prompt for s in samples]
+
+    def rewards_of(answers: list[str]) -> list[float]:
+        return score(judge, prompts, answers, batch_size=batch_size, on_progress=on_progress)
+
+    rewards = {
+        "reward": rewards_of([s.generation for s in samples]),
+        "chosen_reward": rewards_of([s.chosen for s in samples]),
+    }
+    other = None
+    if compared is not None:
+        rewards["compare_reward"] = rewards_of([s.generation for s in compared])
+        other = reward_metrics(rewards["compare_reward"], rewards["chosen_reward"])
+    metrics = reward_metrics(
+        rewards["reward"], rewards["chosen_reward"], rewards.get("compare_reward")
+    )
+    return Judgement(rewards, metrics, other)

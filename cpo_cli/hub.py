@@ -8,7 +8,6 @@ a one-line `HubError` with the token scrubbed out. The local folder is only ever
 from __future__ import annotations
 
 import fnmatch
-import json
 import os
 import re
 from collections.abc import Mapping
@@ -16,35 +15,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from cpo_cli.errors import HubError
-from cpo_cli.modelcard import (
-    collect_card_inputs,
-    find_recipe_file,
-    is_hub_id,
-    read_recipe_dict,
-    render_model_card,
-)
-from cpo_cli.recipe.secrets import REDACTED, redact_data
+from cpo_cli.modelcard import collect_card_inputs, render_model_card
+from cpo_cli.output_folder import find_recipe_file, read_recipe_dict
+from cpo_cli.recipe.secrets import REDACTED
+from cpo_cli.upload_files import Publishing, UploadFile
 
 if TYPE_CHECKING:
+    from cpo_cli.merge_report import MergeCheck
+    from cpo_cli.output_folder import EvalSource
     from cpo_cli.recipe.training import TrainingConfig
 
 #: Never uploaded: VCS/caches/locks, and anything hidden (`.env`, `.cache`, ...).
 _ALWAYS_SKIP = ("*.lock", "__pycache__", "*.pyc", ".*")
 _CHECKPOINT_DIR = re.compile(r"^checkpoint-\d+$")
-
-
-@dataclass(frozen=True)
-class UploadFile:
-    """One file of the upload: a local file, or bytes we generated (card, redacted recipe)."""
-
-    path_in_repo: str
-    size: int
-    source: Path | None = None
-    content: bytes | None = None
-    note: str = ""
+#: Files of a LoRA output folder that a merged model replaces.
+_ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
 
 
 @dataclass(frozen=True)
@@ -131,8 +117,18 @@ def _resolve_token(cli_token: str | None, recipe_token: Any) -> tuple[str | None
     return None, "none"
 
 
-def plan_push(output_dir: Path, settings: PushSettings, *, cpo_version: str) -> PushPlan:
-    """Every file that would be uploaded, with its size; no network call."""
+def plan_push(
+    output_dir: Path,
+    settings: PushSettings,
+    *,
+    cpo_version: str,
+    evaluation: EvalSource | None = None,
+    merged_dir: Path | None = None,
+    merge_check: MergeCheck | None = None,
+) -> PushPlan:
+    """Every file that would be uploaded, with its size; no network call. Text files go up with
+    the run's local paths reduced to `name (local)` (`cpo_cli.public_paths`); `merged_dir`
+    (`cpo push --merge`) holds merged weights that replace the folder's LoRA adapter."""
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         raise HubError(f"{output_dir}: no such output folder")
@@ -141,46 +137,27 @@ def plan_push(output_dir: Path, settings: PushSettings, *, cpo_version: str) -> 
             f"{output_dir}: no config.json or adapter_config.json — not a trained model folder",
             hint="point `cpo push` at the output_dir of a finished `cpo train` run",
         )
-    inputs = collect_card_inputs(output_dir, settings.repo_id)
+    inputs = collect_card_inputs(
+        output_dir, settings.repo_id, evaluation=evaluation, merge_check=merge_check
+    )
     card = render_model_card(inputs, cpo_version=cpo_version)
-    recipe_path = find_recipe_file(output_dir)
+    publishing = Publishing.of(output_dir, hub_base=inputs.base_model)
     files: list[UploadFile] = []
+    replaced: set[str] = set()
+    if merged_dir is not None:
+        for path in sorted(p for p in Path(merged_dir).iterdir() if p.is_file()):
+            files.append(publishing.file(path, path.name, note="merged LoRA model"))
+        replaced = {f.path_in_repo for f in files} | set(_ADAPTER_FILES)
     for path in sorted(_walk(output_dir, settings.hub_strategy)):
         rel = path.relative_to(output_dir).as_posix()
-        if rel == "README.md":
-            continue  # replaced by the generated card
-        if rel == "adapter_config.json":
-            files.append(_adapter_config(path, inputs.base_model))
-            continue
-        if recipe_path is not None and path == recipe_path:
-            content = redact_recipe_text(path.read_text(encoding="utf-8")).encode()
-            files.append(
-                UploadFile(rel, len(content), content=content, note="recipe, secrets redacted")
-            )
-            continue
-        files.append(_model_file(path, _repo_path(rel, settings.hub_strategy)))
+        if rel == "README.md" or rel in replaced:
+            continue  # the card is generated; merged weights replace the adapter
+        files.append(publishing.file(path, _repo_path(rel, settings.hub_strategy)))
     card_bytes = card.encode()
     files.append(
         UploadFile("README.md", len(card_bytes), content=card_bytes, note="generated model card")
     )
     return PushPlan(settings=settings, files=files, card=card)
-
-
-def _adapter_config(path: Path, hub_base: str | None) -> UploadFile:
-    """LoRA adapters name their base by the local path they were trained on (e.g. the cache
-    folder of a dequantised GGUF); on the Hub that path means nothing, so the uploaded copy
-    names the base's Hub id when the card knows it. The local file is not changed."""
-    raw = path.read_bytes()
-    try:
-        config = json.loads(raw)
-    except ValueError:
-        return UploadFile(path.name, len(raw), source=path)
-    local_base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
-    if not hub_base or not is_hub_id(hub_base) or not local_base or is_hub_id(str(local_base)):
-        return UploadFile(path.name, len(raw), source=path)
-    config["base_model_name_or_path"] = hub_base
-    content = (json.dumps(config, indent=2) + "\n").encode()
-    return UploadFile(path.name, len(content), content=content, note=f"base model: {hub_base}")
 
 
 def _repo_path(rel: str, hub_strategy: str) -> str:
@@ -219,18 +196,6 @@ def _walk(output_dir: Path, hub_strategy: str) -> list[Path]:
 
 def _skipped(name: str) -> bool:
     return any(fnmatch.fnmatch(name, pattern) for pattern in _ALWAYS_SKIP)
-
-
-def redact_recipe_text(text: str) -> str:
-    """The recipe YAML with every secret replaced as the recipe layer redacts it (defence in
-    depth: the engine saves it redacted already); text without a secret is returned as it is.
-    Unparseable text is refused rather than uploaded blind."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise HubError(f"the saved recipe is not valid YAML ({exc.__class__.__name__})") from None
-    cleaned = redact_data(data)
-    return yaml.safe_dump(cleaned, sort_keys=False) if cleaned != data else text
 
 
 def require_token(settings: PushSettings) -> str:
@@ -338,11 +303,16 @@ def _as_hub_error(
 def _is_network_error(exc: Exception) -> bool:
     import importlib
 
-    try:  # huggingface_hub 1.x uses httpx, 2.x its fork httpx2
-        client = importlib.import_module("httpx2")
-    except ImportError:  # pragma: no cover
-        client = importlib.import_module("httpx")
-    return isinstance(exc, (client.TransportError, ConnectionError, TimeoutError))
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    for name in ("httpx2", "httpx"):  # huggingface_hub 2.x's HTTP client, 1.x's
+        try:
+            client = importlib.import_module(name)
+        except ImportError:
+            continue
+        if isinstance(exc, client.TransportError):
+            return True
+    return False
 
 
 def _first_line(text: str) -> str:
@@ -356,9 +326,10 @@ def _scrub(text: str, token: str) -> str:
 
 # ----------------------------------------------------------------------------- during training
 
-#: Files of a checkpoint that make up the model (what `every_save` mirrors at the repo root);
-#: optimizer/scheduler/RNG state (`accelerate/`) and `trainer_state.json` stay out of it.
-_NOT_MODEL_FILES = ("trainer_state.json", "trainer_state.json.part")
+#: Files of a checkpoint that are not the model (`every_save` mirrors the rest at the repo root):
+#: the counters, the schedule's state and the manifest (it lists files the root does not have);
+#: the optimizer and RNG states are in `accelerate/`, which is never mirrored.
+_NOT_MODEL_FILES = ("trainer_state.json", "scheduler.json", "cpo_manifest.json")
 
 
 def settings_from_training(training: TrainingConfig, output_dir: Path) -> PushSettings:
@@ -428,11 +399,13 @@ def push_checkpoint(
     checkpoint_dir = Path(checkpoint_dir)
     try:
         settings = run_push_settings(training, checkpoint_dir.parent, endpoint)
-        card = render_model_card(
-            collect_card_inputs(checkpoint_dir, settings.repo_id), cpo_version=cpo_version
+        inputs = collect_card_inputs(checkpoint_dir, settings.repo_id)
+        card = render_model_card(inputs, cpo_version=cpo_version)
+        publishing = Publishing.of(
+            checkpoint_dir, hub_base=inputs.base_model, output_dir=checkpoint_dir.parent
         )
         files = [
-            _model_file(p)
+            publishing.file(p, p.name)
             for p in sorted(checkpoint_dir.iterdir())
             if p.is_file()
             and not _skipped(p.name)
@@ -445,7 +418,7 @@ def push_checkpoint(
             )
             for path in sorted(_walk_all(checkpoint_dir)):
                 rel = path.relative_to(checkpoint_dir).as_posix()
-                files.append(_model_file(path, f"{folder}/{rel}"))
+                files.append(publishing.file(path, f"{folder}/{rel}"))
         files.append(UploadFile("README.md", len(card.encode()), content=card.encode()))
         plan = PushPlan(settings=settings, files=files, card=card)
         return upload(
@@ -454,15 +427,6 @@ def push_checkpoint(
     except HubError as err:
         console.warn(f"push of {checkpoint_dir.name} to the Hub failed: {err.message}")
         return None
-
-
-def _model_file(path: Path, path_in_repo: str | None = None) -> UploadFile:
-    """A file to upload as it is, except a recipe, which goes up re-redacted."""
-    name = path_in_repo or path.name
-    if path.name in ("recipe.yaml", "recipe.yml"):
-        content = redact_recipe_text(path.read_text(encoding="utf-8")).encode()
-        return UploadFile(name, len(content), content=content, note="recipe, secrets redacted")
-    return UploadFile(name, path.stat().st_size, source=path)
 
 
 def _walk_all(folder: Path) -> list[Path]:

@@ -18,4 +18,11 @@ PAIR_METRICS: tuple[str, ...] = (
 #: what evaluation reports (with the `eval_` prefix), in table order
 EVAL_METRICS: tuple[str, ...] = ("loss", *PAIR_METRICS)
 #: training-only log entries, after the evaluation ones in log lines and tables
-TRAIN_ONLY_METRICS: tuple[str, ...] = ("learning_rate", "grad_norm", "epoch", "tokens/s")
+TRAIN_ONLY_METRICS: tuple[str, ...] = (
+    "learning_rate",
+    "grad_norm",
+    "epoch",
+    "tokens/s",
+    "tflops/s",  # model FLOPs per second of this process (see cpo_cli.engine.flops)
+    "mfu",  # tflops/s over the device's measured peak, when one is known
+)

@@ -1,36 +1,50 @@
-"""The model card (README.md) for `cpo push`, built from what a training run left in its output
-folder: the resolved recipe, the final metrics and the PEFT adapter config. Pure reading and
-string building, no network: `--dry-run` shows exactly the card that would be uploaded.
+"""The model card (README.md) for `cpo push`, built with huggingface_hub's `ModelCard`,
+`ModelCardData` and `EvalResult` from what a training run left in its output folder
+(`cpo_cli.output_folder`): the resolved recipe, the final metrics, the evaluation of the
+weights, the PEFT adapter config and the merge check. No network: `--dry-run` shows exactly
+the card that would be uploaded.
 
-Everything read here is optional: a folder without metrics or recipe still gets a card, with the
-missing parts said plainly rather than invented."""
+The metadata is the library's: `base_model` (Hub ids only), `datasets` (Hub ids only),
+`license`, `tags`, `library_name`, and a `model-index` holding the final evaluation as
+`EvalResult`s with the dataset named. The body keeps what a reader needs: base model and data,
+the resolved objective, the evaluation and merge check, hyperparameters, how to reproduce and
+how to use. Local paths appear as `name (local)` (`cpo_cli.public_paths`).
+"""
 
 from __future__ import annotations
 
 import json
-import re
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from cpo_cli.errors import HubError, first_line
+from cpo_cli.metric_names import EVAL_METRICS as ENGINE_EVAL_METRICS
+from cpo_cli.output_folder import (
+    EVAL_RESULTS_FILE,
+    EvalSource,
+    find_recipe_file,
+    read_base_license,
+    read_eval_report,
+    read_final_metrics,
+    read_recipe_dict,
+    section,
+    training_evaluation,
+)
+from cpo_cli.public_paths import is_hub_id, local_label, public_name
 from cpo_cli.recipe.choices import BUILTIN_MODELS, BUILTIN_PREFIX
 
-#: Where the engine may leave the resolved recipe, in the order we look.
-RECIPE_FILE_NAMES = ("recipe.yaml", "resolved_recipe.yaml", "cpo_recipe.yaml", "recipe.yml")
-#: Final metrics summaries, in the order we look: the engine's `train_results.json`
-#: ({"global_step", ..., "metrics": {...}}), then other common names.
-METRICS_FILE_NAMES = (
-    "train_results.json",
-    "final_metrics.json",
-    "all_results.json",
-    "metrics.json",
-    "eval_results.json",
-)
-#: The per-log-step stream the engine always writes; the last records are a fallback.
-METRICS_STREAM_NAME = "metrics.jsonl"
+if TYPE_CHECKING:
+    from huggingface_hub import EvalResult, ModelCard
+
+    from cpo_cli.merge_report import MergeCheck
+
+TASK_TYPE = "text-generation"
+TASK_NAME = "Preference pairs (held out)"
 
 #: Training fields shown in the card, when the recipe sets them.
 _HYPERPARAMETERS = (
@@ -63,230 +77,105 @@ _SHOWN_WHEN_ON = ("warmup_ratio", "warmup_steps", "weight_decay", "bf16", "fp16"
 #: cpo's builtin model names and the Hub models they are (for metadata and license).
 BUILTIN_HUB_IDS = {BUILTIN_PREFIX + name: hub_id for name, hub_id in BUILTIN_MODELS.items()}
 _PEFT_FIELDS = ("r", "lora_alpha", "lora_dropout", "target_modules", "merge_at_end")
-#: Metric keys shown in the card's table (when present), in this order.
-_CARD_METRICS = (
-    "train_loss",
-    "loss",
-    "eval_loss",
-    "eval_rewards/accuracies",
-    "eval_rewards/margins",
-    "eval_rewards/chosen",
-    "eval_rewards/rejected",
-    "eval_logps/chosen",
-    "eval_logps/rejected",
-    "eval_nll_loss",
-)
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+#: Training metric keys shown in the card's table (when present), in this order.
+_TRAIN_METRICS = ("train_loss", "loss", "rewards/accuracies", "rewards/margins", "nll_loss")
+#: Evaluation metrics of the model-index: the engine's (but the raw-logit means, which say
+#: nothing about quality), then generation metrics, then anything else `cpo eval` reported.
+_INDEX_METRICS = tuple(f"eval_{m}" for m in ENGINE_EVAL_METRICS if not m.startswith("logits/"))
+_NOT_INDEXED = ("eval_num_pairs", "eval_logits/chosen", "eval_logits/rejected")
 
 
 @dataclass
 class CardInputs:
-    """What the card says; every field may be unknown (None / empty)."""
+    """What the card says; every field may be unknown (None / empty). Paths are kept as
+    recorded here and made public when rendered."""
 
     repo_id: str
     base_model: str | None = None
     base_model_revision: str | None = None
     gguf_file: str | None = None
-    datasets: list[str] = field(default_factory=list)
+    train_data: str | None = None
+    train_split: str | None = None
+    eval_data: str | None = None
+    eval_split: str | None = None
     loss_type: str | None = None
+    training: dict[str, Any] = field(default_factory=dict)
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     peft: dict[str, Any] = field(default_factory=dict)
     is_adapter: bool = False
+    #: a LoRA adapter merged into the base (by the run or by `cpo push --merge`)
+    merge_check: MergeCheck | None = None
     train_metrics: dict[str, float] = field(default_factory=dict)
-    eval_metrics: dict[str, float] = field(default_factory=dict)
     metrics_source: str | None = None
+    evaluation: EvalSource | None = None
     license: str | None = None
     recipe_file: str | None = None
     #: the cpo builtin name the base model was given as, e.g. builtin:smollm2-135m-instruct
     builtin: str | None = None
 
-
-def is_hub_id(name: str | None) -> bool:
-    """True for `org/name` style Hub ids (not local paths), which the card metadata may link."""
-    if not name or name.startswith((".", "/", "~")) or Path(name).exists():
-        return False
-    if Path(name).suffix.lower() in {".json", ".jsonl", ".csv", ".parquet", ".gguf", ".yaml"}:
-        return False
-    return bool(_HUB_ID.match(name))
+    @property
+    def hub_datasets(self) -> list[str]:
+        names = [d for d in (self.train_data, self.eval_data) if d and is_hub_id(d)]
+        return list(dict.fromkeys(names))
 
 
-def find_recipe_file(output_dir: Path) -> Path | None:
-    """The resolved recipe the engine saved beside the model, if any."""
-    for name in RECIPE_FILE_NAMES:
-        if (output_dir / name).is_file():
-            return output_dir / name
-    for path in sorted([*output_dir.glob("*.yaml"), *output_dir.glob("*.yml")]):
-        data = _read_yaml(path)
-        if isinstance(data, dict) and "training" in data and "model" in data:
-            return path
-    return None
+# ----------------------------------------------------------------------------- reading
 
 
-def read_recipe_dict(path: Path | None) -> dict[str, Any]:
-    """The saved recipe as plain data ({} when missing or unreadable)."""
-    data = _read_yaml(path) if path else None
-    return data if isinstance(data, dict) else {}
+def collect_card_inputs(
+    output_dir: Path,
+    repo_id: str,
+    *,
+    evaluation: EvalSource | None = None,
+    merge_check: MergeCheck | None = None,
+) -> CardInputs:
+    """Everything the card needs, read from a trained output folder. `evaluation` (from
+    `--eval-json`) wins over the folder's own; `merge_check`: `cpo push --merge` merged it."""
+    from cpo_cli.merge_report import read_report
 
-
-def read_final_metrics(output_dir: Path) -> tuple[dict[str, float], str | None]:
-    """Final numeric metrics and the file they came from: a summary JSON if the run wrote one,
-    else the last training and last evaluation records of `metrics.jsonl`."""
-    for name in METRICS_FILE_NAMES:
-        path = output_dir / name
-        if path.is_file():
-            try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            flat = _numeric_items(data)
-            if flat:
-                return flat, name
-    stream = output_dir / METRICS_STREAM_NAME
-    if stream.is_file():
-        merged: dict[str, float] = {}
-        for line in stream.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            merged.update(_numeric_items(record))  # later records win: the final values
-        if merged:
-            return merged, METRICS_STREAM_NAME
-    return {}, None
-
-
-def _numeric_items(data: Any) -> dict[str, float]:
-    """Numeric leaves of a metrics JSON; nested `metrics` / `train` / `eval` objects are
-    flattened, with `eval_` kept on evaluation keys."""
-    out: dict[str, float] = {}
-    if not isinstance(data, Mapping):
-        return out
-    for key, value in data.items():
-        if isinstance(value, bool):
-            continue
-        if isinstance(value, (int, float)):
-            out[str(key)] = float(value)
-        elif isinstance(value, Mapping) and key in ("metrics", "train", "eval", "final"):
-            for sub_key, sub_value in _numeric_items(value).items():
-                name = sub_key
-                if key == "eval" and not sub_key.startswith("eval_"):
-                    name = f"eval_{sub_key}"
-                out[name] = sub_value
-    return out
-
-
-def read_base_license(model_section: Mapping[str, Any]) -> str | None:
-    """The base model's license where it is known offline: the `license:` of a local model
-    folder's README front matter, of a Hub card already in the local cache, or the
-    `general.license` of a GGUF file. Never a network call."""
-    name = model_section.get("name_or_path")
-    if not isinstance(name, str) or not name:
-        return None
-    if name == "builtin:smollm2-135m-instruct":
-        try:
-            from cpo_cli.assets.smollm2 import find_smollm2_gguf
-
-            return _license_from_gguf(find_smollm2_gguf())
-        except Exception:  # the package is not installed here: license unknown
-            return None
-    local = Path(name).expanduser()
-    if local.is_dir():
-        found = (
-            _license_from_card((local / "README.md").read_text(encoding="utf-8"))
-            if (local / "README.md").is_file()
-            else None
-        )
-        if found:
-            return found
-        gguf_file = model_section.get("gguf_file")
-        if isinstance(gguf_file, str) and gguf_file:
-            return _license_from_gguf(local / gguf_file)
-        return None
-    if local.suffix == ".gguf":
-        return _license_from_gguf(local)
-    if is_hub_id(name):
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            cached = try_to_load_from_cache(name, "README.md")
-        except Exception:  # a cache we cannot read is just "unknown"
-            return None
-        if isinstance(cached, str) and Path(cached).is_file():
-            return _license_from_card(Path(cached).read_text(encoding="utf-8"))
-    return None
-
-
-def _license_from_card(text: str) -> str | None:
-    if not text.startswith("---"):
-        return None
-    parts = text.split("---", 2)
-    if len(parts) < 3:
-        return None
-    try:
-        meta = yaml.safe_load(parts[1])
-    except yaml.YAMLError:
-        return None
-    value = meta.get("license") if isinstance(meta, dict) else None
-    return str(value) if value else None
-
-
-def _license_from_gguf(path: Path) -> str | None:
-    if not path.is_file():
-        return None
-    try:
-        from gguf import GGUFReader  # optional extra
-
-        reader = GGUFReader(str(path))
-        license_field = reader.get_field("general.license")
-        if license_field is None:
-            return None
-        return str(license_field.contents()) or None
-    except Exception:  # gguf missing or an unreadable file: license unknown
-        return None
-
-
-def collect_card_inputs(output_dir: Path, repo_id: str) -> CardInputs:
-    """Everything the card needs, read from a trained output folder."""
     recipe_path = find_recipe_file(output_dir)
     recipe = read_recipe_dict(recipe_path)
-    model = recipe.get("model") or {}
-    training = recipe.get("training") or {}
-    data = recipe.get("data") or {}
-    peft = recipe.get("peft") or {}
+    model = section(recipe, "model")
+    training = section(recipe, "training")
+    data = section(recipe, "data")
+    peft = section(recipe, "peft")
 
     inputs = CardInputs(repo_id=repo_id, recipe_file=recipe_path.name if recipe_path else None)
     adapter_config = output_dir / "adapter_config.json"
-    if adapter_config.is_file():
+    if adapter_config.is_file() and merge_check is None:
         inputs.is_adapter = True
         try:
             adapter = json.loads(adapter_config.read_text(encoding="utf-8"))
             inputs.base_model = adapter.get("base_model_name_or_path") or None
         except ValueError:
             pass
-    if isinstance(model, Mapping):
-        name = model.get("name_or_path") or inputs.base_model
-        inputs.base_model = BUILTIN_HUB_IDS.get(str(name), name)
+    name = model.get("name_or_path") or inputs.base_model
+    if name:
+        inputs.base_model = BUILTIN_HUB_IDS.get(str(name), str(name))
         if inputs.base_model != name:
             inputs.builtin = str(name)
-        inputs.base_model_revision = model.get("revision") or None
-        inputs.gguf_file = model.get("gguf_file") or None
-        inputs.license = read_base_license(model)
-    if isinstance(data, Mapping):
-        for split in ("train", "eval"):
-            source = data.get(split)
-            if isinstance(source, Mapping) and source.get("path"):
-                path = str(source["path"])
-                if path not in inputs.datasets:
-                    inputs.datasets.append(path)
-    if isinstance(training, Mapping):
-        inputs.loss_type = training.get("loss_type") or None
-        inputs.hyperparameters = shown_hyperparameters(training)
-    if isinstance(peft, Mapping):
-        inputs.peft = {k: peft[k] for k in _PEFT_FIELDS if peft.get(k) is not None}
+    inputs.base_model_revision = model.get("revision") or None
+    inputs.gguf_file = model.get("gguf_file") or None
+    inputs.license = read_base_license(model)
+    train_source, eval_source = section(data, "train"), section(data, "eval")
+    inputs.train_data = train_source.get("path") or None
+    inputs.train_split = train_source.get("split") or None
+    inputs.eval_data = eval_source.get("path") or None
+    inputs.eval_split = eval_source.get("split") or None
+    inputs.loss_type = training.get("loss_type") or None
+    inputs.training = dict(training)
+    inputs.hyperparameters = shown_hyperparameters(training)
+    inputs.peft = {k: peft[k] for k in _PEFT_FIELDS if peft.get(k) is not None}
+    if merge_check is not None:
+        inputs.merge_check = merge_check
+    elif not inputs.is_adapter and peft:
+        inputs.merge_check = read_report(output_dir)  # merged by the run (merge_at_end)
     metrics, source = read_final_metrics(output_dir)
     inputs.metrics_source = source
-    inputs.eval_metrics = {k: v for k, v in metrics.items() if k.startswith("eval_")}
     inputs.train_metrics = {k: v for k, v in metrics.items() if not k.startswith("eval_")}
+    if evaluation is None and (output_dir / EVAL_RESULTS_FILE).is_file():
+        evaluation = read_eval_report(output_dir / EVAL_RESULTS_FILE, output_dir)
+    inputs.evaluation = evaluation or training_evaluation(output_dir, recipe)
     return inputs
 
 
@@ -319,85 +208,251 @@ def shown_hyperparameters(training: Mapping[str, Any]) -> dict[str, Any]:
     return shown
 
 
+# ----------------------------------------------------------------------------- the card
+
+
 def card_tags(inputs: CardInputs) -> list[str]:
     tags = ["cpo", "preference-optimization"]
     if inputs.loss_type:
         tags.append(inputs.loss_type)
+    if inputs.is_adapter or inputs.merge_check is not None:
+        tags.append("lora")
     if inputs.is_adapter:
-        tags += ["peft", "lora"]
+        tags.append("peft")
     return tags
 
 
-def render_model_card(inputs: CardInputs, *, cpo_version: str) -> str:
-    """The README.md text: YAML metadata the Hub indexes, then a human-readable body."""
-    meta: dict[str, Any] = {}
-    if is_hub_id(inputs.base_model):
-        meta["base_model"] = inputs.base_model
-    hub_datasets = [d for d in inputs.datasets if is_hub_id(d)]
-    if hub_datasets:
-        meta["datasets"] = hub_datasets
-    if inputs.license:
-        meta["license"] = inputs.license
-    meta["library_name"] = "peft" if inputs.is_adapter else "transformers"
-    meta["pipeline_tag"] = "text-generation"
-    meta["tags"] = card_tags(inputs)
+def eval_results(inputs: CardInputs) -> list[EvalResult]:
+    """The model-index entries: one `EvalResult` per final evaluation metric."""
+    from huggingface_hub import EvalResult
 
-    lines = ["---", yaml.safe_dump(meta, sort_keys=False).rstrip(), "---", ""]
+    evaluation = inputs.evaluation
+    if evaluation is None:
+        return []
+    dataset = evaluation.dataset
+    if dataset and is_hub_id(dataset):
+        dataset_type, dataset_name = dataset, dataset
+    elif dataset:
+        dataset_type = local_label(dataset).removesuffix(" (local)")
+        dataset_name = str(public_name(dataset))
+    else:
+        dataset_type = dataset_name = "not recorded"
+    results = []
+    for key in _indexed_metric_names(evaluation.metrics):
+        value = evaluation.metrics[key]
+        if not math.isfinite(value):
+            continue
+        results.append(
+            EvalResult(
+                task_type=TASK_TYPE,
+                task_name=TASK_NAME,
+                dataset_type=dataset_type,
+                dataset_name=dataset_name,
+                dataset_split=evaluation.split if dataset and is_hub_id(dataset) else None,
+                metric_type=key.removeprefix("eval_"),
+                metric_name=key,
+                metric_value=float(f"{value:.6g}"),
+            )
+        )
+    return results
+
+
+def _indexed_metric_names(metrics: Mapping[str, float]) -> list[str]:
+    known = [k for k in _INDEX_METRICS if k in metrics]
+    rest = sorted(k for k in metrics if k not in known and k not in _NOT_INDEXED)
+    return known + rest
+
+
+def build_model_card(inputs: CardInputs, *, cpo_version: str) -> ModelCard:
+    """The card: `ModelCardData` metadata (model-index included) and our markdown body, parsed
+    back by huggingface_hub so that a card the Hub could not read is never uploaded."""
+    from huggingface_hub import ModelCard, ModelCardData
+
     title = inputs.repo_id.split("/")[-1]
-    loss = inputs.loss_type or "unknown"
-    lines += [
+    results = eval_results(inputs)
+    data = ModelCardData(
+        base_model=inputs.base_model if is_hub_id(inputs.base_model) else None,
+        datasets=inputs.hub_datasets or None,
+        license=inputs.license,
+        library_name="peft" if inputs.is_adapter else "transformers",
+        pipeline_tag="text-generation",
+        tags=card_tags(inputs),
+        model_name=title if results else None,
+        eval_results=results or None,
+    )
+    content = f"---\n{data.to_yaml()}\n---\n\n{_body(inputs, title, cpo_version)}"
+    try:
+        return ModelCard(content)
+    except (ValueError, yaml.YAMLError) as exc:  # our bug, but never one to publish
+        raise HubError(f"the generated model card does not parse: {first_line(exc)}") from exc
+
+
+def render_model_card(inputs: CardInputs, *, cpo_version: str) -> str:
+    """The README.md text."""
+    return str(build_model_card(inputs, cpo_version=cpo_version))
+
+
+def _body(inputs: CardInputs, title: str, cpo_version: str) -> str:
+    loss = f"`{inputs.loss_type}`" if inputs.loss_type else "an unrecorded"
+    lines = [
         f"# {title}",
         "",
-        f"Preference-tuned with [cpo](https://pypi.org/project/cpo-cli/) {cpo_version} using "
-        f"Contrastive Preference Optimization (loss `{loss}`, "
-        "[Xu et al. 2024](https://arxiv.org/abs/2401.08417)).",
+        f"Preference-tuned with cpo {cpo_version}, a command-line tool for Contrastive "
+        f"Preference Optimization and its variants, using the {loss} objective.",
         "",
-        "## Base model and data",
+        "## Model and data",
         "",
-        f"- Base model: {_code_or_unknown(inputs.base_model)}"
-        + (f" (revision `{inputs.base_model_revision}`)" if inputs.base_model_revision else "")
-        + (
-            f", loaded as cpo's `{inputs.builtin}` (its GGUF, dequantised)"
-            if inputs.builtin
-            else ""
-        )
-        + (f", GGUF file `{inputs.gguf_file}`" if inputs.gguf_file else ""),
-        f"- Datasets: {', '.join(f'`{d}`' for d in inputs.datasets) or 'not recorded'}",
+        f"- Base model: {_base_model_line(inputs)}",
+        f"- Weights: {_weights_line(inputs)}",
+        f"- Training data: {_dataset_line(inputs.train_data, inputs.train_split)}",
+        f"- Evaluation data: {_dataset_line(inputs.eval_data, inputs.eval_split)}",
         f"- License: {inputs.license or 'not known; see the base model card'}",
-        f"- Weights: {'a LoRA adapter on the base model' if inputs.is_adapter else 'full model'}",
         "",
-        "## Training hyperparameters",
+        "## Objective",
         "",
+        *_objective(inputs),
+        "",
+        "## Evaluation",
+        "",
+        *_evaluation(inputs),
     ]
+    if inputs.merge_check is not None:
+        lines += ["", "## LoRA merge check", "", *_mergesection(inputs.merge_check)]
+    lines += ["", "## Training hyperparameters", ""]
     if inputs.hyperparameters or inputs.peft:
         lines += ["| field | value |", "|---|---|"]
         lines += [f"| `{k}` | `{v}` |" for k, v in inputs.hyperparameters.items()]
         lines += [f"| `peft.{k}` | `{v}` |" for k, v in inputs.peft.items()]
     else:
         lines.append("The resolved recipe was not found in the output folder.")
-    if inputs.recipe_file:
-        lines += ["", f"The full resolved recipe is `{inputs.recipe_file}` in this repository."]
-    lines += ["", "## Final metrics", ""]
-    shown = _card_metric_rows(inputs)
+    shown = [(k, inputs.train_metrics[k]) for k in _TRAIN_METRICS if k in inputs.train_metrics]
     if shown:
+        lines += ["", f"Last logged training metrics (from `{inputs.metrics_source}`):", ""]
         lines += ["| metric | value |", "|---|---|"]
         lines += [f"| `{k}` | {v:.4g} |" for k, v in shown]
-        lines += ["", f"(from `{inputs.metrics_source}`)"]
-    else:
-        lines.append("No final metrics were found in the output folder.")
+    lines += ["", "## How to reproduce", "", *_reproduce(inputs)]
     lines += ["", "## How to use", "", *_usage(inputs), ""]
     return "\n".join(lines)
 
 
-def _card_metric_rows(inputs: CardInputs) -> list[tuple[str, float]]:
-    merged = {**inputs.train_metrics, **inputs.eval_metrics}
-    rows = [(k, merged[k]) for k in _CARD_METRICS if k in merged]
-    rows += [
-        (k, v)
-        for k, v in sorted(inputs.eval_metrics.items())
-        if k not in _CARD_METRICS and "/" in k
+def _base_model_line(inputs: CardInputs) -> str:
+    if not inputs.base_model:
+        return "not recorded"
+    text = _link(inputs.base_model, "")
+    if inputs.base_model_revision:
+        text += f" (revision `{inputs.base_model_revision}`)"
+    if inputs.builtin:
+        text += f", loaded as cpo's `{inputs.builtin}` (its GGUF file, dequantised)"
+    if inputs.gguf_file:
+        text += f", GGUF file `{Path(inputs.gguf_file).name}`"
+    return text
+
+
+def _weights_line(inputs: CardInputs) -> str:
+    if inputs.is_adapter:
+        return "a LoRA adapter on the base model"
+    if inputs.merge_check is not None:
+        return "a LoRA adapter merged into the base model (checked: see below)"
+    if inputs.peft:
+        return "a LoRA adapter merged into the base model (no merge check recorded)"
+    return "the full model"
+
+
+def _dataset_line(path: str | None, split: str | None) -> str:
+    if not path:
+        return "not recorded"
+    text = _link(path, "datasets/")
+    return text + (f" (split `{split}`)" if split and is_hub_id(path) else "")
+
+
+def _link(name: str, kind: str) -> str:
+    """A Hub id as a link to its page; a local path as `name (local)`."""
+    if is_hub_id(name):
+        return f"[{name}](https://huggingface.co/{kind}{name})"
+    return f"`{public_name(name)}`"
+
+
+def _objective(inputs: CardInputs) -> list[str]:
+    """The loss as resolved: the registry's description, the values it uses, the NLL term."""
+    from cpo_cli.losses.registry import LOSSES
+
+    spec = LOSSES.get(str(inputs.loss_type))
+    if spec is None:
+        return ["The resolved recipe was not found, so the objective is not recorded."]
+    t = inputs.training
+    knobs = {"beta": t.get("beta"), **{k: t.get(k) for k in spec.knobs}}
+    if t.get("alpha") or spec.name == "alphapo":
+        knobs["alpha"] = t.get("alpha")
+    values = ", ".join(f"`{k}` = {v}" for k, v in knobs.items() if v is not None)
+    logps = "length-averaged" if spec.averages_logps else "summed"
+    lines = [
+        f"`{spec.name}`: {spec.summary} ([paper]({spec.paper})), with {values}; the margin is "
+        f"taken on {logps} answer log-probabilities."
     ]
-    return rows
+    cpo_alpha = 0.0 if spec.name == "alphapo" else float(t.get("cpo_alpha") or 0.0)
+    if cpo_alpha:
+        lines += [
+            "",
+            f"Plus `cpo_alpha` = {cpo_alpha:g} times the negative log-likelihood of the chosen "
+            "answers (CPO's behaviour-cloning term, "
+            "[Xu et al. 2024](https://arxiv.org/abs/2401.08417)).",
+        ]
+    return lines
+
+
+def _evaluation(inputs: CardInputs) -> list[str]:
+    evaluation = inputs.evaluation
+    if evaluation is None:
+        return [
+            "No evaluation of these weights was found. To add one (it becomes the model-index "
+            "of this card), run `cpo eval RECIPE --model OUTPUT_DIR --json "
+            "OUTPUT_DIR/eval_results.json` before `cpo push`."
+        ]
+    on = _dataset_line(evaluation.dataset, evaluation.split)
+    pairs = f", {evaluation.num_pairs} pairs" if evaluation.num_pairs else ""
+    lines = [f"From {evaluation.origin} on {on}{pairs}; also in this card's model-index.", ""]
+    lines += ["| metric | value |", "|---|---|"]
+    names = _indexed_metric_names(evaluation.metrics)
+    lines += [f"| `{k}` | {evaluation.metrics[k]:.4g} |" for k in names]
+    return lines
+
+
+def _mergesection(check: MergeCheck) -> list[str]:
+    verdict = "passed" if check.passed else "FAILED"
+    return [
+        f"The LoRA adapter was merged into the base weights, and the merge {verdict} cpo's "
+        "check before saving: the answer log-probabilities of held-out pairs computed with "
+        "the adapter model and with the merged model (in the dtype saved here), and adapter "
+        "weight names checked for double wrapping.",
+        "",
+        f"Result: {check.summary()}.",
+    ]
+
+
+def _reproduce(inputs: CardInputs) -> list[str]:
+    if not inputs.recipe_file:
+        return ["The resolved recipe was not found in the output folder."]
+    command = f"cpo train {inputs.recipe_file}"
+    local = [
+        (key, value)
+        for key, value in (
+            ("model.name_or_path", inputs.builtin or inputs.base_model),
+            ("data.train.path", inputs.train_data),
+            ("data.eval.path", inputs.eval_data),
+        )
+        if value and not is_hub_id(value) and not value.startswith(BUILTIN_PREFIX)
+    ]
+    overrides = [f"{key}=YOUR_COPY_OF_{Path(str(value)).name}" for key, value in local]
+    overrides.append("training.output_dir=OUTPUT_DIR")
+    return [
+        f"The resolved recipe is `{inputs.recipe_file}` in this repository, with secrets "
+        "removed and values marked `(local)` standing for files of the training machine. "
+        "With cpo installed (see its README), point those at your own copies and train:",
+        "",
+        "```bash",
+        " \\\n    ".join([command, *overrides]),
+        "```",
+    ]
 
 
 def _usage(inputs: CardInputs) -> list[str]:
@@ -417,14 +472,3 @@ def _usage(inputs: CardInputs) -> list[str]:
             f'tokenizer = AutoTokenizer.from_pretrained("{inputs.repo_id}")',
         ]
     return ["```python", *code, "```"]
-
-
-def _code_or_unknown(value: str | None) -> str:
-    return f"`{value}`" if value else "not recorded"
-
-
-def _read_yaml(path: Path) -> Any:
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
-        return None

@@ -54,6 +54,14 @@ def tiny_qwen2_dir(tiny_assets_root: Path, tiny_tokenizer_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_reward_model_dir(tiny_assets_root: Path, tiny_tokenizer_dir: Path) -> Path:
+    """Tiny random Llama sequence classifier with one output (a reward model), ChatML tokenizer."""
+    from cpo_cli.assets.build import build_tiny_reward_model
+
+    return build_tiny_reward_model(tiny_assets_root / "reward", tokenizer_dir=tiny_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
 def tiny_seq2seq_dir(tiny_assets_root: Path, tiny_tokenizer_dir: Path) -> Path:
     """Tiny random T5 (d_model 64, 2+2 layers), tokenizer included."""
     from cpo_cli.assets.build import build_tiny_seq2seq

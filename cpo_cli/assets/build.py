@@ -144,6 +144,37 @@ def build_tiny_model(
     return out
 
 
+def build_tiny_reward_model(
+    out_dir: str | Path, *, tokenizer_dir: str | Path | None = None, seed: int = 0
+) -> Path:
+    """A random-init tiny Llama sequence classifier with one output: a reward model for the
+    judge's tests (`cpo eval --reward-model`), the chat-template tokenizer copied in."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, LlamaConfig
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = _ensure_tokenizer(tokenizer_dir, out)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    config.num_labels = 1  # one output: a reward
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa")
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 def build_tiny_seq2seq(
     out_dir: str | Path, *, tokenizer_dir: str | Path | None = None, seed: int = 0
 ) -> Path:

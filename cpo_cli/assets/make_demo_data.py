@@ -185,14 +185,18 @@ GENERATORS: list[Callable[[random.Random], Pair]] = [arithmetic, capital, antony
 
 
 def generate_pairs(n: int, rng: random.Random, seen: set[str]) -> list[Pair]:
-    """`n` distinct pairs (by prompt) cycling through the task kinds; `seen` keeps splits apart."""
+    """`n` distinct pairs (by prompt), the same number of each task kind, in turn; `seen`
+    keeps the splits' prompts apart (the held-out prompts are never training prompts)."""
+    if n % len(GENERATORS):
+        raise ValueError(f"{n} pairs cannot be split evenly over {len(GENERATORS)} task kinds")
     pairs: list[Pair] = []
     attempts = 0
     while len(pairs) < n:
+        kind = GENERATORS[len(pairs) % len(GENERATORS)]
         attempts += 1
         if attempts > 100 * n:
             raise RuntimeError("not enough distinct demo prompts")
-        pair = GENERATORS[attempts % len(GENERATORS)](rng)
+        pair = kind(rng)
         if pair[0] in seen:
             continue
         seen.add(pair[0])

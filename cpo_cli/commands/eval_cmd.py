@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -81,7 +82,14 @@ def eval_cmd(
         ),
     ] = None,
     generate: Annotated[
-        int, typer.Option("--generate", help="Generate answers to N sampled prompts.", min=0)
+        int,
+        typer.Option(
+            "--generate",
+            help="Generate answers to N sampled prompts and report task metrics on them "
+            "(eval_gen/answer_accuracy, exact_match, length, length_ratio, repeated_4grams, "
+            "distinct_2, truncated).",
+            min=0,
+        ),
     ] = 0,
     max_new_tokens: Annotated[
         int, typer.Option("--max-new-tokens", help="Generation length limit.", min=1)
@@ -96,6 +104,15 @@ def eval_cmd(
         Path,
         typer.Option("--generations-out", help="JSONL file for --generate."),
     ] = Path("cpo_eval_generations.jsonl"),
+    reward_model: Annotated[
+        str | None,
+        typer.Option(
+            "--reward-model",
+            help="A reward model (folder or name; a sequence classifier with one output) "
+            "that scores the generations, the chosen answers and the --compare model's "
+            "generations: eval_reward/mean, win_rate_vs_chosen, win_rate_vs_compare.",
+        ),
+    ] = None,
     reference_metrics: Annotated[
         bool,
         typer.Option(
@@ -111,14 +128,20 @@ def eval_cmd(
     to_stdout = json_path == "-"
     if to_stdout:
         console.set_quiet(True)  # stdout carries only the JSON object
-    valid = ev.gateable_metrics(ev.REFERENCE_METRICS if reference_metrics else ())
+    valid = ev.gateable_metrics(
+        ev.REFERENCE_METRICS if reference_metrics else (),
+        generate=bool(generate),
+        reward_model=reward_model is not None,
+        compare=compare is not None,
+    )
     gates = ev.parse_gates(fail_under or [], fail_over or [], valid=valid)
     settings = None
     if generate:
         settings = ev.GenerationSettings(generate, max_new_tokens, temperature, top_p)
         settings.validate()
-    elif reference_metrics:
-        raise UsageError("--reference-metrics needs --generate N")
+    elif reference_metrics or reward_model:
+        flag = "--reference-metrics" if reference_metrics else "--reward-model"
+        raise UsageError(f"{flag} needs --generate N (it measures generated answers)")
     if reference_metrics:
         ev.require_sacrebleu()  # fail now, before any model loads, when it is missing
 
@@ -128,14 +151,23 @@ def eval_cmd(
     rec = loaded.recipe
     training = rec.training
     source = _eval_source(rec, dataset, split, columns, data_format, max_rows)
+    from cpo_cli.recipe.schema import sources_of
+
+    source_label = ", ".join(s.path for s in sources_of(source))
     if settings is not None:
         settings = ev.GenerationSettings(
             generate, max_new_tokens, temperature, top_p, training.seed
         )
 
+    judge = None
+    if reward_model:  # first: a wrong --reward-model fails before minutes of generation
+        from cpo_cli.judge import load_reward_model
+
+        console.info(f"loading the reward model {reward_model}")
+        judge = load_reward_model(reward_model)
     console.info(f"loading {model or rec.model.name_or_path}")
     subject = ev.load_eval_model(rec, model)
-    console.info(f"preparing pairs from {source.path}")
+    console.info(f"preparing pairs from {source_label}")
     pairs = ev.prepare_pairs(
         source, subject.tokenizer, training, is_encoder_decoder=subject.is_encoder_decoder
     )
@@ -150,63 +182,69 @@ def eval_cmd(
         ev.check_same_tokenizer(subject, other)
         other_metrics = ev.score_pairs(other, pairs, training)
 
-    samples: list[dict[str, str]] = []
+    records: list[dict[str, Any]] = []
     if settings is not None:
-        console.info(f"generating answers to {min(generate, len(pairs))} prompts")
-        samples = ev.generate(
-            subject.model,
-            subject.tokenizer,
-            pairs,
-            settings,
-            is_encoder_decoder=subject.is_encoder_decoder,
-        )
-        if other is not None:
-            theirs = ev.generate(
-                other.model,
-                other.tokenizer,
-                pairs,
-                settings,
-                is_encoder_decoder=other.is_encoder_decoder,
-            )
-            for mine, their in zip(samples, theirs, strict=True):
-                mine["compare_generation"] = their["generation"]
+        batch_size = int(training.per_device_eval_batch_size)
+        n = min(generate, len(pairs))
+        with console.progress(f"generating {n} answers ({label_of(model, rec)})") as bar:
+            samples = ev.generate(subject, pairs, settings, batch_size=batch_size, on_progress=bar)
+        metrics.update(ev.sample_metrics(samples))
+        theirs = None
+        if other is not None and other_metrics is not None:
+            with console.progress(f"generating {n} answers ({compare})") as bar:
+                theirs = ev.generate(other, pairs, settings, batch_size=batch_size, on_progress=bar)
+            other_metrics.update(ev.sample_metrics(theirs))
+        rewards: dict[str, list[float]] = {}
+        if judge is not None:
+            with console.progress(f"scoring with {reward_model}") as bar:
+                verdict = ev.judge_samples(
+                    judge, samples, theirs, batch_size=batch_size, on_progress=bar
+                )
+            rewards = verdict.rewards
+            metrics.update(verdict.metrics)
+            if other_metrics is not None and verdict.compare_metrics is not None:
+                other_metrics.update(verdict.compare_metrics)
         if reference_metrics:
             metrics.update(ev.reference_metrics(samples))
-            if other_metrics is not None:
-                other_metrics.update(
-                    ev.reference_metrics(
-                        [{**s, "generation": s["compare_generation"]} for s in samples]
-                    )
-                )
-        ev.write_generations(samples, generations_out)
+            if other_metrics is not None and theirs is not None:
+                other_metrics.update(ev.reference_metrics(theirs))
+        records = ev.sample_records(samples, theirs, rewards)
+        if console.is_main_process():
+            ev.write_generations(records, generations_out)
 
     results = ev.check_gates(metrics, gates)
-    label = model or rec.model.name_or_path
+    label = label_of(model, rec)
     if json_path is not None:
         report = ev.report_json(
             model=label,
-            dataset=str(source.path),
+            dataset=source_label,
+            split=_common_split(sources_of(source)),
             metrics=metrics,
             compare=(compare, other_metrics) if compare and other_metrics is not None else None,
             gates=results,
-            generations_path=generations_out if samples else None,
+            generations_path=generations_out if records else None,
         )
         text = json.dumps(report, indent=2, ensure_ascii=False)
         if to_stdout:
             sys.stdout.write(text + "\n")
             sys.stdout.flush()
-        else:
+        elif console.is_main_process():
             Path(json_path).parent.mkdir(parents=True, exist_ok=True)
             Path(json_path).write_text(text + "\n", encoding="utf-8")
     if not to_stdout:
         _print_metrics(label, metrics, compare, other_metrics)
-        if samples:
-            _print_samples(samples, compare)
+        if records:
+            _print_samples(records, compare)
             console.result(f"generations written to {generations_out}", markup=False)
         if json_path is not None:
             console.info(f"results written to {json_path}")
         _print_gates(results)
     ev.raise_on_failed_gates(results)
+
+
+def label_of(model: str | None, recipe: Recipe) -> str:
+    """How the evaluated model is named in tables: --model, else the recipe's model."""
+    return model or str(recipe.model.name_or_path)
 
 
 def _load_recipe(path: Path, overrides: list[str]) -> LoadedRecipe:
@@ -222,9 +260,9 @@ def _eval_source(
     columns: str | None,
     data_format: str | None,
     max_rows: int | None,
-) -> DataSource:
-    """The recipe's `data.eval`, or a source built from --dataset/--split/--columns/--format
-    (validated by the recipe's own DataSource schema)."""
+) -> DataSource | list[DataSource]:
+    """The recipe's `data.eval` (a source or a list of them), or a source built from
+    --dataset/--split/--columns/--format (validated by the recipe's own DataSource schema)."""
     if dataset is None:
         if split or columns or data_format:
             raise UsageError("--split/--columns/--format describe --dataset; add --dataset SRC")
@@ -234,7 +272,11 @@ def _eval_source(
                 hint="pass --dataset SRC (a file, folder or Hub name), or set data.eval.path",
             )
         source = recipe.data.eval
-        return source.model_copy(update={"max_rows": max_rows}) if max_rows else source
+        if not max_rows:
+            return source
+        if isinstance(source, list):
+            return [s.model_copy(update={"max_rows": max_rows}) for s in source]
+        return source.model_copy(update={"max_rows": max_rows})
 
     from cpo_cli.commands.options import data_source
 
@@ -269,10 +311,18 @@ def _print_metrics(
     console.result(table)
 
 
-def _print_samples(samples: list[dict[str, str]], compare: str | None) -> None:
+#: generations shown in the console table (all of them go to --generations-out)
+SHOWN_SAMPLES = 8
+
+
+def _print_samples(records: list[dict[str, Any]], compare: str | None) -> None:
     from rich.table import Table
 
-    table = Table(title="generations", show_lines=True)
+    shown = records[:SHOWN_SAMPLES]
+    title = "generations"
+    if len(records) > len(shown):
+        title += f" ({len(shown)} of {len(records)})"
+    table = Table(title=title, show_lines=True)
     columns = [
         "prompt",
         "generation",
@@ -282,8 +332,8 @@ def _print_samples(samples: list[dict[str, str]], compare: str | None) -> None:
     ]
     for column in columns:
         table.add_column(column, overflow="fold")
-    for sample in samples:
-        table.add_row(*(sample.get(c, "") for c in columns))
+    for record in shown:
+        table.add_row(*(str(record.get(c, "")) for c in columns))
     console.result(table)
 
 
@@ -291,3 +341,9 @@ def _print_gates(results: list[GateResult]) -> None:
     for r in results:
         status = "pass" if r.passed else "FAIL"
         console.result(f"gate {r.gate.flag}: {_fmt(r.value)} {status}", markup=False)
+
+
+def _common_split(sources: Sequence[DataSource]) -> str | None:
+    """The split the model card names: the sources' one split, none for a mixture of splits."""
+    splits = {s.split for s in sources}
+    return splits.pop() if len(splits) == 1 else None

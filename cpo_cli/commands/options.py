@@ -28,12 +28,16 @@ def data_source(
     columns: str | None = None,
     data_format: str | None = None,
     max_rows: int | None = None,
+    chat_template: str | None = None,
+    directions: str | None = None,
+    scorer: str | None = None,
+    max_row_bytes: int | None = None,
 ) -> DataSource:
     """`--dataset` and the options describing it as a validated `DataSource`; an option left
-    out keeps the schema's default. A bad value is a usage error naming the option's field."""
+    out keeps the schema's default. A bad value is a usage error naming the option."""
     from pydantic import ValidationError
 
-    from cpo_cli.data.formats import parse_columns
+    from cpo_cli.data.columns import parse_columns
     from cpo_cli.recipe.schema import DataSource
 
     given = {
@@ -42,13 +46,20 @@ def data_source(
         "revision": revision,
         "format": data_format,
         "max_rows": max_rows,
+        "chat_template": chat_template,
+        "directions": directions,
+        "scorer": scorer,
+        "max_row_bytes": max_row_bytes,
     }
     fields: dict[str, Any] = {"path": dataset, "columns": parse_columns(columns)}
     fields.update({key: value for key, value in given.items() if value is not None})
     try:
         return DataSource(**fields)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
+        problems = "; ".join(f"{_option(e['loc'])}: {e['msg']}" for e in exc.errors())
         raise UsageError(f"--dataset {dataset}: {problems}") from None
+
+
+def _option(loc: tuple[int | str, ...]) -> str:
+    """A `DataSource` field as the command-line option that sets it (`max_rows` -> --max-rows)."""
+    return "--" + str(loc[0]).replace("_", "-") if loc else "--dataset"

@@ -10,20 +10,45 @@ import typer
 
 from cpo_cli import console
 from cpo_cli.errors import CpoError, DataError
-from cpo_cli.format_names import CANONICAL_COLUMNS, RAW_DATA_FORMATS
+from cpo_cli.format_names import (
+    ALMA_SCORERS,
+    CANONICAL_COLUMNS,
+    CHAT_TEMPLATE_USES,
+    COLUMN_MEANINGS,
+    FORMAT_MEANINGS,
+    RAW_DATA_FORMATS,
+)
 
 if TYPE_CHECKING:
     from cpo_cli.recipe.schema import ModelSection
     from cpo_cli.recipe.training import TrainingConfig
 
 
+def _epilog() -> str:
+    """The formats and canonical column names, from the one list the recipe also reads."""
+    width = max(len(n) for n in (*FORMAT_MEANINGS, *CANONICAL_COLUMNS)) + 2
+    formats = "\n".join(f"  {n.ljust(width)}{FORMAT_MEANINGS[n]}" for n in RAW_DATA_FORMATS)
+    names = "\n".join(f"  {n.ljust(width)}{COLUMN_MEANINGS[n]}" for n in CANONICAL_COLUMNS)
+    return (
+        f"\b\nFormats (--format):\n{formats}\n\n"
+        f"\b\nCanonical names (--columns NAME=COLUMN; a dotted path reads inside structs and "
+        f"lists of structs, e.g. scores=completions.overall_score):\n{names}\n\n"
+        "See docs/data.md for the command that reads each published dataset."
+    )
+
+
+EPILOG = _epilog()
+
+
 def prepare(
     dataset: Annotated[
-        str,
+        list[str],
         typer.Option(
             "--dataset",
             "-d",
-            help="Local .jsonl/.json/.parquet/.csv, a save_to_disk folder or a Hub dataset name.",
+            help="A local file (.jsonl/.json/.parquet/.csv, text ones also .gz/.bz2/.zst/.xz), "
+            "a glob, a folder (Hub snapshot or save_to_disk) or a Hub dataset name. Repeat it "
+            "to mix several sources with the same options.",
             show_default=False,
         ),
     ],
@@ -62,7 +87,12 @@ def prepare(
     ] = None,
     split: Annotated[str, typer.Option(help="Split to read.")] = "train",
     subset: Annotated[
-        str | None, typer.Option(help="Dataset configuration (Hub).", show_default=False)
+        str | None,
+        typer.Option(
+            help="Dataset configuration: a Hub config, a README config of a folder, or a "
+            "sub-folder.",
+            show_default=False,
+        ),
     ] = None,
     revision: Annotated[
         str | None, typer.Option(help="Hub branch, tag or commit.", show_default=False)
@@ -71,14 +101,40 @@ def prepare(
         str | None,
         typer.Option(
             help="Column mapping canonical=dataset_column, comma-separated, e.g. "
-            f"prompt=question,chosen=good (canonical: {', '.join(CANONICAL_COLUMNS)}).",
+            "prompt=question,chosen=good,rejected=bad (names below).",
             show_default=False,
         ),
     ] = None,
     data_format: Annotated[
         str,
-        typer.Option("--format", help=f"Row format: {'|'.join(RAW_DATA_FORMATS)}."),
+        typer.Option("--format", help=f"Row format: {'|'.join(RAW_DATA_FORMATS)} (below)."),
     ] = "auto",
+    chat_template: Annotated[
+        str,
+        typer.Option(
+            "--chat-template",
+            help=f"How text rows meet the chat template: {'|'.join(CHAT_TEMPLATE_USES)} "
+            "(auto: as TRL, text stays text unless there is a system column).",
+        ),
+    ] = "auto",
+    directions: Annotated[
+        str | None,
+        typer.Option(
+            help="alma_r: directions to build, e.g. de-en,en-de (default: both of each row).",
+            show_default=False,
+        ),
+    ] = None,
+    scorer: Annotated[
+        str,
+        typer.Option(help=f"alma_r: score fields to rank by: {'|'.join(ALMA_SCORERS)}."),
+    ] = "kiwi_xcomet",
+    max_row_bytes: Annotated[
+        int | None,
+        typer.Option(
+            help="Drop rows whose text is over this many bytes before tokenising (default 2 MiB).",
+            show_default=False,
+        ),
+    ] = None,
     max_rows: Annotated[
         int | None, typer.Option(help="Use only the first N rows.", show_default=False)
     ] = None,
@@ -106,37 +162,59 @@ def prepare(
         raise DataError(f"--format: {data_format!r} is not one of {', '.join(RAW_DATA_FORMATS)}")
     from cpo_cli.commands.options import data_source
 
-    source = data_source(
-        dataset,
-        split=split,
-        subset=subset,
-        revision=revision,
-        columns=columns,
-        data_format=data_format,
-        max_rows=max_rows,
-    )
+    sources = [
+        data_source(
+            path,
+            split=split,
+            subset=subset,
+            revision=revision,
+            columns=columns,
+            data_format=data_format,
+            max_rows=max_rows,
+            chat_template=chat_template,
+            directions=directions,
+            scorer=scorer,
+            max_row_bytes=max_row_bytes,
+        )
+        for path in dataset
+    ]
     model_section, training = _settings(recipe, tokenizer, overrides or [])
 
-    from cpo_cli.data.prepare import prepare_dataset, save_prepared
+    from cpo_cli.data.mixture import prepare_mixture
+    from cpo_cli.data.prepare import save_prepared
     from cpo_cli.engine.model import build_tokenizer
 
     tok = build_tokenizer(model_section)
     is_enc_dec = _is_encoder_decoder(model_section, training)
-    console.info(f"preparing {dataset} with tokenizer {getattr(tok, 'name_or_path', '')}")
-    prepared = prepare_dataset(source, tok, training, strict=strict, is_encoder_decoder=is_enc_dec)
+    console.info(
+        f"preparing {', '.join(dataset)} with tokenizer {getattr(tok, 'name_or_path', '')}"
+    )
+    seed = training.data_seed if training.data_seed is not None else training.seed
+    prepared, parts = prepare_mixture(
+        sources, tok, training, seed=seed, strict=strict, is_encoder_decoder=is_enc_dec
+    )
     report = prepared.report
-    if report.rows_kept == 0:
-        raise DataError(
-            f"{dataset}: no usable pairs ({report.rows_in} rows, all dropped): "
-            + "; ".join(report.drop_lines())
-        )
+    if len(parts) > 1:
+        for part in parts:
+            console.result(part.report.table())
+        prepared.manifest = {
+            **parts[0].manifest,
+            "source": {"mixture": [p.manifest.get("source") for p in parts]},
+            "format": "mixture",
+            "rows": {
+                "in": report.rows_in,
+                "kept": report.rows_kept,
+                "dropped": report.rows_dropped,
+            },
+            "stats": report.to_dict(),
+        }
     path = save_prepared(prepared, output)
     if json_report is not None:
         json_report.parent.mkdir(parents=True, exist_ok=True)
-        json_report.write_text(
-            json.dumps({**report.to_dict(), "output": str(path)}, indent=2) + "\n",
-            encoding="utf-8",
-        )
+        data = {**report.to_dict(), "output": str(path)}
+        if len(parts) > 1:
+            data["parts"] = [p.report.to_dict() for p in parts]
+        json_report.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     console.result(report.table())
     if report.rows_dropped:
         console.warn(f"{report.rows_dropped} of {report.rows_in} rows dropped (see above)")

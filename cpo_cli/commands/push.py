@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cpo_cli import console
+from cpo_cli.errors import UsageError
 
 if TYPE_CHECKING:
     from cpo_cli.hub import PushPlan
@@ -58,24 +59,74 @@ def push(
         Path | None,
         typer.Option("--card", help="Also write the generated model card to this file."),
     ] = None,
+    eval_json: Annotated[
+        Path | None,
+        typer.Option(
+            "--eval-json",
+            help="A `cpo eval --json` report of OUTPUT_DIR for the card's model-index "
+            "(default: OUTPUT_DIR/eval_results.json, else the run's own final evaluation).",
+            show_default=False,
+        ),
+    ] = None,
+    merge: Annotated[
+        bool,
+        typer.Option(
+            "--merge",
+            help="Push a LoRA adapter merged into its base model, after checking that the "
+            "merged model computes what the adapter model computes on held-out pairs.",
+        ),
+    ] = False,
+    merge_dtype: Annotated[
+        str | None,
+        typer.Option(
+            "--merge-dtype",
+            help="dtype of the merged weights: float32, bfloat16 or float16 "
+            "(default: the dtype the recipe loads the base model in). Checked in that dtype.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Upload a trained model with its tokenizer, resolved recipe and a generated model card."""
+    """Upload a trained model with its tokenizer, resolved recipe and a generated model card.
+
+    Local paths in the card, recipe and summaries go up as `name (local)`; the folder itself
+    is only read (--merge writes the merged weights to a temporary folder)."""
+    import tempfile
+    from contextlib import nullcontext
+
     from cpo_cli import __version__
     from cpo_cli.hub import plan_push, require_token, resolve_settings, upload
+    from cpo_cli.output_folder import read_eval_report
 
+    if merge_dtype is not None and not merge:
+        raise UsageError("--merge-dtype sets the dtype of a merge: add --merge")
     settings = resolve_settings(
         output_dir, repo_id=repo_id, token=token, private=private, revision=revision
     )
     if not dry_run:
         require_token(settings)  # before listing what would have gone up
-    plan = plan_push(output_dir, settings, cpo_version=__version__)
-    if card_path is not None:
-        card_path.write_text(plan.card, encoding="utf-8")
-    _show_plan(plan, dry_run=dry_run)
-    if dry_run:
-        console.result(plan.card, markup=False, highlight=False)
-        return
-    url = upload(plan, commit_message=commit_message)
+    evaluation = read_eval_report(eval_json, output_dir, flag="--eval-json") if eval_json else None
+    scratch = tempfile.TemporaryDirectory(prefix="cpo-merged-") if merge else nullcontext(None)
+    with scratch as merged_dir:
+        check = None
+        if merged_dir is not None:
+            from cpo_cli.push_merge import merge_output_folder
+
+            check = merge_output_folder(output_dir, Path(merged_dir), dtype=merge_dtype)
+        plan = plan_push(
+            output_dir,
+            settings,
+            cpo_version=__version__,
+            evaluation=evaluation,
+            merged_dir=Path(merged_dir) if merged_dir is not None else None,
+            merge_check=check,
+        )
+        if card_path is not None:
+            card_path.write_text(plan.card, encoding="utf-8")
+        _show_plan(plan, dry_run=dry_run)
+        if dry_run:
+            console.result(plan.card, markup=False, highlight=False)
+            return
+        url = upload(plan, commit_message=commit_message)
     console.result(f"pushed {len(plan.files)} files to {settings.repo_id}: {url}", markup=False)
 
 

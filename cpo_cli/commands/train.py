@@ -58,6 +58,12 @@ def train(
         hand_off_to_torchrun(launch, recipe, overrides or [], quiet=quiet)
     for warning in loaded.warnings:
         console.warn(warning)
+    from cpo_cli.losses.formula import describe_objective, simpo_notice
+
+    console.info(describe_objective(loaded.recipe.training), markup=False, highlight=False)
+    notice = simpo_notice(loaded.recipe.training)
+    if notice:
+        console.info(notice, markup=False, highlight=False)
     from cpo_cli.engine.loop import train as run_training  # imports torch: only now
 
     result = run_training(loaded)

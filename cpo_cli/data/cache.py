@@ -2,9 +2,11 @@
 
 Each entry is a prepared folder written by `save_prepared` plus a marker file whose mtime is
 the entry's last use. Only folders carrying the marker are ever deleted, so pointing
-`CPO_CACHE` at a folder with other data in it cannot lose that data. Entries whose source file
-changed (or was deleted) can never be hit again and go first; beyond that the least recently
-used go until `CPO_PREPARED_CACHE_ENTRIES` (default 16) remain.
+`CPO_CACHE` at a folder with other data in it cannot lose that data. Entries are keyed on the
+content of their source files (see `prepare._cache_folder`); pruning only needs a cheap guess of
+which entries can no longer be hit: those whose source files changed size or time (or were
+deleted) go first; beyond that the least recently used go until `CPO_PREPARED_CACHE_ENTRIES`
+(default 16) remain.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from cpo_cli.cache_root import cache_root
@@ -22,21 +25,17 @@ DEFAULT_MAX_ENTRIES = 16
 
 def prepared_cache_dir() -> Path:
     """Where raw datasets prepared by `cpo train` / `cpo eval` are cached: `<cache root>/prepared`
-    (keyed by file, settings and tokenizer, so reuse is safe)."""
+    (keyed by the content of the source files, the settings and the tokenizer, so reuse is
+    safe)."""
     return cache_root() / "prepared"
 
 
-def mark_used(entry: Path, source: Path) -> None:
-    """Record that `entry` (a prepared folder) was just used, and the source file it was made
-    from with its size and mtime, which tell later whether the entry can still be hit. A
+def mark_used(entry: Path, sources: Sequence[Path]) -> None:
+    """Record that `entry` (a prepared folder) was just used, and the source files it was made
+    from with their sizes and mtimes, which tell later whether the entry can still be hit. A
     read-only cache (shared between users) is used as is: housekeeping never fails a run."""
     try:
-        stat = source.stat()
-        record = {
-            "source": str(source.resolve()),
-            "size": stat.st_size,
-            "mtime_ns": stat.st_mtime_ns,
-        }
+        record = {"sources": [_file_record(p) for p in sources]}
         marker = entry / MARKER
         marker.write_text(json.dumps(record))
         os.utime(marker)  # the last use, even when the content did not change
@@ -81,11 +80,16 @@ def prune(cache_dir: Path, *, keep: Path | None = None, limit: int | None = None
     return removed
 
 
+def _file_record(path: Path) -> dict[str, object]:
+    stat = path.stat()
+    return {"source": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
 def _source_unchanged(entry: Path) -> bool:
-    """The entry's source file still exists with the size and mtime it was prepared from."""
+    """The entry's source files still exist with the sizes and mtimes they were prepared from."""
     try:
         record = json.loads((entry / MARKER).read_text())
-        stat = Path(record["source"]).stat()
+        files = record["sources"]
+        return bool(files) and all(_file_record(Path(f["source"])) == f for f in files)
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    return bool(stat.st_size == record.get("size") and stat.st_mtime_ns == record.get("mtime_ns"))

@@ -5,6 +5,16 @@
 tokens never see chosen ones, and `position_ids` restart rejected at the end of the prompt, so
 every answer token sees exactly the context it has in its own row.
 
+`flat`: padding-free packing across pairs, prefix sharing kept. Every pair of the batch in one
+row, `prompt | chosen | rejected | prompt | chosen | rejected ...`, with `pair_ids` beside the
+`segment_ids`: attention stays inside a pair, rejected never sees chosen (the engine turns the
+ids into a FlexAttention `BlockMask`, which skips the blocks outside each pair).
+
+`varlen`: padding-free without prefix sharing. Every sequence (`prompt | chosen`, `prompt |
+rejected`) in one row with `position_ids` restarting at 0 per sequence and no attention mask:
+flash-attention varlen kernels (and transformers' own mask builders) read the sequence
+boundaries from the position ids.
+
 `pair_rows`: 2B rows, chosen rows first (`prompt | chosen`, then `prompt | rejected`), right
 padded — TRL's layout, for models that cannot take a custom 4D mask and for encoder-decoders
 (encoder input = prompt, decoder input = answer shifted right).
@@ -25,8 +35,11 @@ from cpo_cli.errors import DataError
 if TYPE_CHECKING:
     import torch
 
-Layout = Literal["packed", "pair_rows"]
-LAYOUTS: tuple[str, ...] = ("packed", "pair_rows")
+#: the batch layouts the forward understands (see the module docstring)
+Layout = Literal["packed", "flat", "varlen", "pair_rows"]
+LAYOUTS: tuple[str, ...] = ("packed", "flat", "varlen", "pair_rows")
+#: layouts with one row `prompt | chosen | rejected` per pair (prefix sharing)
+PREFIX_SHARING_LAYOUTS: tuple[str, ...] = ("packed", "flat")
 _KEYS = ("prompt_input_ids", "chosen_input_ids", "rejected_input_ids")
 
 
@@ -42,8 +55,10 @@ def collate_pairs(
     """One batch from prepared rows (`prompt_input_ids`, `chosen_input_ids`, `rejected_input_ids`).
 
     Keys: `input_ids`, `attention_mask` (1 on real tokens) and the `target_*` tensors; `packed`
-    adds `position_ids` and `segment_ids`; encoder-decoder adds `decoder_input_ids` and
+    adds `position_ids` and `segment_ids`, `flat` also `pair_ids`; `varlen` has `position_ids`
+    and no `attention_mask`; encoder-decoder adds `decoder_input_ids` and
     `decoder_attention_mask`. Encoder-decoder batches always use `pair_rows`.
+    `pad_to_multiple_of` pads `flat` at the end of its one row (padding is its own pair).
     """
     import torch
 
@@ -62,6 +77,10 @@ def collate_pairs(
             prompts, chosens, rejecteds, pad_token_id, pad_to_multiple_of, decoder_start_token_id
         )
 
+    if layout == "flat":
+        return _flat(prompts, chosens, rejecteds, pad_token_id, pad_to_multiple_of)
+    if layout == "varlen":
+        return _varlen(prompts, chosens, rejecteds)
     p_len = torch.tensor([len(x) for x in prompts])
     c_len = torch.tensor([len(x) for x in chosens])
     n_pairs = len(rows)
@@ -102,6 +121,85 @@ def collate_pairs(
     out["target_cols"] = predictor[t_rows, t_cols]
     out["target_seqs"] = seq_of[t_rows, t_cols]
     return out
+
+
+def _flat(
+    prompts: list[list[int]],
+    chosens: list[list[int]],
+    rejecteds: list[list[int]],
+    pad_token_id: int,
+    multiple: int | None,
+) -> dict[str, torch.Tensor]:
+    """All pairs in one row, no padding between them (see `flat` in the module docstring)."""
+    import torch
+
+    n_pairs = len(prompts)
+    p_len = torch.tensor([len(x) for x in prompts])
+    c_len = torch.tensor([len(x) for x in chosens])
+    r_len = torch.tensor([len(x) for x in rejecteds])
+    pair_len = p_len + c_len + r_len
+    real = int(pair_len.sum())
+    width = _round_up(real, multiple)
+    flat = [t for p, c, r in zip(prompts, chosens, rejecteds, strict=True) for t in (*p, *c, *r)]
+    input_ids = torch.full((1, width), pad_token_id, dtype=torch.long)
+    input_ids[0, :real] = torch.as_tensor(flat, dtype=torch.long)
+    pair = torch.repeat_interleave(torch.arange(n_pairs), pair_len)
+    start = torch.cumsum(pair_len, 0) - pair_len  # first column of each pair
+    col = torch.arange(real)
+    local = col - start[pair]  # column inside its pair
+    p, pc = p_len[pair], (p_len + c_len)[pair]
+    segment = (local >= p).long() + (local >= pc).long()
+    is_rejected = segment == 2
+    position = local - c_len[pair] * is_rejected
+    first_rejected = is_rejected & (local == pc)
+    predictor_local = torch.where(first_rejected, p - 1, local - 1)
+    answer = (segment > 0) & (predictor_local >= 0)
+    seq_of = pair + n_pairs * is_rejected
+    (t_cols,) = answer.nonzero(as_tuple=True)
+    pad = width - real
+    return {
+        "input_ids": input_ids,
+        "attention_mask": torch.ones(1, width, dtype=torch.long),
+        "position_ids": torch.cat([position, torch.arange(pad)])[None],
+        "segment_ids": torch.cat([segment, torch.full((pad,), -1)])[None],
+        "pair_ids": torch.cat([pair, torch.full((pad,), -1)])[None],
+        "pair_lengths": pair_len,  # its shape gives the number of pairs without a device sync
+        "target_ids": input_ids[0, t_cols],
+        "target_rows": torch.zeros_like(t_cols),
+        "target_cols": (start[pair] + predictor_local)[t_cols],
+        "target_seqs": seq_of[t_cols],
+    }
+
+
+def _varlen(
+    prompts: list[list[int]], chosens: list[list[int]], rejecteds: list[list[int]]
+) -> dict[str, torch.Tensor]:
+    """Every sequence in one row, chosen i then rejected i, positions restarting per sequence."""
+    import torch
+
+    n_pairs = len(prompts)
+    seqs = [s for p, c, r in zip(prompts, chosens, rejecteds, strict=True) for s in (p + c, p + r)]
+    seq_len = torch.tensor([len(s) for s in seqs])
+    p_len = torch.tensor([len(p) for p in prompts]).repeat_interleave(2)
+    # sequence k of the row is pair k // 2, chosen when k is even
+    seq_ids = torch.arange(2 * n_pairs)
+    seq_of_k = seq_ids // 2 + n_pairs * (seq_ids % 2)
+    k = torch.repeat_interleave(seq_ids, seq_len)
+    start = torch.cumsum(seq_len, 0) - seq_len
+    col = torch.arange(int(seq_len.sum()))
+    local = col - start[k]
+    answer = (local >= p_len[k]) & (local >= 1)  # an answer token at column 0 has no predictor
+    (t_cols,) = answer.nonzero(as_tuple=True)
+    input_ids = torch.as_tensor([t for s in seqs for t in s], dtype=torch.long)[None]
+    return {
+        "input_ids": input_ids,
+        "position_ids": local[None],
+        "seq_lengths": seq_len,  # its shape gives the number of sequences without a device sync
+        "target_ids": input_ids[0, t_cols],
+        "target_rows": torch.zeros_like(t_cols),
+        "target_cols": t_cols - 1,
+        "target_seqs": seq_of_k[k[t_cols]],
+    }
 
 
 def _token_lists(

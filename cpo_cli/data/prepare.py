@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cpo_cli.data import cache
-from cpo_cli.data.formats import detect_format, rename_columns
+from cpo_cli.data.alma import check_directions, expand_rows
+from cpo_cli.data.columns import ColumnPlan, plan_columns
+from cpo_cli.data.files import content_digest
+from cpo_cli.data.formats import (
+    BUILDING_FORMATS,
+    detect_format,
+    has_chat_template,
+    require_chat_template,
+)
 from cpo_cli.data.manifest import (
     FORMAT_VERSION,
     MANIFEST_NAME,
@@ -29,15 +37,22 @@ from cpo_cli.data.manifest import (
     tokenizer_fingerprint,
     write_manifest,
 )
-from cpo_cli.data.pipeline import ID_COLUMNS, TEXT_COLUMNS, run_pipeline
-from cpo_cli.data.report import PrepareReport, length_stats
-from cpo_cli.data.sources import as_source, is_local, load_rows
+from cpo_cli.data.pipeline import ID_COLUMNS, TEXT_COLUMNS, batches, run_pipeline
+from cpo_cli.data.problems import UNREADABLE
+from cpo_cli.data.report import PrepareReport, length_stats, no_usable_pairs
+from cpo_cli.data.rows import RowOptions
+from cpo_cli.data.sources import RawRows, as_source, is_local, load_rows, local_files
 from cpo_cli.data.tokenize import LengthSettings
 from cpo_cli.errors import DataError
 
 if TYPE_CHECKING:
     from cpo_cli.recipe.schema import DataSource
     from cpo_cli.recipe.training import TrainingConfig
+
+#: Rows whose shape decides the format and checks the column paths.
+SAMPLE_ROWS = 20
+#: How much of a dropped row an example shows.
+PREVIEW_CHARS = 160
 
 
 @dataclass
@@ -61,30 +76,32 @@ def prepare_dataset(
 ) -> PreparedData:
     """Load, check, normalise and tokenise `source` (a recipe `DataSource` or a path).
 
-    Bad rows are dropped and counted by reason; with `strict` any drop raises `DataError`.
-    A source that is already a prepared folder is loaded with `load_prepared` instead.
+    Bad rows are dropped and counted by reason; when none is left the `DataError` says why
+    (and with `strict` any drop is an error). A source that is already a prepared folder is
+    loaded with `load_prepared` instead.
     """
-    source = as_source(source)
-    folder = Path(source.path).expanduser()
-    if source.format == "prepared" or (folder.is_dir() and (folder / MANIFEST_NAME).is_file()):
+    spec = as_source(source)
+    folder = Path(spec.path).expanduser()
+    if spec.format == "prepared" or (folder.is_dir() and (folder / MANIFEST_NAME).is_file()):
         prepared = load_prepared(folder, tokenizer, training, is_encoder_decoder=is_encoder_decoder)
         _check_strict(prepared.report, strict)
         return prepared
     settings = LengthSettings.from_training(training, is_encoder_decoder)
     tok_info = tokenizer_fingerprint(tokenizer)
-    cache_folder = _cache_folder(cache_dir, source, settings, tok_info)
+    digest = _local_digest(spec)
+    cache_folder = _cache_folder(cache_dir, spec, digest, settings, tok_info)
     if cache_folder is not None and (cache_folder / MANIFEST_NAME).is_file():
         cached = load_prepared(
             cache_folder, tokenizer, training, is_encoder_decoder=settings.is_encoder_decoder
         )
         _check_strict(cached.report, strict)
-        cache.mark_used(cache_folder, Path(source.path).expanduser())
+        cache.mark_used(cache_folder, local_files(spec))
         return cached
-    prepared = _prepare(source, tokenizer, settings, tok_info, training.dataset_num_proc)
+    prepared = _prepare(spec, tokenizer, settings, tok_info, training.dataset_num_proc, digest)
     _check_strict(prepared.report, strict)
     if cache_folder is not None:
         prepared.path = save_prepared(prepared, cache_folder)
-        cache.mark_used(cache_folder, Path(source.path).expanduser())
+        cache.mark_used(cache_folder, local_files(spec))
         cache.prune(cache_folder.parent, keep=cache_folder)
     return prepared
 
@@ -93,46 +110,54 @@ def _check_strict(report: PrepareReport, strict: bool) -> None:
     if strict and report.rows_dropped:
         raise DataError(
             f"{report.source}: {report.rows_dropped} of {report.rows_in} rows would be dropped "
-            f"(--strict): " + "; ".join(report.drop_lines()),
+            "(--strict)",
+            details=[*report.drop_lines(), *(f"e.g. {x}" for x in report.example_lines())],
             hint="fix those rows, or run without --strict to drop them",
         )
 
 
 def _prepare(
-    source: DataSource,
+    spec: DataSource,
     tokenizer: Any,
     settings: LengthSettings,
     tok_info: dict[str, Any],
     num_proc: int | None,
+    digest: str | None,
 ) -> PreparedData:
-    raw = load_rows(source)
+    raw = load_rows(spec)
     if not raw.rows:
-        raise DataError(f"{source.path}: the dataset has no rows")
-    renamed = rename_columns(raw.columns, source.columns, source.path)
-    rows = [_canonical(row, renamed) for row in raw.rows]
-    fmt: str = source.format
-    if fmt == "auto":
-        fmt = detect_format(list(renamed.values()), rows[:20], source.path)
-    report = PrepareReport(source=source.path, format=fmt, rows_in=len(rows))
+        raise DataError(f"{spec.path}: the dataset has no rows")
+    readable = [r for r in raw.rows[: SAMPLE_ROWS * 5] if UNREADABLE not in r][:SAMPLE_ROWS]
+    mapping = {str(name): column for name, column in spec.columns.items()}
+    plan = plan_columns(raw.columns, mapping, readable, spec.path)
+    _refuse_unranked_answers(spec, plan, raw.columns)
+    rows = [r if UNREADABLE in r else plan.extract(r) for r in raw.rows]
+    sample = [r for r in rows[: SAMPLE_ROWS * 5] if UNREADABLE not in r][:SAMPLE_ROWS]
+    fmt: str = spec.format
+    if fmt == "auto" and sample:  # no readable row at all: the drop report says why
+        fmt = detect_format(plan.canonical, sample, spec.path, raw.columns, readable)
+    notes = [*raw.notes, *plan.notes]
+    origins: list[int] | None = None
+    if fmt == "alma_r":
+        rows, origins, note = _alma_rows(rows, spec, plan, raw)
+        notes.append(note)
+    report = PrepareReport(
+        source=spec.path, format=fmt, rows_in=len(rows), columns=plan.describe(), notes=notes
+    )
     if settings.is_encoder_decoder and settings.max_completion_length is None:
         report.notes.append("max_completion_length is not set: answers are not truncated")
     if not settings.is_encoder_decoder and settings.max_length is None:
         report.notes.append("max_length is not set: pairs are not truncated")
-
     # Under `auto` each row is read by its own shape (a stray conversation in a text dataset is
     # checked as one, not rejected wholesale); a requested format is enforced per row.
-    processed = run_pipeline(
-        rows,
-        tokenizer=tokenizer,
-        fmt="scored" if fmt == "scored" else source.format,
-        source=source.path,
-        settings=settings,
-        num_proc=num_proc,
+    options = RowOptions(
+        fmt=fmt if fmt in BUILDING_FORMATS else spec.format,
+        text_as_chat=_text_as_chat(spec, plan, tokenizer, report.notes),
     )
+    processed = _run(rows, spec, raw, report, origins, tokenizer, options, settings, num_proc)
     columns: dict[str, list[Any]] = {c: [] for c in (*TEXT_COLUMNS, *ID_COLUMNS)}
     for i, drop in enumerate(processed["drop"]):
         if drop:
-            report.record_drop(drop, i)
             continue
         for c in columns:
             columns[c].append(processed[c][i])
@@ -140,22 +165,140 @@ def _prepare(
         report.row_formats[kind] = report.row_formats.get(kind, 0) + 1
         report.truncated += processed["truncated"][i]
         report.boundary_merges += processed["merged"][i]
-    if fmt == "scored":
+    if fmt in ("scored", "alma_r"):
         ties_best, ties_worst, missing = (
             sum(processed[c]) for c in ("ties_for_best", "ties_for_worst", "missing_scores")
         )
         report.notes.append(
-            f"scored: {ties_best} ties for the best score and {ties_worst} for the worst (the "
+            f"{fmt}: {ties_best} ties for the best score and {ties_worst} for the worst (the "
             f"first candidate is used), {missing} candidates without a score skipped"
         )
     _fill_stats(report, columns)
+    if report.rows_kept == 0:
+        raise no_usable_pairs(report, raw.columns, settings_hint=_length_hint(settings))
     dataset = _to_dataset(columns)
-    manifest = _manifest(source, raw.identity, fmt, settings, tok_info, report)
+    identity = {**raw.identity, **({"content": digest} if digest else {})}
+    manifest = _manifest(spec, identity, fmt, settings, tok_info, report)
     return PreparedData(dataset=dataset, report=report, manifest=manifest)
 
 
-def _canonical(row: Mapping[str, Any], renamed: Mapping[str, str]) -> dict[str, Any]:
-    return {canonical: row.get(col) for col, canonical in renamed.items() if col in row}
+def _run(
+    rows: list[dict[str, Any]],
+    spec: DataSource,
+    raw: RawRows,
+    report: PrepareReport,
+    origins: list[int] | None,
+    tokenizer: Any,
+    options: RowOptions,
+    settings: LengthSettings,
+    num_proc: int | None,
+) -> dict[str, list[Any]]:
+    """The pipeline over every row, drops recorded in `report`. The first batch runs alone:
+    if none of its rows is usable the dataset is refused at once, not after every batch."""
+
+    def describe(index: int) -> tuple[str, str]:
+        raw_index = origins[index] if origins is not None else index
+        return raw.locate(raw_index), _preview(raw.rows[raw_index])
+
+    kwargs: dict[str, Any] = {
+        "tokenizer": tokenizer,
+        "options": options,
+        "source": spec.path,
+        "settings": settings,
+        "max_row_bytes": spec.max_row_bytes,
+    }
+    first_end = batches(rows, spec.max_row_bytes)[0][1]
+    first = run_pipeline(rows[:first_end], **kwargs)
+    _record(report, first, 0, describe)
+    if first_end < len(rows) and all(first["drop"]):
+        raise no_usable_pairs(
+            report, raw.columns, first_rows=first_end, settings_hint=_length_hint(settings)
+        )
+    rest = run_pipeline(rows[first_end:], num_proc=num_proc, **kwargs)
+    _record(report, rest, first_end, describe)
+    return {c: first[c] + rest[c] for c in first}
+
+
+def _record(
+    report: PrepareReport, processed: dict[str, list[Any]], offset: int, describe: Any
+) -> None:
+    for i, drop in enumerate(processed["drop"]):
+        if drop:
+            report.record_drop(drop, offset + i, processed["drop_detail"][i], describe)
+
+
+#: Columns that rank two answer columns; mapping those answers to chosen/rejected ignores them.
+_PAIRWISE_COLUMNS = {
+    "overall_preference": ("response1", "response2"),
+    "preference": ("response_a", "response_b"),
+}
+
+
+def _refuse_unranked_answers(spec: DataSource, plan: ColumnPlan, columns: list[str]) -> None:
+    """`chosen=response1,rejected=response2` on pairwise data would keep every pair as written
+    (inverting those where response 2 won, keeping ties): refused, naming the fix."""
+    if spec.format == "pairwise":
+        return
+    mapped = {plan.paths.get("chosen", ("",))[0], plan.paths.get("rejected", ("",))[0]}
+    for preference, answers in _PAIRWISE_COLUMNS.items():
+        if preference in columns and mapped == set(answers):
+            raise DataError(
+                f"{spec.path}: chosen and rejected are read from {answers[0]} and {answers[1]}, "
+                f"but the column {preference!r} says which of them is better (and marks ties)",
+                hint="read it as pairwise data: --format pairwise (HelpSteer's column names "
+                "need no --columns)",
+            )
+
+
+def _alma_rows(
+    rows: list[dict[str, Any]], spec: DataSource, plan: ColumnPlan, raw: RawRows
+) -> tuple[list[dict[str, Any]], list[int], str]:
+    if "translation" not in plan.paths:
+        raise DataError(
+            f"{spec.path}: format alma_r reads a `translation` column, and the dataset has none",
+            hint=f"map it with --columns translation=COLUMN (columns: {', '.join(raw.columns)})",
+        )
+    check_directions(spec.directions, spec.path)
+    expanded, origins = expand_rows(rows, spec.directions, spec.scorer)
+    which = ", ".join(spec.directions) if spec.directions else "both directions of each row"
+    note = (
+        f"alma_r: {len(rows)} rows -> {len(expanded)} candidate pairs ({which}; scorer "
+        f"{spec.scorer})"
+    )
+    return expanded, origins, note
+
+
+def _text_as_chat(spec: DataSource, plan: ColumnPlan, tokenizer: Any, notes: list[str]) -> bool:
+    """Whether this source's text rows are rendered with the chat template (`chat_template`)."""
+    has_system = "system" in plan.paths
+    if spec.chat_template == "always":
+        require_chat_template(tokenizer, spec.path)
+        notes.append("text rows rendered with the chat template (chat_template: always)")
+        return True
+    if spec.chat_template == "auto" and has_system and has_chat_template(tokenizer):
+        notes.append(
+            "text rows rendered with the chat template: the source has a system prompt "
+            "(chat_template: never keeps them as text)"
+        )
+        return True
+    if has_system:
+        why = "chat_template: never" if spec.chat_template == "never" else "no chat template"
+        notes.append(f"system prompts joined before text prompts as text ({why})")
+    return False
+
+
+def _length_hint(settings: LengthSettings) -> dict[str, str]:
+    return {
+        "no_answer_room": f"prompts fill max_length ({settings.max_length}): raise max_length "
+        f"or lower max_prompt_length ({settings.max_prompt_length})"
+    }
+
+
+def _preview(row: dict[str, Any]) -> str:
+    if UNREADABLE in row:
+        return ""
+    text = json.dumps(row, ensure_ascii=False, default=str)
+    return text if len(text) <= PREVIEW_CHARS else text[: PREVIEW_CHARS - 3] + "..."
 
 
 def _fill_stats(report: PrepareReport, columns: Mapping[str, list[Any]]) -> None:
@@ -181,8 +324,13 @@ def _to_dataset(columns: Mapping[str, list[Any]]) -> Any:
     return datasets.Dataset.from_dict(dict(columns), features=features)
 
 
+def _describe(spec: DataSource) -> dict[str, Any]:
+    """The source's settings that decide its prepared rows (not its mixture weight)."""
+    return spec.model_dump(exclude={"weight"})
+
+
 def _manifest(
-    source: DataSource,
+    spec: DataSource,
     identity: dict[str, Any],
     fmt: str,
     settings: LengthSettings,
@@ -194,7 +342,7 @@ def _manifest(
     return {
         "format_version": FORMAT_VERSION,
         "created_by": f"cpo {__version__}",
-        "source": {**source.model_dump(mode="json"), "identity": identity},
+        "source": {**_describe(spec), "identity": identity},
         "format": fmt,
         "rows": {"in": report.rows_in, "kept": report.rows_kept, "dropped": report.rows_dropped},
         "settings": settings.as_dict(),
@@ -204,35 +352,46 @@ def _manifest(
     }
 
 
+def _local_digest(spec: DataSource) -> str | None:
+    """A hash of a local source's bytes (None for Hub sources and for paths that are missing:
+    loading them reports the problem)."""
+    if not is_local(spec.path):
+        return None
+    try:
+        return content_digest(local_files(spec))
+    except (DataError, OSError):
+        return None
+
+
 def _cache_folder(
     cache_dir: str | Path | None,
-    source: DataSource,
+    spec: DataSource,
+    digest: str | None,
     settings: LengthSettings,
     tok_info: dict[str, Any],
 ) -> Path | None:
-    """`cache_dir/<key>` for a local source (the key covers the file's size and mtime, the
-    options, the lengths and the tokenizer); Hub sources are not cached here (`datasets`
-    caches their download)."""
+    """`cache_dir/<key>` for a local source; the key covers the bytes of its files (a content
+    hash, so an edit is never missed, whatever it does to sizes and times), the options, the
+    lengths and the tokenizer. Hub sources are not cached here (`datasets` caches them)."""
     from cpo_cli import __version__
 
-    if cache_dir is None or not is_local(source.path):
+    if cache_dir is None or digest is None:
         return None
-    path = Path(source.path).expanduser()
-    if not path.exists():
-        return None
-    stat = path.stat()
     key = {
-        "path": str(path.resolve()),
-        "size": stat.st_size,
-        "mtime_ns": stat.st_mtime_ns,
-        "spec": source.model_dump(mode="json"),
+        "content": digest,
+        "spec": _describe(spec),
         "settings": settings.as_dict(),
         "tokenizer": tok_info["fingerprint"],
         "format_version": FORMAT_VERSION,
         "cpo": __version__,  # a new release may tokenise differently: never reuse across them
     }
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()[:20]
-    return Path(cache_dir).expanduser() / f"{path.stem}-{digest}"
+    name = Path(spec.path.rstrip("/*")).name or "data"
+    key_hash = hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()[:20]
+    return Path(cache_dir).expanduser() / f"{_safe(name)}-{key_hash}"
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:60]
 
 
 def save_prepared(prepared: PreparedData, output: str | Path) -> Path:

@@ -1,27 +1,35 @@
 """Loading a raw preference dataset from wherever it lives, as Python rows.
 
-Local JSON/JSONL files are read with the standard library so that rows of mixed shape (a number
-where text should be, a conversation in a text column) reach the checker instead of failing
-Arrow's schema inference; Parquet/CSV, `save_to_disk` folders and Hub names go through
-`datasets`. Every failure is a `DataError` naming the file or dataset.
+Local files, globs and Hub-snapshot folders are resolved and read by `cpo_cli.data.files`;
+`save_to_disk` folders and Hub names go through `datasets`. Every failure is a `DataError`
+naming the file or dataset.
 """
 
 from __future__ import annotations
 
-import itertools
-import json
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cpo_cli.data.files import (
+    ROW_FILE_TYPES,
+    FileRows,
+    content_digest,
+    folder_files,
+    has_wildcards,
+    read_files,
+    resolve_files,
+)
+from cpo_cli.data.problems import UNREADABLE
 from cpo_cli.errors import DataError, first_line
 
 if TYPE_CHECKING:
     from cpo_cli.recipe.schema import DataSource
 
-LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+_LOCAL_ENDINGS = tuple(
+    f"{t}{c}" for t in ROW_FILE_TYPES for c in ("", ".gz", ".bz2", ".zst", ".xz")
+)
 
 
 def as_source(source: DataSource | str | os.PathLike[str]) -> DataSource:
@@ -35,14 +43,21 @@ def as_source(source: DataSource | str | os.PathLike[str]) -> DataSource:
 
 @dataclass
 class RawRows:
-    """The rows of a dataset as Python dicts, with its column names and a stable identity."""
+    """The rows of a dataset as Python dicts, its column names, a stable identity (a content
+    hash for local files) and where each row came from."""
 
     rows: list[dict[str, Any]]
     columns: list[str]
     identity: dict[str, Any]
+    files: list[Path] = field(default_factory=list)
+    where: FileRows | None = None
+    notes: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def locate(self, index: int) -> str:
+        return self.where.locate(index) if self.where is not None else f"row {index}"
 
 
 def is_local(path: str) -> bool:
@@ -52,98 +67,43 @@ def is_local(path: str) -> bool:
         return True
     return (
         path.startswith((".", "/", "~"))
-        or path.endswith(LOCAL_SUFFIXES)
+        or path.lower().endswith(_LOCAL_ENDINGS)
+        or has_wildcards(path)
         or os.sep in path.strip("/").replace("/", "", 1)  # hub ids have exactly one slash
     )
 
 
 def load_rows(source: DataSource) -> RawRows:
     """Every row of the source (at most `max_rows`), or a `DataError` saying what is wrong."""
-    if is_local(source.path):
-        raw = _load_local(Path(source.path).expanduser(), source)
-    else:
-        raw = _load_hub(source)
+    raw = _load_local(source) if is_local(source.path) else _load_hub(source)
     if source.max_rows is not None and len(raw.rows) > source.max_rows:
         raw.rows = raw.rows[: source.max_rows]
     return raw
 
 
-def _file_identity(path: Path) -> dict[str, Any]:
-    stat = path.stat()
-    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+def local_files(source: DataSource) -> list[Path]:
+    """The files whose bytes make up a local source (what the cache's content hash covers)."""
+    path = Path(source.path).expanduser()
+    if not has_wildcards(source.path) and path.is_dir() and _is_saved(path):
+        return folder_files(path)
+    return resolve_files(source.path, source.subset, source.split)[0]
 
 
-def _load_local(path: Path, source: DataSource) -> RawRows:
-    if not path.exists():
-        raise DataError(
-            f"dataset file not found: {path}",
-            hint="check the path (relative paths are read from the current directory)",
-        )
-    if path.is_dir():
+def _is_saved(path: Path) -> bool:
+    return (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()
+
+
+def _load_local(source: DataSource) -> RawRows:
+    path = Path(source.path).expanduser()
+    if not has_wildcards(source.path) and path.is_dir() and _is_saved(path):
         return _load_saved(path, source)
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        rows = list(itertools.islice(_read_jsonl(path), source.max_rows))
-    elif suffix == ".json":
-        rows = _read_json(path)
-    elif suffix in (".parquet", ".csv"):
-        rows = _read_with_datasets(path, suffix)
-    else:
-        raise DataError(
-            f"{path}: unsupported file type {suffix or '(none)'}",
-            hint=f"use one of {', '.join(LOCAL_SUFFIXES)} or a folder saved with save_to_disk",
-        )
-    return RawRows(rows, _columns_of(rows), _file_identity(path))
-
-
-def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(
-                    f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})",
-                    hint="each line of a .jsonl file must be one JSON object",
-                ) from exc
-            yield value if isinstance(value, dict) else {"__not_an_object__": value}
-
-
-def _read_json(path: Path) -> list[dict[str, Any]]:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        if exc.lineno > 1:  # maybe JSON lines under a .json name
-            try:
-                return list(_read_jsonl(path))
-            except DataError:
-                pass
-        raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
-    if isinstance(value, dict) and len(value) == 1 and isinstance(next(iter(value.values())), list):
-        value = next(iter(value.values()))  # {"data": [...]}
-    if isinstance(value, dict) and value and all(isinstance(v, list) for v in value.values()):
-        keys = list(value)
-        return [dict(zip(keys, vals, strict=False)) for vals in zip(*value.values(), strict=False)]
-    if isinstance(value, list):
-        return [v if isinstance(v, dict) else {"__not_an_object__": v} for v in value]
-    raise DataError(
-        f"{path}: expected a list of rows or a mapping of columns, found {type(value).__name__}"
-    )
-
-
-def _read_with_datasets(path: Path, suffix: str) -> list[dict[str, Any]]:
-    import datasets
-
-    try:
-        if suffix == ".parquet":
-            ds = datasets.Dataset.from_parquet(str(path))
-        else:
-            ds = datasets.Dataset.from_csv(str(path))
-    except Exception as exc:  # pyarrow/pandas raise many types for unreadable files
-        raise DataError(f"{path}: cannot read this {suffix[1:]} file: {exc}") from exc
-    return _dataset_rows(ds)
+    files, notes = resolve_files(source.path, source.subset, source.split)
+    read = read_files(files, source.max_rows)
+    identity = {
+        "files": [str(f.resolve()) for f in files],
+        "content": content_digest(files),
+    }
+    return RawRows(read.rows, _columns_of(read.rows), identity, files, read, notes)
 
 
 def _dataset_rows(ds: Any) -> list[dict[str, Any]]:
@@ -151,28 +111,25 @@ def _dataset_rows(ds: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def _load_saved(path: Path, source: DataSource) -> RawRows:
+def _load_saved(path: Path, spec: DataSource) -> RawRows:
     import datasets
 
-    if not ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
-        raise DataError(
-            f"{path} is a folder but not a dataset saved with save_to_disk",
-            hint="point at a data file (.jsonl/.json/.parquet/.csv) or a save_to_disk folder",
-        )
     try:
         loaded = datasets.load_from_disk(str(path))
     except Exception as exc:
         raise DataError(f"{path}: cannot load this saved dataset: {exc}") from exc
-    ds = _pick_split(loaded, source.split, str(path))
-    identity = {"path": str(path.resolve()), "fingerprint": getattr(ds, "_fingerprint", None)}
-    return RawRows(_dataset_rows(ds), list(ds.column_names), identity)
+    ds = _pick_split(loaded, spec, str(path))
+    files = folder_files(path)
+    identity = {"path": str(path.resolve()), "content": content_digest(files)}
+    return RawRows(_dataset_rows(ds), list(ds.column_names), identity, files)
 
 
-def _pick_split(loaded: Any, split: str, name: str) -> Any:
+def _pick_split(loaded: Any, spec: DataSource, name: str) -> Any:
     import datasets
 
     if not isinstance(loaded, datasets.DatasetDict):
         return loaded
+    split = spec.split
     if split not in loaded:
         raise DataError(
             f"{name}: no split {split!r}",
@@ -181,24 +138,22 @@ def _pick_split(loaded: Any, split: str, name: str) -> Any:
     return loaded[split]
 
 
-def _load_hub(source: DataSource) -> RawRows:
+def _load_hub(spec: DataSource) -> RawRows:
     import datasets
 
-    split = source.split
+    split = spec.split
     # `train[:N]` makes `datasets` read only the rows asked for
-    wanted = f"{split}[:{source.max_rows}]" if source.max_rows is not None else split
+    wanted = f"{split}[:{spec.max_rows}]" if spec.max_rows is not None else split
     from huggingface_hub import constants
 
     offline = constants.is_offline_mode()
     if not offline:
-        _ask_hub_first(source)
+        _ask_hub_first(spec)
     try:
-        ds = datasets.load_dataset(
-            source.path, source.subset, split=wanted, revision=source.revision
-        )
+        ds = _load_hub_split(spec, wanted)
     except Exception as exc:  # network, auth, missing config/split: all user-fixable
         reason = first_line(exc)
-        where = f"{source.path!r}" + (f" (subset {source.subset!r})" if source.subset else "")
+        where = f"{spec.path!r}" + (f" (subset {spec.subset!r})" if spec.subset else "")
         hint = (
             "the Hub is switched off (HF_HUB_OFFLINE=1) and the dataset is not in the local "
             "cache: give a local file or folder instead, or go online"
@@ -210,18 +165,34 @@ def _load_hub(source: DataSource) -> RawRows:
             f"cannot load dataset {where} split {split!r}: {reason}", hint=hint
         ) from exc
     if isinstance(ds, datasets.DatasetDict):  # defensive: split=... should return one split
-        ds = _pick_split(ds, split, source.path)
+        ds = _pick_split(ds, spec, spec.path)
     identity = {
-        "hub": source.path,
-        "subset": source.subset,
+        "hub": spec.path,
+        "subset": spec.subset,
         "split": split,
-        "revision": source.revision,
+        "revision": spec.revision,
         "fingerprint": getattr(ds, "_fingerprint", None),
     }
     return RawRows(_dataset_rows(ds), list(ds.column_names), identity)
 
 
-def _ask_hub_first(source: DataSource) -> None:
+def _load_hub_split(spec: DataSource, wanted: str) -> Any:
+    """`load_dataset` with `subset` as the config name; a repository without such a config
+    (Anthropic/hh-rlhf keeps its parts in folders) reads the folder of that name instead, as a
+    local snapshot's `--subset` does."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(spec.path, spec.subset, split=wanted, revision=spec.revision)
+    except ValueError as exc:
+        if spec.subset is None or "BuilderConfig" not in str(exc):
+            raise
+    return datasets.load_dataset(
+        spec.path, data_dir=spec.subset, split=wanted, revision=spec.revision
+    )
+
+
+def _ask_hub_first(spec: DataSource) -> None:
     """One request, no retries, before `datasets` makes its own: a missing, private or gated
     dataset, a missing revision or an unreachable Hub becomes a clear error in well under a
     second, instead of ~25 s of retries ending in a vague one. An unreachable Hub is not an
@@ -234,10 +205,10 @@ def _ask_hub_first(source: DataSource) -> None:
         RevisionNotFoundError,
     )
 
-    name = source.path
+    name = spec.path
     try:
         HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None).dataset_info(
-            name, revision=source.revision, timeout=10
+            name, revision=spec.revision, timeout=10
         )
     except GatedRepoError as exc:
         raise DataError(
@@ -253,7 +224,7 @@ def _ask_hub_first(source: DataSource) -> None:
         ) from exc
     except RevisionNotFoundError as exc:
         raise DataError(
-            f"dataset {name!r} has no revision {source.revision!r} on the Hub",
+            f"dataset {name!r} has no revision {spec.revision!r} on the Hub",
             hint="check --revision (a branch, tag or commit of the dataset repository)",
         ) from exc
     except HfHubHTTPError:
@@ -281,4 +252,5 @@ def _columns_of(rows: list[dict[str, Any]]) -> list[str]:
     for row in rows:
         for key in row:
             seen.setdefault(key, None)
+    seen.pop(UNREADABLE, None)
     return list(seen)

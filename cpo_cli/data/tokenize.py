@@ -15,7 +15,8 @@ Decoder-only, per pair:
    either way, unlike the seed), then both answers to what is left of `max_length` (the seed
    reserves `max_length - max_prompt_length` even when the prompt is shorter).
    `max_length: null` means no limit: nothing is truncated (TRL falls back to 512 instead).
-5. A pair whose answer would be empty after truncation is dropped (`too_long`), never emitted.
+5. A pair whose answer would be empty after truncation is dropped (`no_answer_room`), never
+   emitted.
 
 Encoder-decoder: the prompt (special tokens added, as the model expects) is the encoder input,
 cut to `max_prompt_length`; each answer is cut to `max_completion_length` keeping its EOS
@@ -234,6 +235,8 @@ def tokenize_pairs(
     settings: LengthSettings,
 ) -> TokenizedBatch:
     """Tokenise a batch of text pairs (chat template already applied)."""
+    if not prompts:  # tokenizers refuse an empty batch
+        return TokenizedBatch()
     if settings.is_encoder_decoder:
         return _tokenize_encoder_decoder(prompts, chosens, rejecteds, tokenizer, settings)
     bos = tokenizer.bos_token_id
@@ -271,7 +274,7 @@ def tokenize_pairs(
 
 def _answer_problem(chosen: list[int], rejected: list[int]) -> str | None:
     if not chosen or not rejected:
-        return "too_long"
+        return "no_answer_room"
     if chosen == rejected:
         return "identical_answers"
     return None
@@ -311,7 +314,7 @@ def _tokenize_encoder_decoder(
         out.prompt_input_ids.append(p)
         out.chosen_input_ids.append(c)
         out.rejected_input_ids.append(r)
-        out.drop.append("too_long" if not p else _answer_problem(c, r))
+        out.drop.append("no_answer_room" if not p else _answer_problem(c, r))
         out.truncated.append(truncated or c_cut or r_cut)
         out.merged.append(False)
     return out

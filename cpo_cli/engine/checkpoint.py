@@ -1,15 +1,21 @@
-"""Checkpoints that a run can resume from exactly, written so a crash never leaves a broken one.
+"""Checkpoints that a run can resume from exactly, written so a crash never leaves a broken one,
+and read so that nothing in them can run code.
 
 A checkpoint folder `checkpoint-<step>/` holds:
 - the model in the Hugging Face format (`save_pretrained`, safetensors) and the tokenizer, so any
   checkpoint loads with `from_pretrained` (and `cpo eval` can score it);
-- accelerate's state without the model (optimizer, scheduler, RNG states of every process, the
-  grad scaler) unless `save_only_model`;
+- accelerate's state without the model (optimizer, RNG states of every process, the grad
+  scaler) unless `save_only_model`; it is loaded with `torch.load(weights_only=True)`, which
+  refuses anything but tensors and plain data;
+- `scheduler.json`: the learning-rate schedule's state (JSON; accelerate would pickle it);
 - `trainer_state.json`: step counters, the data position, the best metric so far;
-- `recipe.yaml`: the resolved recipe, secrets redacted.
+- `recipe.yaml`: the resolved recipe, secrets redacted;
+- `cpo_manifest.json`, written last: every file with its size and a sampled hash
+  (`cpo_cli.engine.manifest`). It is what makes the folder a complete cpo checkpoint.
 
-It is written to a hidden `.tmp-checkpoint-<step>` folder first and renamed when complete; only
-folders with a `trainer_state.json` (written last) count as checkpoints.
+It is written to a hidden `.tmp-checkpoint-<step>` folder first and renamed when complete.
+Only folders carrying a manifest are ever rotated or replaced; a resume checks the manifest and
+the counters first and says which file is wrong.
 """
 
 from __future__ import annotations
@@ -20,54 +26,27 @@ import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cpo_cli.errors import CheckpointError
+from cpo_cli import console
+from cpo_cli.engine import manifest
+from cpo_cli.engine.outdir import create_partial
+from cpo_cli.engine.trainer_state import TrainerState
+from cpo_cli.errors import CheckpointError, first_line
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
 PREFIX = "checkpoint-"
-STATE_FILE = "trainer_state.json"
+STATE_FILE = "trainer_state.json"  # a TrainerState as JSON
 RECIPE_FILE = "recipe.yaml"
+SCHEDULER_FILE = "scheduler.json"
+ACCELERATE_DIR = "accelerate"
 _CHECKPOINT_RE = re.compile(rf"^{PREFIX}(\d+)$")
-
-
-@dataclass
-class TrainerState:
-    """Everything besides tensors that a resumed run needs to carry on where it stopped."""
-
-    #: optimizer steps taken
-    global_step: int = 0
-    #: the epoch in progress (0-based) and how many of its micro-batches are done
-    epoch: int = 0
-    batches_done_in_epoch: int = 0
-    best_metric: float | None = None
-    #: the optimizer step of the best evaluation, and the checkpoint saved at that step
-    best_step: int | None = None
-    best_checkpoint: str | None = None
-    last_eval_step: int | None = None
-    #: every logged record, in order (also in metrics.jsonl)
-    log_history: list[dict[str, Any]] = field(default_factory=list)
-    #: the shape of the run that saved it, to resume the data position exactly elsewhere
-    #: (None in checkpoints written before cpo recorded them)
-    num_processes: int | None = None
-    per_device_train_batch_size: int | None = None
-    batches_per_epoch: int | None = None
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
-
-    @classmethod
-    def from_file(cls, path: Path) -> TrainerState:
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"cannot read {path}: {exc}") from exc
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
+#: files the HF Trainer (and so TRL) writes in its checkpoints, and cpo never does
+_HF_TRAINER_FILES = ("training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state.pth")
 
 
 def checkpoint_step(path: Path) -> int | None:
@@ -76,49 +55,109 @@ def checkpoint_step(path: Path) -> int | None:
 
 
 def list_checkpoints(output_dir: Path) -> list[Path]:
-    """Complete checkpoints in `output_dir`, oldest first."""
+    """Checkpoints cpo wrote in `output_dir` (they carry its manifest), oldest first. Whether
+    they are undamaged is `checkpoint_problem`'s business."""
     if not output_dir.is_dir():
         return []
     found = [
         p
         for p in output_dir.iterdir()
-        if p.is_dir() and checkpoint_step(p) is not None and (p / STATE_FILE).is_file()
+        if p.is_dir() and checkpoint_step(p) is not None and manifest.is_marked(p)
     ]
     return sorted(found, key=lambda p: checkpoint_step(p) or 0)
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
-    found = list_checkpoints(output_dir)
-    return found[-1] if found else None
+    """The newest complete, undamaged cpo checkpoint in `output_dir`."""
+    for path in reversed(list_checkpoints(output_dir)):
+        if checkpoint_problem(path) is None:
+            return path
+    return None
 
 
-def resolve_resume(resume_from_checkpoint: str | bool | None, output_dir: Path) -> Path | None:
-    """`resume_from_checkpoint`: None/false → start fresh; true/"last"/"latest" → the newest
-    complete checkpoint in output_dir; anything else is a path to a checkpoint folder."""
+def is_hf_trainer_checkpoint(path: Path) -> bool:
+    """A checkpoint of the HF Trainer (or TRL, which uses it): never resumed as ours."""
+    return not manifest.is_marked(path) and any((path / n).exists() for n in _HF_TRAINER_FILES)
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """None when `path` is a complete, undamaged cpo checkpoint; else what is wrong with it,
+    naming the file."""
+    if not path.is_dir():
+        return "no such folder"
+    if is_hf_trainer_checkpoint(path):
+        return "a Hugging Face Trainer (TRL) checkpoint, not a cpo one"
+    problem = manifest.problem(path)
+    if problem is not None:
+        return problem
+    try:
+        state = TrainerState.from_file(path / STATE_FILE)
+    except CheckpointError as exc:
+        return exc.message.replace(str(path / STATE_FILE), STATE_FILE)
+    step = checkpoint_step(path)
+    if step is not None and state.global_step != step:
+        return f"{STATE_FILE} says global_step {state.global_step}, the folder says {step}"
+    return None
+
+
+@dataclass(frozen=True)
+class ResumeChoice:
+    """Where to resume from (None: start fresh), and one warning per checkpoint passed over."""
+
+    path: Path | None
+    warnings: tuple[str, ...] = ()
+
+
+_NO_RESUME = ("", "false", "none", "no")
+_LATEST = ("true", "last", "latest", "yes")
+
+
+def resolve_resume(resume_from_checkpoint: str | bool | None, output_dir: Path) -> ResumeChoice:
+    """`resume_from_checkpoint`: None/false: start fresh; true/`last`: the newest good checkpoint
+    in output_dir (an error when there is none); `auto`: the same, or a fresh start when there is
+    none; anything else: the path of one checkpoint folder, which must be good."""
     value = resume_from_checkpoint
-    if (
-        value is None
-        or value is False
-        or (isinstance(value, str) and value.strip().lower() in ("", "false", "none"))
-    ):
-        return None
-    latest_words = ("true", "last", "latest")
-    if value is True or (isinstance(value, str) and value.strip().lower() in latest_words):
-        found = latest_checkpoint(output_dir)
-        if found is None:
-            raise CheckpointError(
-                f"training.resume_from_checkpoint={value!r}: no checkpoint in {output_dir}",
-                hint="train without resume_from_checkpoint first, or give a checkpoint path",
-            )
-        return found
-    path = Path(str(value)).expanduser()
-    if not (path / STATE_FILE).is_file():
+    word = value.strip().lower() if isinstance(value, str) else None
+    if value is None or value is False or word in _NO_RESUME:
+        return ResumeChoice(None)
+    if value is True or word in _LATEST or word == "auto":
+        warnings: list[str] = []
+        newest_first = sorted(_candidates(output_dir), key=lambda p: -(checkpoint_step(p) or 0))
+        for path in newest_first:
+            problem = checkpoint_problem(path)
+            if problem is None:
+                return ResumeChoice(path, tuple(warnings))
+            warnings.append(f"passing over {path}: {problem}")
+        if word == "auto":
+            return ResumeChoice(None, tuple(warnings))
+        passed = "; ".join(w.removeprefix("passing over ") for w in warnings)
         raise CheckpointError(
-            f"training.resume_from_checkpoint: {path} is not a complete cpo checkpoint "
-            f"(no {STATE_FILE})",
-            hint=f"point it at a {PREFIX}<step> folder, or use 'latest'",
+            f"training.resume_from_checkpoint={value!r}: no complete cpo checkpoint in "
+            f"{output_dir}" + (f" ({passed})" if passed else ""),
+            hint="train without resume_from_checkpoint first, give a checkpoint path, or use "
+            "`auto` to start fresh when there is none",
         )
-    return path
+    path = Path(str(value)).expanduser()
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        hint = f"point it at a {PREFIX}<step> folder cpo wrote, or use `last`"
+        if is_hf_trainer_checkpoint(path):
+            hint = (
+                f"to start from its weights instead, set model.name_or_path={path} and leave "
+                "training.resume_from_checkpoint unset"
+            )
+        raise CheckpointError(
+            f"training.resume_from_checkpoint: {path} cannot be resumed from: {problem}",
+            hint=hint,
+        )
+    return ResumeChoice(path)
+
+
+def _candidates(output_dir: Path) -> list[Path]:
+    """`checkpoint-N` folders, ours or not (a foreign one is passed over with a warning)."""
+    if not output_dir.is_dir():
+        return []
+    return [p for p in output_dir.iterdir() if p.is_dir() and checkpoint_step(p) is not None]
 
 
 def save_model(
@@ -202,51 +241,124 @@ def save_checkpoint(
     *,
     recipe_yaml: str,
     save_only_model: bool,
+    scheduler: Any = None,
     save_on_each_node: bool = False,
 ) -> Path:
     """Write `checkpoint-<global_step>` atomically and return its final path: on the main
-    process's disk, or with `save_on_each_node` complete on every machine's own disk."""
+    process's disk, or with `save_on_each_node` complete on every machine's own disk. A failure
+    (a full disk, a signal) leaves no partial folder behind and the earlier checkpoints
+    untouched."""
+    from cpo_cli.engine.disk import disk_full_as_error
     from cpo_cli.engine.ranks import writes_files
 
     writer = writes_files(accelerator, save_on_each_node)
     final = output_dir / f"{PREFIX}{state.global_step}"
     tmp = output_dir / f".tmp-{PREFIX}{state.global_step}"
-    if writer:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    save_model(accelerator, model, tokenizer, tmp, save_on_each_node=save_on_each_node)
-    if not save_only_model:
-        accelerator.save_state(str(tmp / "accelerate"))
-    accelerator.wait_for_everyone()
-    if writer:
-        (tmp / RECIPE_FILE).write_text(recipe_yaml, encoding="utf-8")
-        _write_atomic(tmp / STATE_FILE, state.to_json())
-        if final.exists():
-            # a checkpoint from an earlier run at the same step: replace it only now that the
-            # new one is complete
-            old = output_dir / f".old-{PREFIX}{state.global_step}"
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, final)
+    if writer and final.exists() and not manifest.is_marked(final):
+        raise CheckpointError(
+            f"{final} exists and was not written by cpo; it is not replaced",
+            hint="move it away, or choose another training.output_dir",
+        )
+    try:
+        kept = lambda: last_good_message(output_dir)  # noqa: E731
+        with disk_full_as_error(final.name, output_dir, staging=tmp, kept=kept):
+            _write_checkpoint(
+                accelerator,
+                model,
+                tokenizer,
+                state,
+                tmp,
+                final,
+                scheduler,
+                recipe_yaml=recipe_yaml,
+                save_only_model=save_only_model,
+                save_on_each_node=save_on_each_node,
+            )
+    except BaseException:
+        if writer:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     accelerator.wait_for_everyone()
     return final
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    part = path.with_name(path.name + ".part")
-    part.write_text(text, encoding="utf-8")
-    os.replace(part, path)
+def _write_checkpoint(
+    accelerator: Accelerator,
+    model: Any,
+    tokenizer: Any,
+    state: TrainerState,
+    tmp: Path,
+    final: Path,
+    scheduler: Any,
+    *,
+    recipe_yaml: str,
+    save_only_model: bool,
+    save_on_each_node: bool,
+) -> None:
+    from cpo_cli import __version__
+    from cpo_cli.engine.preemption import critical_section
+    from cpo_cli.engine.ranks import writes_files
+
+    writer = writes_files(accelerator, save_on_each_node)
+    if writer:
+        create_partial(tmp)
+    accelerator.wait_for_everyone()
+    save_model(accelerator, model, tokenizer, tmp, save_on_each_node=save_on_each_node)
+    if not save_only_model:
+        accelerator.save_state(str(tmp / ACCELERATE_DIR))
+    accelerator.wait_for_everyone()
+    if not writer:
+        return
+    if scheduler is not None and not save_only_model:
+        (tmp / SCHEDULER_FILE).write_text(
+            json.dumps(scheduler.state_dict(), indent=1), encoding="utf-8"
+        )
+    (tmp / RECIPE_FILE).write_text(recipe_yaml, encoding="utf-8")
+    (tmp / STATE_FILE).write_text(state.to_json(), encoding="utf-8")
+    manifest.write_manifest(tmp, global_step=state.global_step, cpo_version=__version__)
+    with critical_section():  # a second signal waits until the folder is in place
+        _move_into_place(tmp, final)
+
+
+def _move_into_place(tmp: Path, final: Path) -> None:
+    """Rename the finished folder to its final name; an earlier cpo checkpoint of the same step
+    is replaced only now that the new one is complete."""
+    if final.exists():
+        old = final.with_name(f".old-{final.name}")
+        if old.exists():
+            shutil.rmtree(old)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, final)
+    (final / manifest.PARTIAL_MARK).unlink(missing_ok=True)
+
+
+def last_good_message(output_dir: Path) -> str:
+    """What a failed run keeps, for its error message."""
+    last = latest_checkpoint(output_dir)
+    return f"last good checkpoint: {last}" if last else "no checkpoint was saved"
+
+
+def recover_interrupted_replace(output_dir: Path) -> None:
+    """Undo a crash between the two renames of `_move_into_place`: a complete `.old-checkpoint-N`
+    without its `checkpoint-N` goes back; one whose replacement is in place goes."""
+    if not output_dir.is_dir():
+        return
+    for old in output_dir.glob(f".old-{PREFIX}*"):
+        if not manifest.is_marked(old):
+            continue
+        final = output_dir / old.name.removeprefix(".old-")
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(old, final)
 
 
 def rotate_checkpoints(output_dir: Path, limit: int | None, *, keep: str | None = None) -> None:
-    """Delete the oldest checkpoints beyond `save_total_limit`, never the best one (`keep`).
-    Main process only."""
+    """Delete the oldest checkpoints beyond `save_total_limit`, never the best one (`keep`) and
+    never a folder cpo did not write. Main process only."""
     if not limit or limit <= 0:
         return
     found = list_checkpoints(output_dir)
@@ -257,22 +369,25 @@ def rotate_checkpoints(output_dir: Path, limit: int | None, *, keep: str | None 
         shutil.rmtree(path, ignore_errors=True)
 
 
-def load_checkpoint(accelerator: Accelerator, model: Any, path: Path) -> TrainerState:
+def load_checkpoint(
+    accelerator: Accelerator, model: Any, path: Path, *, scheduler: Any = None
+) -> TrainerState:
     """Restore the model weights, and (unless the checkpoint is model-only) optimizer, scheduler
-    and RNG states; return the saved counters."""
+    and RNG states; return the saved counters. `path` has passed `checkpoint_problem`. Only
+    JSON, safetensors and `torch.load(weights_only=True)` are read: nothing here runs code."""
     state = TrainerState.from_file(path / STATE_FILE)
-    has_state = (path / "accelerate").is_dir()
+    has_state = (path / ACCELERATE_DIR).is_dir()
     if _owns_model_weights(accelerator):
         load_model_weights(accelerator.unwrap_model(model, keep_torch_compile=False), path)
     if has_state:
-        accelerator.load_state(str(path / "accelerate"))
+        _load_accelerate_state(accelerator, path / ACCELERATE_DIR)
+        if scheduler is not None:
+            _load_scheduler(scheduler, path / SCHEDULER_FILE)
     elif not _owns_model_weights(accelerator):
         raise CheckpointError(
             f"{path} was saved with save_only_model and cannot be resumed under FSDP/DeepSpeed"
         )
     else:
-        from cpo_cli import console
-
         console.warn(
             f"{path} holds the model only (save_only_model): the optimizer, schedule and "
             "random states start afresh, so the run will not match an uninterrupted one exactly"
@@ -280,51 +395,78 @@ def load_checkpoint(accelerator: Accelerator, model: Any, path: Path) -> Trainer
     return state
 
 
+def _load_accelerate_state(accelerator: Accelerator, folder: Path) -> None:
+    """accelerate's files, read with `weights_only=True`. accelerate swallows a failure to read
+    the RNG states (the run would silently differ), so that file is checked first."""
+    from accelerate.utils import load
+
+    for planted in sorted(folder.glob("custom_checkpoint_*")):
+        raise CheckpointError(
+            f"{planted}: refused: cpo never writes this file, and accelerate would load it "
+            "with pickle (able to run code)"
+        )
+    rng = folder / f"random_states_{accelerator.process_index}.pkl"
+    current = rng
+    try:
+        if rng.is_file():
+            load(rng, weights_only=True)
+        current = folder
+        accelerator.load_state(str(folder), load_kwargs={"weights_only": True})
+    except Exception as exc:
+        raise CheckpointError(f"{current}: {_load_failure(exc)}") from None
+
+
+def _load_failure(exc: Exception) -> str:
+    import pickle
+
+    if isinstance(exc, pickle.UnpicklingError) or "weights_only" in str(exc):
+        return (
+            "refused: it holds Python objects that loading would have to run as code (cpo "
+            "only loads tensors and plain data, so it was not written by cpo)"
+        )
+    return f"cannot be loaded: {first_line(exc)}"
+
+
+def _load_scheduler(scheduler: Any, path: Path) -> None:
+    try:
+        scheduler.load_state_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise CheckpointError(f"{path}: cannot restore the schedule: {first_line(exc)}") from None
+
+
 def has_optimizer_state(path: Path) -> bool:
-    return (path / "accelerate").is_dir()
-
-
-def check_checkpoint_files(path: Path, accelerator: Accelerator) -> None:
-    """The files this process will read from checkpoint `path` are there (with
-    `save_on_each_node` every machine reads its own copy): a clear error before any process
-    starts loading, instead of one process failing halfway through a collective load."""
-    if not (path / STATE_FILE).is_file():
-        raise CheckpointError(f"{path}: no {STATE_FILE} on this machine")
-    if _owns_model_weights(accelerator) and not (path / "adapter_model.safetensors").is_file():
-        _weight_files(path)  # raises when the weights are missing
-    state = path / "accelerate"
-    if state.is_dir() and _owns_model_weights(accelerator):
-        missing = [n for n in ("optimizer.bin",) if not (state / n).is_file()]
-        if missing:
-            raise CheckpointError(
-                f"{state}: {', '.join(missing)} missing; the checkpoint is incomplete"
-            )
-    elif state.is_dir() and not any(state.iterdir()):
-        raise CheckpointError(f"{state} is empty; the checkpoint is incomplete")
+    return (path / ACCELERATE_DIR).is_dir()
 
 
 def load_best_weights(accelerator: Accelerator, model: Any, path: Path) -> None:
     """The best checkpoint's weights into the (prepared) model: from its Hugging Face files in
-    plain and DDP runs, from accelerate's sharded state under FSDP/DeepSpeed (collective)."""
+    plain and DDP runs, from accelerate's sharded state under FSDP/DeepSpeed (collective; read
+    with `weights_only=True` like any resume)."""
     if _owns_model_weights(accelerator):
         load_model_weights(accelerator.unwrap_model(model, keep_torch_compile=False), path)
     else:
-        accelerator.load_state(str(path / "accelerate"))
+        _load_accelerate_state(accelerator, path / ACCELERATE_DIR)
 
 
 def load_model_weights(model: Any, directory: Path) -> None:
     """Load `save_pretrained` weights (full model or LoRA adapters) into an existing model."""
     from safetensors.torch import load_file
 
+    def read(file: Path) -> dict[str, Any]:
+        try:
+            return load_file(str(file))
+        except Exception as exc:  # safetensors raises its own error type for damaged files
+            raise CheckpointError(f"{file}: cannot be loaded: {first_line(exc)}") from None
+
     if (directory / "adapter_model.safetensors").is_file():
         from peft import set_peft_model_state_dict
 
-        set_peft_model_state_dict(model, load_file(str(directory / "adapter_model.safetensors")))
+        set_peft_model_state_dict(model, read(directory / "adapter_model.safetensors"))
         return
     files = _weight_files(directory)
     state: dict[str, Any] = {}
     for file in files:
-        state.update(load_file(str(file)))
+        state.update(read(file))
     result = model.load_state_dict(state, strict=False)
     if result.unexpected_keys:
         raise CheckpointError(

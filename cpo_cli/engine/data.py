@@ -7,6 +7,8 @@ from collections.abc import Iterator, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from cpo_cli.data.token_batching import longest_first
+
 if TYPE_CHECKING:
     from cpo_cli.data.collate import Layout
     from cpo_cli.recipe.schema import DataSource, Recipe
@@ -63,10 +65,15 @@ class EpochSampler:
             return perm
         size = self.batch_size * MEGABATCH_FACTOR
         lengths = self.lengths
-        out: list[int] = []
-        for start in range(0, len(perm), size):
-            out.extend(sorted(perm[start : start + size], key=lambda i: -lengths[i]))
-        return out
+        megabatches = [
+            sorted(perm[start : start + size], key=lambda i: -lengths[i])
+            for start in range(0, len(perm), size)
+        ]
+        # the megabatch holding the longest pair goes first (its first batch is the longest),
+        # so an out-of-memory error shows at step 1, as in the HF length-grouped sampler
+        firsts = [lengths[m[0]] for m in megabatches]
+        megabatches = longest_first(megabatches, firsts)
+        return [i for m in megabatches for i in m]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.order())
@@ -89,6 +96,88 @@ class DeferredLayout:
         return self.value
 
 
+class TokenBudgetBatches:
+    """Micro-batches by a token budget (`max_tokens_per_batch`), for `DataLoader(batch_sampler=)`.
+
+    The batches are formed once (on first use), from a length-grouped order drawn with `seed`
+    alone, so every epoch has the same number of batches (the plan's step count stays exact
+    and a resumed run skips exactly the batches already done); each epoch shuffles their order
+    with (seed, epoch) and puts the costliest batch first."""
+
+    def __init__(
+        self,
+        pair_token_lengths: list[tuple[int, int, int]],
+        *,
+        budget: int,
+        max_pairs: int,
+        layout: Layout | DeferredLayout,
+        seed: int,
+    ) -> None:
+        self.pair_token_lengths = pair_token_lengths
+        self.budget, self.max_pairs, self.layout = budget, max_pairs, layout
+        self.seed = seed
+        self.epoch = 0
+        self._formed: tuple[list[list[int]], list[int]] | None = None
+
+    @property
+    def batches(self) -> list[list[int]]:
+        return self._form()[0]
+
+    @property
+    def costs(self) -> list[int]:
+        return self._form()[1]
+
+    def _form(self) -> tuple[list[list[int]], list[int]]:
+        """Formed on first use: a token's cost depends on the layout, which the prepared model
+        decides (`DeferredLayout`), and accelerate asks for the length only after preparing."""
+        if self._formed is None:
+            from cpo_cli.data.token_batching import batch_tokens, token_budget_batches
+
+            layout = self.layout() if callable(self.layout) else self.layout
+            pairs = self.pair_token_lengths
+            lengths = [p + max(c, r) for p, c, r in pairs]
+            grouped = EpochSampler(
+                len(lengths), seed=self.seed, lengths=lengths, batch_size=self.max_pairs
+            ).order()
+            batches = token_budget_batches(
+                grouped, pairs, budget=self.budget, max_pairs=self.max_pairs, layout=layout
+            )
+            costs = [batch_tokens([pairs[i] for i in b], layout) for b in batches]
+            self._formed = (batches, costs)
+        return self._formed
+
+    def use_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def order(self) -> list[list[int]]:
+        import torch
+
+        from cpo_cli.data.token_batching import longest_first
+
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        perm = torch.randperm(len(self.batches), generator=generator).tolist()
+        return longest_first([self.batches[i] for i in perm], [self.costs[i] for i in perm])
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.order())
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def pair_token_lengths(dataset: Any) -> list[tuple[int, int, int]]:
+    """(prompt, chosen, rejected) token counts of every pair."""
+    return [
+        (len(p), len(c), len(r))
+        for p, c, r in zip(
+            dataset["prompt_input_ids"],
+            dataset["chosen_input_ids"],
+            dataset["rejected_input_ids"],
+            strict=True,
+        )
+    ]
+
+
 def _collate(
     rows: list[dict[str, Any]],
     *,
@@ -97,8 +186,9 @@ def _collate(
     is_encoder_decoder: bool,
     decoder_start_token_id: int | None,
 ) -> tuple[dict[str, Any], dict[str, int]]:
-    """The padded batch plus its size (pairs, real tokens, chosen-answer tokens), counted here
-    where it is cheap: the loop needs them for weighted averages, the NLL term and tokens/s."""
+    """The padded batch plus its size (pairs, real tokens, chosen-answer tokens; tokens and
+    Σ length² as plain sequences, for model FLOPs), counted here where it is cheap: the loop
+    needs them for weighted averages, the NLL term, tokens/s and FLOP/s."""
     from cpo_cli.data.collate import collate_pairs
 
     batch = collate_pairs(
@@ -108,12 +198,25 @@ def _collate(
         is_encoder_decoder=is_encoder_decoder,
         decoder_start_token_id=decoder_start_token_id,
     )
-    tokens = sum(
-        len(r["prompt_input_ids"]) + len(r["chosen_input_ids"]) + len(r["rejected_input_ids"])
-        for r in rows
-    )
-    chosen = sum(len(r["chosen_input_ids"]) for r in rows)
-    return batch, {"pairs": len(rows), "tokens": tokens, "chosen_tokens": chosen}
+    from cpo_cli.engine.flops import plain_sequence_sizes
+
+    tokens = chosen = plain_tokens = sum_sq = 0
+    for r in rows:
+        p, c = len(r["prompt_input_ids"]), len(r["chosen_input_ids"])
+        rej = len(r["rejected_input_ids"])
+        tokens += p + c + rej
+        chosen += c
+        plain, sq = plain_sequence_sizes(p, c, rej)
+        plain_tokens += plain
+        sum_sq += sq
+    sizes = {
+        "pairs": len(rows),
+        "tokens": tokens,
+        "chosen_tokens": chosen,
+        "plain_tokens": plain_tokens,
+        "sum_sq": sum_sq,
+    }
+    return batch, sizes
 
 
 def _collate_fn(
@@ -139,6 +242,7 @@ def _loader(
     training: TrainingConfig,
     collate: Any,
     drop_last: bool,
+    batch_sampler: Any = None,
 ) -> Any:
     import torch
     from torch.utils.data import DataLoader
@@ -151,14 +255,15 @@ def _loader(
             kwargs["prefetch_factor"] = training.dataloader_prefetch_factor
     keep = ["prompt_input_ids", "chosen_input_ids", "rejected_input_ids"]
     token_view = dataset.select_columns([c for c in keep if c in dataset.column_names])
+    if batch_sampler is not None:  # micro-batches by a token budget
+        kwargs["batch_sampler"] = batch_sampler
+    else:
+        kwargs.update(batch_size=batch_size, sampler=sampler, drop_last=drop_last)
     return DataLoader(
         token_view,
-        batch_size=batch_size,
-        sampler=sampler,
         collate_fn=collate,
         num_workers=workers,
         pin_memory=training.dataloader_pin_memory and _has_cuda(),
-        drop_last=drop_last,
         # its own generator: creating an iterator must not draw from the global RNG, or a
         # resumed run (which creates one more iterator) would see different dropout/noise
         generator=torch.Generator().manual_seed(training.seed),
@@ -180,14 +285,32 @@ def build_train_dataloader(
     is_encoder_decoder: bool,
     layout: Layout | DeferredLayout,
     decoder_start_token_id: int | None = None,
-) -> tuple[Any, EpochSampler]:
+) -> tuple[Any, EpochSampler | TokenBudgetBatches]:
     """The training loader and its sampler (the loop sets the epoch on it)."""
     seed = training.data_seed if training.data_seed is not None else training.seed
+    collate = _collate_fn(pad_token_id, layout, is_encoder_decoder, decoder_start_token_id)
+    if training.max_tokens_per_batch is not None:
+        batches = TokenBudgetBatches(
+            pair_token_lengths(dataset),
+            budget=training.max_tokens_per_batch,
+            max_pairs=training.per_device_train_batch_size,
+            layout="pair_rows" if is_encoder_decoder else layout,
+            seed=seed,
+        )
+        loader = _loader(
+            dataset,
+            batch_size=1,
+            sampler=None,
+            training=training,
+            collate=collate,
+            drop_last=False,
+            batch_sampler=batches,
+        )
+        return loader, batches
     lengths = pair_lengths(dataset) if training.group_by_length else None
     sampler = EpochSampler(
         len(dataset), seed=seed, lengths=lengths, batch_size=training.per_device_train_batch_size
     )
-    collate = _collate_fn(pad_token_id, layout, is_encoder_decoder, decoder_start_token_id)
     loader = _loader(
         dataset,
         batch_size=training.per_device_train_batch_size,
@@ -231,38 +354,46 @@ def build_eval_dataloader(
 
 def prepare_source(
     name: str,
-    source: DataSource,
+    source: DataSource | list[DataSource],
     tokenizer: Any,
     training: TrainingConfig,
     *,
     is_encoder_decoder: bool,
 ) -> Any:
-    """One source as training uses it: a `cpo prepare` folder checked against this tokenizer and
-    these lengths, or a raw source prepared in-process (cached). `cpo eval` shares it, so eval
-    pairs are exactly the pairs training would see."""
+    """`data.{name}` as training uses it: one source or a list of them (a mixture), each a
+    `cpo prepare` folder checked against this tokenizer and these lengths, or a raw source
+    prepared in-process (cached). `cpo eval` shares it, so eval pairs are exactly the pairs
+    training would see."""
     from cpo_cli import console
     from cpo_cli.data.cache import prepared_cache_dir
-    from cpo_cli.data.prepare import prepare_dataset
+    from cpo_cli.data.mixture import prepare_mixture
     from cpo_cli.errors import DataError
+    from cpo_cli.recipe.schema import sources_of
 
-    prepared = prepare_dataset(
-        source,
-        tokenizer,
-        training,
-        cache_dir=prepared_cache_dir(),
-        is_encoder_decoder=is_encoder_decoder,
-    )
-    report = prepared.report
-    dropped = f", {report.rows_dropped} dropped" if report.rows_dropped else ""
-    console.info(f"data.{name}: {report.rows_kept} pairs from {source.path}{dropped}")
-    for line in report.drop_lines():
-        console.info(f"  {line}")
-    if report.rows_kept == 0:
-        raise DataError(
-            f"data.{name}: no usable pairs in {source.path} (every row was dropped)",
-            hint=f"run `cpo prepare --dataset {source.path} ...` to see why each row is dropped",
+    sources = sources_of(source)
+    seed = training.data_seed if training.data_seed is not None else training.seed
+    try:
+        mixed, parts = prepare_mixture(
+            sources,
+            tokenizer,
+            training,
+            seed=seed,
+            cache_dir=prepared_cache_dir(),
+            is_encoder_decoder=is_encoder_decoder,
         )
-    return prepared.dataset
+    except DataError as err:
+        raise DataError(f"data.{name}: {err.message}", hint=err.hint, details=err.details) from err
+    for index, (src, part) in enumerate(zip(sources, parts, strict=True)):
+        report = part.report
+        label = f"data.{name}" + (f"[{index}]" if len(sources) > 1 else "")
+        dropped = f", {report.rows_dropped} dropped" if report.rows_dropped else ""
+        console.info(f"{label}: {report.rows_kept} pairs from {src.path}{dropped}")
+        for line in report.drop_lines():
+            console.info(f"  {line}")
+    if len(sources) > 1 or sources[0].weight != 1:
+        used = ", ".join(f"{s['used']} from {s['source']}" for s in mixed.report.sources)
+        console.info(f"data.{name}: {len(mixed.dataset)} pairs in the mixture ({used})")
+    return mixed.dataset
 
 
 def load_datasets(recipe: Recipe, tokenizer: Any, is_encoder_decoder: bool) -> tuple[Any, Any]:
@@ -293,9 +424,9 @@ def loader_settings(
     layout: DeferredLayout | None = None,
 ) -> dict[str, Any]:
     """Collation settings shared by the train and eval loaders of `cpo train` and `cpo eval`:
-    pad id (`padding_value` or the tokenizer's), batch layout (packed prompt sharing where the
-    model takes it; `layout` defers the choice to `choose_batch_layout`), decoder start id for
-    encoder-decoders."""
+    pad id (`padding_value` or the tokenizer's), batch layout (what the model's attention takes,
+    `choose_batch_layout`; `layout` defers that choice until the model is prepared), decoder
+    start id for encoder-decoders."""
     chosen: Layout | DeferredLayout
     if is_encoder_decoder:
         chosen = "pair_rows"
@@ -319,8 +450,9 @@ def loader_settings(
 def choose_batch_layout(
     model: Any, training: TrainingConfig, *, is_encoder_decoder: bool
 ) -> Layout:
-    """`packed` where prefix sharing is on and the model passes the probe, else `pair_rows`.
-    The probe runs the model: call it on every process, after `accelerator.prepare`."""
+    """The layout the model's attention takes when the probe agrees (`choose_layout`), else
+    `pair_rows`. The probe runs the model: call it on every process, after
+    `accelerator.prepare`."""
     from cpo_cli.engine.forward import choose_layout
 
     if is_encoder_decoder:

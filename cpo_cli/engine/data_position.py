@@ -34,9 +34,12 @@ def resume_position(
     batch: int,
     batches_per_epoch: int,
     sharded_state: str | None = None,
+    token_budget: bool = False,
 ) -> Position:
     """The data position at the new shape. `sharded_state` names a training state that is
-    split per process and cannot be re-split (DeepSpeed): a new process count is refused."""
+    split per process and cannot be re-split (DeepSpeed): a new process count is refused.
+    `token_budget`: micro-batches hold different numbers of pairs (`max_tokens_per_batch`), so
+    no other shape continues at a known row: refused."""
     if saved_processes is None or saved_batch is None:
         # a checkpoint from before cpo recorded its shape: assume the same shape
         return Position(batches_done)
@@ -44,6 +47,13 @@ def resume_position(
         return Position(batches_done)
     was = f"{saved_processes} process{'es' if saved_processes != 1 else ''} x {saved_batch}"
     now = f"{processes} process{'es' if processes != 1 else ''} x {batch}"
+    if token_budget:
+        raise CheckpointError(
+            f"the checkpoint was saved by {was} pairs per micro-batch and this run has {now}: "
+            "with training.max_tokens_per_batch micro-batches hold different numbers of pairs, "
+            "so no other shape continues at the same pair",
+            hint=f"resume with the original {was} (processes x per_device_train_batch_size)",
+        )
     if sharded_state and saved_processes != processes:
         raise CheckpointError(
             f"the checkpoint was saved by {saved_processes} processes and this run has "

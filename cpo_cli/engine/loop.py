@@ -1,5 +1,6 @@
-"""`cpo train`: setup in small `build_*` functions, then one training function that reads top to
-bottom. Micro-batches (forward + backward) and optimizer steps are separate, named counters.
+"""`cpo train`: setup in small `build_*` functions (`cpo_cli.engine.build`), then one training
+function that reads top to bottom. Micro-batches (forward + backward) and optimizer steps are
+separate, named counters; each optimizer step reads the device once (`cpo_cli.engine.guard`).
 
 Built on `accelerate.Accelerator` (device placement, mixed precision, gradient accumulation,
 process groups), so `accelerate launch -m cpo_cli train RECIPE` runs it on several processes:
@@ -8,255 +9,129 @@ printing, logging and writing happen on the main process only.
 
 from __future__ import annotations
 
-import itertools
-import json
 import math
-import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cpo_cli import console
+from cpo_cli.engine.accumulation import gradient_sync, step_totals
+from cpo_cli.engine.build import Run, build_accelerator, build_run, output_dir_of
 from cpo_cli.engine.checkpoint import (
-    STATE_FILE,
     TrainerState,
-    check_checkpoint_files,
-    has_optimizer_state,
+    last_good_message,
     latest_checkpoint,
-    load_best_weights,
-    load_checkpoint,
-    register_state_hooks,
-    resolve_resume,
     rotate_checkpoints,
     save_checkpoint,
-    save_model,
 )
-from cpo_cli.engine.distributed import LauncherRequest, RecipeRequest, RunShape
+from cpo_cli.engine.flops import StepFlops
+from cpo_cli.engine.guard import NonFiniteStreak, check_step, diverged_error, skipped_message
 from cpo_cli.engine.metric_means import MetricMeans
-from cpo_cli.engine.schedule import Plan, Schedule, build_plan
-from cpo_cli.errors import EXIT_INTERRUPTED, CpoError, RecipeError
+from cpo_cli.engine.outdir import foreign_checkpoints_ahead
+from cpo_cli.engine.outputs import (
+    claim_files,
+    claim_output_dir,
+    finish,
+    refuse_nonfinite_weights,
+    write_summary,
+    writes_files,
+)
+from cpo_cli.engine.preemption import StopNow, StopSignals, stopped_error
+from cpo_cli.engine.resume import resume_state
+from cpo_cli.engine.schedule import Schedule, step_windows
+from cpo_cli.errors import (
+    EXIT_INTERRUPTED,
+    TrainingDiverged,
+    TrainingInterrupted,
+)
 from cpo_cli.metric_names import EVAL_METRICS, TRAIN_ONLY_METRICS
 
 if TYPE_CHECKING:
     from cpo_cli.recipe.loader import LoadedRecipe
-    from cpo_cli.recipe.schema import PeftSection, Recipe
     from cpo_cli.recipe.training import TrainingConfig
 
-DEFAULT_OUTPUT_DIR = "trainer_output"
-SUMMARY_FILE = "train_results.json"
+__all__ = ["TrainResult", "TrainingInterrupted", "build_accelerator", "output_dir_of", "train"]
+
 #: order of the columns in log lines and the final table
 METRIC_ORDER = (*EVAL_METRICS, *TRAIN_ONLY_METRICS)
-
-
-class TrainingInterrupted(CpoError):
-    """Ctrl-C during training: nothing half-written is kept; the message names the last
-    complete checkpoint."""
-
-    exit_code = EXIT_INTERRUPTED
-    scope = "job"  # Ctrl-C reaches every process of the job; the main process reports it
 
 
 @dataclass
 class TrainResult:
     output_dir: Path
     global_step: int
-    #: the last logged training metrics and the last evaluation, merged
+    #: the last optimizer step's own metrics (unfiltered) and the last evaluation, merged
     metrics: dict[str, float] = field(default_factory=dict)
     best_checkpoint: str | None = None
     wall_time: float = 0.0
+    #: optimizer steps whose update was skipped (non-finite loss or gradient norm)
+    skipped_steps: int = 0
 
 
 @dataclass
-class Run:
-    """Everything the loop needs, built once by `build_run`."""
+class LastValues:
+    """What the final summary reports, kept as the loop goes without reading the device: the
+    last optimizer step's metric sums (read once, at the end), its host-side values, and the
+    last evaluation."""
 
-    accelerator: Any
-    model: Any
-    tokenizer: Any
-    optimizer: Any
-    scheduler: Any
-    train_loader: Any
-    sampler: Any
-    eval_loader: Any
-    eval_dataset: Any
-    training: TrainingConfig
-    plan: Plan
-    output_dir: Path
-    recipe_yaml: str
-    is_encoder_decoder: bool
-    peft: PeftSection | None = None
-    config_for_trackers: dict[str, Any] = field(default_factory=dict)
-    #: what runs (processes, machines, mode, batch arithmetic): the start-up line
-    shape: RunShape | None = None
-    #: what the launcher and the recipe asked for, to say what was not granted
-    launcher: LauncherRequest | None = None
-    request: RecipeRequest | None = None
-    #: forwards each process runs per evaluation (FSDP/ZeRO-3: the same on every process)
-    eval_batches_on_every_process: int | None = None
+    step_means: MetricMeans | None = None
+    step_values: dict[str, float] = field(default_factory=dict)
+    evaluation: dict[str, float] = field(default_factory=dict)
 
-
-# --------------------------------------------------------------------------- setup
-
-
-def output_dir_of(training: TrainingConfig) -> Path:
-    """`training.output_dir`; None means `trainer_output` (as the schema says)."""
-    folder = DEFAULT_OUTPUT_DIR if training.output_dir is None else training.output_dir
-    return Path(folder).expanduser()
-
-
-def build_run(loaded: LoadedRecipe) -> Run:
-    """Load tokenizer, data and model; build loaders, optimizer and schedule; prepare them all
-    in one `accelerator.prepare` (FSDP2 and ZeRO need model and optimizer together, DeepSpeed
-    the loader too); then choose the batch layout by probing the prepared model.
-
-    Each block runs on every process and is left together (`on_every_process`): a user error
-    on any process stops all of them, reported once with its rank and host."""
-    from transformers.utils import logging as hf_logging
-
-    from cpo_cli.engine.data import (
-        DeferredLayout,
-        build_eval_dataloader,
-        build_train_dataloader,
-        choose_batch_layout,
-        load_datasets,
-        loader_settings,
-    )
-    from cpo_cli.engine.distributed import (
-        build_accelerator,
-        count_machines,
-        reshard,
-        run_shape,
-    )
-    from cpo_cli.engine.model import build_model, build_tokenizer, is_encoder_decoder_model
-    from cpo_cli.engine.optim import build_optimizer, build_scheduler
-    from cpo_cli.engine.ranks import on_every_process, reduce_max
-    from cpo_cli.recipe.dump import to_yaml
-
-    hf_logging.disable_progress_bar()  # our own progress is the one bar on screen
-    recipe = loaded.recipe
-    training = recipe.training
-    accelerator, launcher, request = build_accelerator(training)
-    with on_every_process(accelerator):
-        tokenizer = build_tokenizer(recipe.model)
-        encoder_decoder = is_encoder_decoder_model(recipe.model, training)
-        # the main process prepares (and caches) the data first, the others then read it
-        datasets = (
-            load_datasets(recipe, tokenizer, encoder_decoder)
-            if accelerator.is_main_process
-            else None
-        )
-    with on_every_process(accelerator):
-        if datasets is None:
-            datasets = load_datasets(recipe, tokenizer, encoder_decoder)
-    train_dataset, eval_dataset = datasets
-    with on_every_process(accelerator):
-        model = build_model(recipe.model, training, recipe.peft)
-    with on_every_process(accelerator):
-        layout = DeferredLayout()
-        loader_kwargs = loader_settings(
-            model, tokenizer, training, is_encoder_decoder=encoder_decoder, layout=layout
-        )
-        optimizer = build_optimizer(model, training)
-        train_loader, sampler = build_train_dataloader(train_dataset, training, **loader_kwargs)
-        eval_loader = (
-            build_eval_dataloader(
-                eval_dataset,
-                training,
-                **loader_kwargs,
-                process_index=accelerator.process_index,
-                num_processes=accelerator.num_processes,
-            )
-            if eval_dataset is not None
-            else None
-        )
-
-    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
-    layout.value = choose_batch_layout(model, training, is_encoder_decoder=encoder_decoder)
-    reshard(model)  # the probe ran a forward without a backward
-    with on_every_process(accelerator):
-        plan = build_plan(len(train_loader), training)
-        # the schedule counts optimizer steps; it is stepped by hand, once per optimizer step
-        scheduler = build_scheduler(optimizer, training, plan.total_steps)
-    accelerator.register_for_checkpointing(scheduler)
-    register_state_hooks(accelerator)
-    shape = run_shape(accelerator, training, plan, machines=count_machines(accelerator))
-    eval_batches = None
-    if eval_loader is not None and shape.sharded_parameters:
-        eval_batches = reduce_max(accelerator, len(eval_loader))
-    return Run(
-        accelerator=accelerator,
-        model=model,
-        tokenizer=tokenizer,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        train_loader=train_loader,
-        sampler=sampler,
-        eval_loader=eval_loader,
-        eval_dataset=eval_dataset,
-        training=training,
-        plan=plan,
-        output_dir=output_dir_of(training),
-        recipe_yaml=to_yaml(recipe, redact=True),
-        is_encoder_decoder=encoder_decoder,
-        peft=recipe.peft,
-        config_for_trackers=_redacted_dict(recipe),
-        shape=shape,
-        launcher=launcher,
-        request=request,
-        eval_batches_on_every_process=eval_batches,
-    )
-
-
-def check_sharded_run(run: Run) -> None:
-    """What a run with sharded parameters (FSDP, ZeRO-3) cannot do, refused before training.
-    The same on every process: call it inside `on_every_process`."""
-    from cpo_cli.recipe.distributed import SAVE_ON_EACH_NODE_SHARDED
-
-    training, shape = run.training, run.shape
-    if shape is None or not (
-        shape.sharded_parameters or shape.mode.startswith(("FSDP", "DeepSpeed"))
-    ):
-        return
-    problems = []
-    if training.save_on_each_node:
-        problems.append(SAVE_ON_EACH_NODE_SHARDED)
-    if shape.sharded_parameters and training.generate_during_eval:
-        problems.append(
-            f"training.generate_during_eval is not supported under {shape.mode} (generation "
-            "would run on the main process alone while the parameters are spread over every "
-            "process); run `cpo eval --generate` on the saved model instead"
-        )
-    if training.load_best_model_at_end and training.save_only_model:
-        problems.append(
-            f"training.load_best_model_at_end with training.save_only_model under "
-            f"{shape.mode}: the best model is reloaded from its checkpoint's sharded state, "
-            "which save_only_model leaves out; drop one of them"
-        )
-    if problems:
-        raise RecipeError("recipe", problems)
-
-
-def _redacted_dict(recipe: Recipe) -> dict[str, Any]:
-    from cpo_cli.recipe.dump import redact
-
-    return redact(recipe)
+    def metrics(self, accelerator: Any, *, device: bool = True) -> dict[str, float]:
+        """The summary's metrics; `device=False` skips the one device read (after a failure)."""
+        means = {}
+        if device and self.step_means is not None:
+            means = self.step_means.means(accelerator)
+        return ordered_metrics({**means, **self.step_values, **self.evaluation})
 
 
 # --------------------------------------------------------------------------- the loop
 
 
 def train(loaded: LoadedRecipe, *, show_progress: bool = True) -> TrainResult:
-    """Train the recipe's model; return where the result is and its final metrics."""
+    """Train the recipe's model; return where the result is and its final metrics (started
+    again with a smaller micro-batch on out-of-memory under `auto_find_batch_size`)."""
+    from cpo_cli.engine.auto_batch import run_with_auto_batch
+    from cpo_cli.engine.disk import disk_full_as_error
+    from cpo_cli.engine.tracking import check_backends
+
+    training = loaded.recipe.training
+    check_backends(training.report_to)  # a missing tracker package fails before anything else
+    started = time.perf_counter()
+    output_dir = output_dir_of(training)
+    signals = StopSignals(checkpoint_first=training.enable_jit_checkpoint)
+    with signals.installed():
+        lock = None
+        try:
+            lock = claim_output_dir(output_dir, training)
+            kept = lambda: last_good_message(output_dir)  # noqa: E731
+            with disk_full_as_error("the run's outputs", output_dir, kept=kept):
+                return run_with_auto_batch(
+                    lambda attempt: _train(attempt, signals, started, show_progress=show_progress),
+                    loaded,
+                )
+        except StopNow as exc:  # before training started (the loop turns its own into errors)
+            raise TrainingInterrupted(
+                f"stopped by {exc} before training started; nothing was saved",
+                exit_code=_exit_code(exc),
+            ) from None
+        finally:
+            if lock is not None:
+                lock.release()
+
+
+def _train(
+    loaded: LoadedRecipe, signals: StopSignals, started: float, *, show_progress: bool
+) -> TrainResult:
+    from cpo_cli.engine.build import check_sharded_run
     from cpo_cli.engine.distributed import launch_warnings
     from cpo_cli.engine.progress import build_progress
     from cpo_cli.engine.ranks import on_every_process
-    from cpo_cli.engine.tracking import build_tracker, check_backends
+    from cpo_cli.engine.tracking import build_tracker, tracker_outputs
 
     training = loaded.recipe.training
-    check_backends(training.report_to)  # a missing tracker package fails before the model loads
-    started = time.perf_counter()
     try:
         run = build_run(loaded)
     except KeyboardInterrupt:
@@ -270,15 +145,19 @@ def train(loaded: LoadedRecipe, *, show_progress: bool = True) -> TrainResult:
         console.warn(warning)
     with on_every_process(accelerator):
         check_sharded_run(run)
-    state, resume_from = _resume(run)
-    if resume_from is None and latest_checkpoint(run.output_dir) is not None:
-        console.warn(
-            f"{run.output_dir} already holds checkpoints of an earlier run; this run "
-            "starts from scratch and may replace them (to continue that run instead, "
-            "set training.resume_from_checkpoint=last)"
-        )
-    if _writes_files(run):
-        run.output_dir.mkdir(parents=True, exist_ok=True)
+    state, resume_from = resume_state(run)
+    if resume_from is None:
+        if str(training.resume_from_checkpoint).strip().lower() == "auto":
+            console.info(f"no checkpoint to resume from in {run.output_dir}; starting afresh")
+        if latest_checkpoint(run.output_dir) is not None:
+            console.warn(
+                f"{run.output_dir} already holds checkpoints of an earlier run; this run "
+                "starts from scratch and may replace them (to continue that run instead, "
+                "set training.resume_from_checkpoint=last)"
+            )
+    if writes_files(run):  # now that the steps this run may save at are known
+        foreign_checkpoints_ahead(run.output_dir, state.global_step, run.plan.total_steps)
+    claim_files(run, ["metrics.jsonl", *tracker_outputs(training, run.output_dir)])
     tracker = build_tracker(
         training,
         run.output_dir,
@@ -292,94 +171,93 @@ def train(loaded: LoadedRecipe, *, show_progress: bool = True) -> TrainResult:
         enabled=show_progress and accelerator.is_main_process,
         disable_tqdm=training.disable_tqdm,
     )
+    last = LastValues()
+    status = "failed"
     try:
+        signals.armed = True  # from here a first signal waits for the step to finish
         with progress:
-            last_metrics = _train_loop(run, state, tracker, progress)
-        final = _finish(run, state, last_metrics)
-    except KeyboardInterrupt:
-        raise _interrupted(run, state) from None
+            _train_loop(run, state, tracker, progress, signals, last)
+        finish(run, state, best_metric_name(training))
+        status = "completed"
+    except (KeyboardInterrupt, StopNow) as exc:
+        status = "interrupted"
+        raise _interrupted(run, state, exc) from None
+    except TrainingDiverged:
+        status = "diverged"
+        raise
+    except TrainingInterrupted:
+        status = "stopped"
+        raise
     finally:
         tracker.close()
-    best = state.best_checkpoint if training.load_best_model_at_end else None
-    final_result = TrainResult(
-        output_dir=run.output_dir,
-        global_step=state.global_step,
-        metrics=final,
-        best_checkpoint=best,
-        wall_time=time.perf_counter() - started,
-    )
-    _write_summary(run, final_result)
-    return final_result
-
-
-def _writes_files(run: Run) -> bool:
-    from cpo_cli.engine.ranks import writes_files
-
-    return writes_files(run.accelerator, run.training.save_on_each_node)
-
-
-def _resume(run: Run) -> tuple[TrainerState, Path | None]:
-    """The counters to start from: fresh, or those of the checkpoint `resume_from_checkpoint`
-    names, with the data position carried over to this run's number of processes and batch.
-    Every process must resolve the same checkpoint (with `save_on_each_node`, each reads its
-    own machine's disk)."""
-    from cpo_cli.engine.data_position import resume_position
-    from cpo_cli.engine.ranks import on_every_process, same_on_every_process
-
-    accelerator, training = run.accelerator, run.training
-    with on_every_process(accelerator):
-        resume_from = resolve_resume(training.resume_from_checkpoint, run.output_dir)
-        found = None
-        if resume_from is not None:
-            check_checkpoint_files(resume_from, accelerator)
-            found = (resume_from.name, has_optimizer_state(resume_from))
-    same_on_every_process(accelerator, found, "the checkpoint to resume from")
-    if resume_from is None:
-        return TrainerState(), None
-    with on_every_process(accelerator):
-        saved = TrainerState.from_file(resume_from / STATE_FILE)
-        assert run.shape is not None
-        position = resume_position(
-            batches_done=saved.batches_done_in_epoch,
-            saved_processes=saved.num_processes,
-            saved_batch=saved.per_device_train_batch_size,
-            saved_batches_per_epoch=saved.batches_per_epoch,
-            processes=accelerator.num_processes,
-            batch=training.per_device_train_batch_size,
-            batches_per_epoch=run.plan.batches_per_epoch,
-            sharded_state="DeepSpeed" if run.shape.mode.startswith("DeepSpeed") else None,
+        # every process reached a completed, diverged or stopped end at the same step, so the
+        # device values may be reduced; after a failure only the host-side ones are used
+        agreed = status in ("completed", "diverged", "stopped")
+        result = TrainResult(
+            output_dir=run.output_dir,
+            global_step=state.global_step,
+            metrics=last.metrics(accelerator if agreed else None, device=agreed),
+            best_checkpoint=state.best_checkpoint if training.load_best_model_at_end else None,
+            wall_time=time.perf_counter() - started,
+            skipped_steps=state.skipped_steps,
         )
-    state = load_checkpoint(accelerator, run.model, resume_from)
-    state.batches_done_in_epoch = position.batches_done_in_epoch
-    if position.change:
-        console.warn(position.change)
-    console.info(f"resumed from {resume_from} (step {state.global_step})")
-    return state, resume_from
+        try:
+            write_summary(run, _summary(result, status))
+        except OSError:
+            if status == "completed":
+                raise  # a failed run's own error matters more than its summary
+    if signals.received is not None:
+        console.warn(f"{signals.name} arrived after the last step; the run finished normally")
+    return result
 
 
-# --------------------------------------------------------------------------- the loop
+def _summary(result: TrainResult, status: str) -> dict[str, Any]:
+    """`train_results.json`: how the run ended, the last step's own values, skipped steps."""
+    return {
+        "status": status,
+        "global_step": result.global_step,
+        "skipped_steps": result.skipped_steps,
+        "wall_time_s": round(result.wall_time, 2),
+        "best_checkpoint": result.best_checkpoint,
+        "metrics": result.metrics,
+    }
 
 
-def _train_loop(run: Run, state: TrainerState, tracker: Any, progress: Any) -> dict[str, float]:
-    """The optimisation itself. Returns the last logged training metrics and evaluation."""
+def _exit_code(exc: BaseException) -> int:
+    from cpo_cli.engine.preemption import EXIT_CODES
+
+    if isinstance(exc, StopNow):
+        return EXIT_CODES.get(exc.signum, EXIT_INTERRUPTED)
+    return EXIT_INTERRUPTED
+
+
+def _train_loop(
+    run: Run,
+    state: TrainerState,
+    tracker: Any,
+    progress: Any,
+    signals: StopSignals,
+    last: LastValues,
+) -> None:
+    """The optimisation itself; `last` collects what the final summary reports."""
     import torch
 
-    from cpo_cli.engine.objective import (
-        batch_loss_and_metrics,
-        nll_step_denominator,
-        token_weighted_nll,
-    )
+    from cpo_cli.engine.objective import batch_loss_and_metrics, token_weighted_nll
 
     accelerator, model, training, plan = run.accelerator, run.model, run.training, run.plan
     schedule = Schedule(plan, training, has_eval=run.eval_loader is not None)
-    window_means = MetricMeans()  # metrics since the last log
-    last: dict[str, float] = {}
+    window_means = MetricMeans()  # metrics since the last log, the loss apart:
+    window_loss = MetricMeans()  # logging_nan_inf_filter leaves non-finite losses out of it
+    step_means = MetricMeans()  # this optimizer step's metrics, unfiltered (the summary)
+    step_loss: Any = None  # this step's summed micro-batch losses, on the device
+    streak = NonFiniteStreak(training.max_nonfinite_steps)
+    window_flops = StepFlops(model, accelerator.device.type, _precision(training))
     by_tokens = token_weighted_nll(training)
     # tokens/s counts training time only: evaluation and saving pause the clock
     window_tokens, window_seconds, tick = 0, 0.0, time.perf_counter()
 
     if schedule.eval_on_start and state.global_step == 0:
-        last.update(_evaluate(run, state, tracker, progress))
+        last.evaluation = _evaluate(run, state, tracker, progress)
 
     model.train()
     while state.global_step < plan.total_steps and state.epoch < plan.num_epochs:
@@ -391,37 +269,33 @@ def _train_loop(run: Run, state: TrainerState, tracker: Any, progress: Any) -> d
 
         tick = time.perf_counter()
         # one window = the micro-batches of one optimizer step, fetched before the first
-        # forward so that the NLL term can be weighted by the step's chosen tokens
-        for window in _step_windows(loader, plan.accumulation, batches_left):
-            nll_count = None
-            if by_tokens:
-                step_tokens = _sum_over_processes(
-                    accelerator, sum(sizes["chosen_tokens"] for _, sizes in window)
-                )
-                nll_count = nll_step_denominator(
-                    step_tokens, len(window), accelerator.num_processes
-                )
+        # forward: each micro-batch's loss counts by its share of the step's pairs, the NLL
+        # term by the step's chosen tokens (over every process)
+        for window in step_windows(loader, plan.accumulation, batches_left):
+            totals = step_totals(accelerator, window, plan.accumulation)
             for index, (batch, sizes) in enumerate(window):
                 # ---- one micro-batch: forward + backward, gradients accumulate -------------
-                syncs = index == len(window) - 1
-                with _gradient_sync(accelerator, model, syncs):
+                nll_count = totals.nll_denominator(sizes["pairs"]) if by_tokens else None
+                with gradient_sync(accelerator, model, syncs=index == len(window) - 1):
                     loss, metrics = batch_loss_and_metrics(
                         model, batch, training, nll_token_count=nll_count
                     )
-                    # accelerate divides by `accumulation`; a short window by its own size
-                    accelerator.backward(loss * (plan.accumulation / len(window)))
+                    accelerator.backward(loss * totals.weight(sizes["pairs"]))
                 state.batches_done_in_epoch += 1
                 window_tokens += sizes["tokens"]
-                # logging_nan_inf_filter: a non-finite loss is left out of the logged means
-                keep = torch.isfinite(loss.detach()) if training.logging_nan_inf_filter else None
+                window_flops.add(sizes)
+                # nothing is read back here: sums and the NaN filter stay on the device
+                loss = loss.detach()
+                step_loss = loss if step_loss is None else step_loss + loss
+                pairs = float(sizes["pairs"])
+                keep = torch.isfinite(loss) if training.logging_nan_inf_filter else None
+                window_loss.add({"loss": loss}, weight=pairs, keep=keep)
                 if by_tokens:  # nll_loss: token-weighted, like the term it reports
-                    nll = metrics.pop("nll_loss")
-                    window_means.add(
-                        {"nll_loss": nll}, weight=float(sizes["chosen_tokens"]), keep=keep
-                    )
-                window_means.add(
-                    {"loss": loss.detach(), **metrics}, weight=float(sizes["pairs"]), keep=keep
-                )
+                    nll = {"nll_loss": metrics.pop("nll_loss")}
+                    window_means.add(nll, weight=float(sizes["chosen_tokens"]))
+                    step_means.add(nll, weight=float(sizes["chosen_tokens"]))
+                window_means.add(metrics, weight=pairs)
+                step_means.add({"loss": loss, **metrics}, weight=pairs)
             if not accelerator.sync_gradients:
                 raise RuntimeError(
                     "internal error: gradient accumulation out of step with "
@@ -432,35 +306,66 @@ def _train_loop(run: Run, state: TrainerState, tracker: Any, progress: Any) -> d
             max_norm = training.max_grad_norm if training.max_grad_norm > 0 else math.inf
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
             learning_rate = run.scheduler.get_last_lr()[0]
-            run.optimizer.step()
+            # the step's one host sync: is it finite, and has a stop signal arrived?
+            check = check_step(accelerator, step_loss, grad_norm, received=signals.received)
+            # with fp16 loss scaling an overflowing gradient is the scaler's business
+            finite = check.loss_finite and (check.grad_finite or accelerator.scaler is not None)
+            if finite:
+                run.optimizer.step()
+            elif accelerator.scaler is not None:
+                accelerator.scaler.update()  # unscale_ ran in clip_grad_norm_; close the step
             run.scheduler.step()
             run.optimizer.zero_grad(set_to_none=True)
             state.global_step += 1
+            streak.update(state.global_step, finite)
+            if not finite:
+                state.skipped_steps += 1
+                progress.print(f"warning: {skipped_message(state.global_step, check, streak)}")
             epoch_float = state.epoch + state.batches_done_in_epoch / plan.batches_per_epoch
             end_of_epoch = state.batches_done_in_epoch >= plan.batches_per_epoch
             progress.advance(state.global_step)
             window_seconds += time.perf_counter() - tick
+            step_values = {"learning_rate": float(learning_rate), "epoch": round(epoch_float, 4)}
+            if check.grad_norm is not None:
+                step_values["grad_norm"] = check.grad_norm
+            last.step_means, last.step_values = step_means, step_values
+            step_means, step_loss = MetricMeans(), None
 
             # ---- log, evaluate, save: each on its own schedule ------------------------------
-            if schedule.should_log(state.global_step, end_of_epoch):
+            if schedule.should_log(state.global_step, end_of_epoch) or streak.exhausted:
                 elapsed = max(window_seconds, 1e-9)
                 logged = {
+                    **window_loss.means(accelerator),
                     **window_means.means(accelerator),
-                    "learning_rate": float(learning_rate),
-                    "grad_norm": _as_float(grad_norm),
-                    "epoch": round(epoch_float, 4),
+                    **step_values,
                     "tokens/s": _tokens_per_second(accelerator, window_tokens, elapsed),
+                    **window_flops.report(elapsed),
                 }
                 _log(run, state, tracker, progress, logged)
-                last.update(logged)
+                window_loss.reset()
                 window_means.reset()
                 window_tokens, window_seconds = 0, 0.0
-            if schedule.should_evaluate(state.global_step, end_of_epoch, epoch_float):
-                last.update(_evaluate(run, state, tracker, progress))
-            if schedule.should_save(state.global_step, end_of_epoch, state):
-                _save(run, state)
+            if streak.exhausted:
+                raise diverged_error(streak, last_good_message(run.output_dir))
+            finished = state.global_step >= plan.total_steps
+            # a stop signal: no new evaluation; the checkpoint below is what matters
+            stop = check.stop and not finished
+            if not stop and schedule.should_evaluate(state.global_step, end_of_epoch, epoch_float):
+                last.evaluation = _evaluate(run, state, tracker, progress)
+                # one process alone may look at its own flag; several agree at the next step
+                stop = accelerator.num_processes == 1 and signals.received is not None
+                stop = stop and not finished
+            if stop or schedule.should_save(state.global_step, end_of_epoch, state):
+                saved = _save(run, state, push=not stop)  # a stop has no time for uploads
+                if stop:
+                    raise stopped_error(
+                        check.stop_signal or signals.received,
+                        f"after step {state.global_step} of {plan.total_steps}",
+                        saved,
+                        resume=f"{run.command} training.resume_from_checkpoint=last",
+                    )
             tick = time.perf_counter()
-            if state.global_step >= plan.total_steps:
+            if finished:
                 break
         if state.global_step >= plan.total_steps:
             break  # done; the epoch counters stay where a resume would continue
@@ -468,52 +373,11 @@ def _train_loop(run: Run, state: TrainerState, tracker: Any, progress: Any) -> d
         state.epoch += 1
         state.batches_done_in_epoch = 0
     if schedule.evaluate_at_end(state):
-        last.update(_evaluate(run, state, tracker, progress))
-    return last
+        last.evaluation = _evaluate(run, state, tracker, progress)
 
 
-def _step_windows(
-    loader: Any, accumulation: int, batches_left: int
-) -> Iterator[list[tuple[Any, dict[str, int]]]]:
-    """The epoch's remaining micro-batches in groups of `accumulation` (the last may be
-    shorter): one group per optimizer step."""
-    batches = iter(loader)
-    while batches_left > 0:
-        window = list(itertools.islice(batches, min(accumulation, batches_left)))
-        if not window:
-            return
-        batches_left -= len(window)
-        yield window
-
-
-def _gradient_sync(accelerator: Any, model: Any, syncs: bool) -> Any:
-    """Gradients are synchronised (DDP all-reduce, FSDP reduce-scatter, DeepSpeed's optimizer
-    step) on the last micro-batch of a step only. Set here, as HF Trainer sets it, because the
-    window was fetched ahead and accelerate's own counter sees the loader's end too early."""
-    from contextlib import nullcontext
-
-    from accelerate.utils import DistributedType
-
-    accelerator.gradient_state._set_sync_gradients(syncs)
-    if syncs or accelerator.distributed_type == DistributedType.DEEPSPEED:
-        return nullcontext()  # DeepSpeed reads the flag in its backward instead
-    return accelerator.no_sync(model)
-
-
-def _sum_over_processes(accelerator: Any, value: int) -> int:
-    if accelerator.num_processes <= 1:
-        return value
-    import torch
-
-    total = accelerator.reduce(torch.tensor([value], device=accelerator.device), "sum")
-    return int(total.item())
-
-
-def _as_float(value: Any) -> float:
-    """A grad norm as a float (FSDP2 returns a replicated DTensor)."""
-    if hasattr(value, "full_tensor"):
-        value = value.full_tensor()
-    return float(value)
+def _precision(training: Any) -> str:
+    return "bf16" if training.bf16 else "fp16" if training.fp16 else "fp32"
 
 
 def _tokens_per_second(accelerator: Any, tokens: int, seconds: float) -> float:
@@ -555,18 +419,22 @@ def _evaluate(run: Run, state: TrainerState, tracker: Any, progress: Any) -> dic
         )
     )
     reshard(run.model)  # forwards without a backward
+    if run.training.generate_during_eval:  # every process generates its share
+        metrics.update(_generate(run, state, progress))
     tracker.log(metrics, state.global_step)
     state.log_history.append({"step": state.global_step, **metrics})
     progress.show_metrics(state.global_step, metrics)
     _track_best(run, state, metrics)
     state.last_eval_step = state.global_step
-    if run.training.generate_during_eval and run.accelerator.is_main_process:
-        _generate(run, state, progress)
+    if run.training.generate_during_eval:
+        _warn_on_collapse(state, tracker)
     return metrics
 
 
-def _generate(run: Run, state: TrainerState, progress: Any) -> None:
+def _generate(run: Run, state: TrainerState, progress: Any) -> dict[str, float]:
+    """Sample answers (written to eval_samples.jsonl, a few shown) and their task metrics."""
     from cpo_cli.engine.generate import generate_samples, samples_table, write_samples
+    from cpo_cli.gen_metrics import generation_metrics
 
     model = run.accelerator.unwrap_model(run.model, keep_torch_compile=False)
     samples = generate_samples(
@@ -576,8 +444,20 @@ def _generate(run: Run, state: TrainerState, progress: Any) -> None:
         run.training,
         is_encoder_decoder=run.is_encoder_decoder,
     )
-    write_samples(samples, run.output_dir / "eval_samples.jsonl", state.global_step)
-    progress.print(samples_table(samples, state.global_step))
+    claim_files(run, ["eval_samples.jsonl"])
+    if run.accelerator.is_main_process:
+        write_samples(samples, run.output_dir / "eval_samples.jsonl", state.global_step)
+        progress.print(samples_table(samples, state.global_step))
+    return generation_metrics([s.answer() for s in samples])
+
+
+def _warn_on_collapse(state: TrainerState, tracker: Any) -> None:
+    from cpo_cli.engine.collapse import collapse_warning
+
+    warning = collapse_warning(state.log_history)
+    if warning is not None:
+        console.warn(warning.message())
+        tracker.warning("collapse", warning.message(), state.global_step)
 
 
 def best_metric_name(training: TrainingConfig) -> str:
@@ -605,9 +485,10 @@ def _track_best(run: Run, state: TrainerState, metrics: dict[str, float]) -> Non
         state.best_step = state.global_step
 
 
-def _save(run: Run, state: TrainerState) -> None:
+def _save(run: Run, state: TrainerState, *, push: bool = True) -> Path:
     from cpo_cli.engine.checkpoint import PREFIX
 
+    refuse_nonfinite_weights(run, state, f"{PREFIX}{state.global_step}")
     if state.best_step == state.global_step:
         state.best_checkpoint = str(run.output_dir / f"{PREFIX}{state.global_step}")
     # the shape of this run, so that a resume elsewhere keeps the data position exact
@@ -622,77 +503,34 @@ def _save(run: Run, state: TrainerState) -> None:
         run.output_dir,
         recipe_yaml=run.recipe_yaml,
         save_only_model=run.training.save_only_model,
+        scheduler=run.scheduler,
         save_on_each_node=run.training.save_on_each_node,
     )
-    if _writes_files(run):
+    if writes_files(run):
         rotate_checkpoints(
             run.output_dir, run.training.save_total_limit, keep=state.best_checkpoint
         )
     console.info(f"saved {path}")
-    if run.training.push_to_hub and run.accelerator.is_main_process:
+    if push and run.training.push_to_hub and run.accelerator.is_main_process:
         # per hub_strategy; a failed push mid-run only warns (the checkpoint is safe on disk)
         from cpo_cli import __version__, hub
 
         hub.push_checkpoint(path, run.training, cpo_version=__version__)
+    return path
 
 
-# --------------------------------------------------------------------------- the end
+def _interrupted(run: Run, state: TrainerState, exc: BaseException) -> TrainingInterrupted:
+    from cpo_cli.engine.outdir import remove_partials
 
-
-def _finish(run: Run, state: TrainerState, last: dict[str, float]) -> dict[str, float]:
-    """Best weights back if asked, then the final model, tokenizer and recipe in output_dir."""
-    accelerator = run.accelerator
-    accelerator.wait_for_everyone()
-    if run.training.load_best_model_at_end and state.best_checkpoint:
-        load_best_weights(accelerator, run.model, Path(state.best_checkpoint))
-        console.info(
-            f"loaded the best model ({best_metric_name(run.training)}="
-            f"{state.best_metric:.4g}) from {state.best_checkpoint}"
-        )
-    model = run.model
-    if run.peft is not None and run.peft.merge_at_end:
-        model = accelerator.unwrap_model(run.model, keep_torch_compile=False).merge_and_unload()
-    # written beside the output first and moved in file by file, so an interrupt never leaves
-    # a half-written model.safetensors in output_dir
-    staging = run.output_dir / ".tmp-final"
-    save_model(
-        accelerator,
-        model,
-        run.tokenizer,
-        staging,
-        save_on_each_node=run.training.save_on_each_node,
-    )
-    if _writes_files(run):
-        (staging / "recipe.yaml").write_text(run.recipe_yaml, encoding="utf-8")
-        for file in sorted(staging.iterdir()):
-            os.replace(file, run.output_dir / file.name)
-        staging.rmdir()
-    accelerator.wait_for_everyone()
-    return ordered_metrics(last)
-
-
-def _write_summary(run: Run, result: TrainResult) -> None:
-    if not _writes_files(run):
-        return
-    summary = {
-        "global_step": result.global_step,
-        "wall_time_s": round(result.wall_time, 2),
-        "best_checkpoint": result.best_checkpoint,
-        "metrics": result.metrics,
-    }
-    (run.output_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2), encoding="utf-8")
-
-
-def _interrupted(run: Run, state: TrainerState) -> TrainingInterrupted:
-    import shutil
-
-    if _writes_files(run) and run.output_dir.is_dir():
-        for partial in run.output_dir.glob(".tmp-*"):
-            shutil.rmtree(partial, ignore_errors=True)
+    if writes_files(run):
+        remove_partials(run.output_dir)
     last = latest_checkpoint(run.output_dir)
     where = (
         f"last complete checkpoint: {last} (resume with training.resume_from_checkpoint=last)"
         if last
         else "no checkpoint was saved"
     )
-    return TrainingInterrupted(f"training interrupted at step {state.global_step}; {where}")
+    cause = f"stopped by {exc}" if isinstance(exc, StopNow) else "training interrupted"
+    return TrainingInterrupted(
+        f"{cause} at step {state.global_step}; {where}", exit_code=_exit_code(exc)
+    )

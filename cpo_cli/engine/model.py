@@ -153,6 +153,15 @@ def build_model(
 
     if training.disable_dropout:
         disable_dropout(model)
+    from cpo_cli.engine.liger import apply_liger
+
+    liger_swiglu = apply_liger(model, training.use_liger_kernel, training.liger_kernel_config)
+    if not training.gradient_checkpointing and not liger_swiglu:
+        # (with checkpointing the whole layer is recomputed: nothing more to save; Liger's
+        # SwiGLU kernel saves its own way)
+        from cpo_cli.engine.activations import apply_mlp_activation_saving
+
+        apply_mlp_activation_saving(model, training.mlp_activation_saving)
     if training.gradient_checkpointing:
         model.config.use_cache = False
         options = training.gradient_checkpointing_kwargs

@@ -10,7 +10,8 @@ mean pair loss + cpo_alpha · NLL(chosen) + router_aux_loss_coef · router loss.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -21,7 +22,9 @@ if TYPE_CHECKING:
 
 def effective_cpo_alpha(training: TrainingConfig) -> float:
     """`cpo_alpha`, except 0 for `alphapo` (TRL's CPOConfig rewrites alphapo that way)."""
-    return 0.0 if training.loss_type == "alphapo" else float(training.cpo_alpha)
+    from cpo_cli.losses.registry import effective_cpo_alpha as for_loss
+
+    return for_loss(training.loss_type, training.cpo_alpha)
 
 
 def batch_loss_and_metrics(
@@ -29,7 +32,7 @@ def batch_loss_and_metrics(
     batch: dict[str, torch.Tensor],
     training: TrainingConfig,
     *,
-    nll_token_count: float | None = None,
+    nll_token_count: float | torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(loss to differentiate, detached scalar metrics) for one `collate_pairs` batch.
 
@@ -38,10 +41,9 @@ def batch_loss_and_metrics(
     `logits/*` are defined in `cpo_cli.engine.forward` (answer-predicting positions).
 
     The NLL term divides this batch's summed chosen-token NLL by its own chosen-token count
-    (TRL's per-micro-batch mean), or by `nll_token_count` when given: the loop passes the
-    optimizer step's count scaled so that, after accumulation and the mean over processes,
-    the term is one token-weighted mean over the whole step (`nll_step_denominator`). The
-    `nll_loss` metric is always this batch's own token mean.
+    (TRL's per-micro-batch mean), or by `nll_token_count` when given: the loop passes
+    `StepTotals.nll_denominator`, so that over the optimizer step the term is one
+    token-weighted mean. The `nll_loss` metric is always this batch's own token mean.
     """
     import torch
 
@@ -101,14 +103,34 @@ def token_weighted_nll(training: TrainingConfig) -> bool:
     return bool(training.average_tokens_across_devices) and effective_cpo_alpha(training) != 0
 
 
-def nll_step_denominator(step_chosen_tokens: int, micro_batches: int, processes: int) -> float:
-    """What each micro-batch divides its summed chosen NLL by so that the step's gradient is
-    that of Σ NLL / step_chosen_tokens.
+@dataclass(frozen=True)
+class StepTotals:
+    """One optimizer step's pairs and chosen-answer tokens: every micro-batch of its window on
+    every process (numbers, or device tensors after the all-reduce), and what the backward
+    divides each micro-batch's loss by: `accumulation` (accelerate, or DeepSpeed set to the
+    same) times `processes` (the DDP/FSDP/ZeRO gradient mean).
 
-    The loop's backward averages micro-batch losses over the `micro_batches` of the window and
-    (DDP/FSDP/ZeRO) over `processes`, so each micro-batch contributes
-    Σ_mb NLL / denominator / (micro_batches · processes); with
-    denominator = step_chosen_tokens / (micro_batches · processes) the sum over the step is
-    Σ NLL / step_chosen_tokens.
+    The step's loss is that of one batch of all its pairs:
+
+        L = Σ_pairs ℓ_pair / P + cpo_alpha · Σ_chosen tokens NLL / T   (+ router term per pair)
+
+    A micro-batch with p pairs returns mean(ℓ) + cpo_alpha · Σ NLL / `nll_denominator(p)` and
+    is scaled by `weight(p)` before the backward: its gradient share is then p / P of its pair
+    mean plus cpo_alpha · Σ NLL / T, and the pair-weighted mean of the returned losses is L.
+    Without the token weighting the NLL term stays each micro-batch's own mean, weighted like
+    the rest of its loss by p / P.
     """
-    return max(step_chosen_tokens, 1) / (micro_batches * processes)
+
+    pairs: Any
+    chosen_tokens: Any
+    accumulation: int
+    processes: int = 1
+
+    def weight(self, pairs: int) -> Any:
+        """What a micro-batch of `pairs` pairs multiplies its loss by before the backward."""
+        return self.accumulation * self.processes * pairs / self.pairs
+
+    def nll_denominator(self, pairs: int) -> Any:
+        """What a micro-batch of `pairs` pairs divides its summed chosen NLL by (token
+        weighting over the step)."""
+        return self.chosen_tokens * pairs / self.pairs

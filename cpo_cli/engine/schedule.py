@@ -3,9 +3,11 @@ out of the loop so the loop reads as the training it does."""
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cpo_cli.errors import RecipeError
 
@@ -111,3 +113,23 @@ class Schedule:
             and self.training.eval_strategy != "no"
             and state.last_eval_step != state.global_step
         )
+
+
+def step_windows(
+    loader: Iterable[tuple[Any, dict[str, int]]], accumulation: int, batches_left: int
+) -> Iterator[list[tuple[Any, dict[str, int]]]]:
+    """The epoch's remaining (batch, sizes) micro-batches in groups of `accumulation`, one group
+    per optimizer step (the last may be shorter; `batches_left`: batches still to come in this
+    epoch).
+
+    A window is fetched before its first micro-batch runs (as the HF Trainer does to count a
+    step's tokens) so that each micro-batch's loss can be weighted for the whole step
+    (`cpo_cli.engine.objective.StepTotals`): by its share of the step's pairs, and the NLL term
+    by the step's chosen tokens."""
+    iterator = iter(loader)
+    while batches_left > 0:
+        window = list(itertools.islice(iterator, min(accumulation, batches_left)))
+        if not window:
+            return
+        batches_left -= len(window)
+        yield window

@@ -23,6 +23,7 @@ BACKENDS = {name: name for name in ENGINE_TRACKERS}
 
 class Sink(Protocol):
     def log(self, metrics: dict[str, float], step: int) -> None: ...
+    def warning(self, kind: str, message: str, step: int) -> None: ...
     def close(self) -> None: ...
 
 
@@ -30,6 +31,9 @@ class NullSink:
     """Does nothing: what non-main processes and `report_to: none` get."""
 
     def log(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def warning(self, kind: str, message: str, step: int) -> None:
         pass
 
     def close(self) -> None:
@@ -50,7 +54,13 @@ class JsonlSink:
         self._file = path.open("a", encoding="utf-8")
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        record = {"step": step, **{k: _json_number(v) for k, v in metrics.items()}}
+        record = {"step": step, **{k: json_number(v) for k, v in metrics.items()}}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def warning(self, kind: str, message: str, step: int) -> None:
+        """A line of its own, `{"step", "warning": kind, "message"}`, beside the metrics."""
+        record = {"step": step, "warning": kind, "message": message}
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
 
@@ -71,7 +81,7 @@ def _lines_up_to(path: Path, step: int) -> list[str]:
     return kept
 
 
-def _json_number(value: float) -> float | str | None:
+def json_number(value: float) -> float | str | None:
     """NaN and infinities are not JSON; write them as strings a reader can still parse."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
@@ -93,6 +103,10 @@ class TensorBoardSink:
             )
         self._writer.flush()
 
+    def warning(self, kind: str, message: str, step: int) -> None:
+        self._writer.add_text(f"warnings/{kind}", message, step)
+        self._writer.flush()
+
     def close(self) -> None:
         self._writer.close()
 
@@ -105,6 +119,13 @@ class WandbSink:
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         self._run.log(metrics, step=step)
+
+    def warning(self, kind: str, message: str, step: int) -> None:
+        import wandb
+
+        self._run.alert(
+            title=f"cpo: {kind} at step {step}", text=message, level=wandb.AlertLevel.WARN
+        )
 
     def close(self) -> None:
         self._run.finish()
@@ -119,6 +140,10 @@ class Tracker:
     def log(self, metrics: dict[str, float], step: int) -> None:
         for sink in self.sinks:
             sink.log(metrics, step)
+
+    def warning(self, kind: str, message: str, step: int) -> None:
+        for sink in self.sinks:
+            sink.warning(kind, message, step)
 
     def close(self) -> None:
         for sink in self.sinks:
@@ -150,6 +175,17 @@ def check_backends(report_to: str | Sequence[str] | None) -> list[str]:
                 "or remove it from training.report_to",
             )
     return names
+
+
+def tracker_outputs(training: TrainingConfig, output_dir: Path) -> list[str]:
+    """Top-level names the trackers write into `output_dir` (recorded there as cpo's)."""
+    names = requested_backends(training.report_to)
+    out = []
+    if "tensorboard" in names and not training.logging_dir:
+        out.append("runs")
+    if "wandb" in names:
+        out.append("wandb")
+    return out
 
 
 def build_tracker(

@@ -22,6 +22,11 @@ class LossSpec:
     averages_logps: bool
     #: "module:function" of the pure loss function, imported on first use
     fn_path: str
+    #: the per-pair loss in terms of Δ = r(chosen) − r(rejected), β and γ (label smoothing off)
+    formula: str
+    #: False: the behaviour-cloning NLL term is off whatever `cpo_alpha` says (alphapo, as in
+    #: TRL's CPOConfig)
+    uses_nll: bool = True
 
 
 LOSSES: dict[str, LossSpec] = {
@@ -34,6 +39,7 @@ LOSSES: dict[str, LossSpec] = {
             ("label_smoothing",),
             False,
             "cpo_cli.losses.sigmoid:sigmoid_loss",
+            "−logσ(β·Δ)",
         ),
         LossSpec(
             "hinge",
@@ -42,6 +48,7 @@ LOSSES: dict[str, LossSpec] = {
             (),
             False,
             "cpo_cli.losses.hinge:hinge_loss",
+            "relu(1 − β·Δ)",
         ),
         LossSpec(
             "ipo",
@@ -50,6 +57,7 @@ LOSSES: dict[str, LossSpec] = {
             (),
             True,
             "cpo_cli.losses.ipo:ipo_loss",
+            "(Δ − 1/(2β))²",
         ),
         LossSpec(
             "simpo",
@@ -59,6 +67,7 @@ LOSSES: dict[str, LossSpec] = {
             ("simpo_gamma", "label_smoothing"),
             True,
             "cpo_cli.losses.simpo:simpo_loss",
+            "−logσ(β·Δ − γ)",
         ),
         LossSpec(
             "alphapo",
@@ -68,11 +77,18 @@ LOSSES: dict[str, LossSpec] = {
             ("simpo_gamma", "label_smoothing"),
             True,
             "cpo_cli.losses.simpo:simpo_loss",
+            "−logσ(β·Δ − γ)",
+            uses_nll=False,
         ),
     )
 }
 
 LOSS_NAMES: tuple[str, ...] = tuple(LOSSES)
+
+
+def effective_cpo_alpha(loss_type: str, cpo_alpha: float) -> float:
+    """The weight of the NLL term actually trained: `cpo_alpha`, or 0 for a loss without one."""
+    return float(cpo_alpha) if LOSSES[loss_type].uses_nll else 0.0
 
 
 def get_loss_fn(name: str) -> Callable[..., Any]:

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from cpo_cli.errors import RecipeError, first_line
 from cpo_cli.recipe.messages import format_validation_error
 from cpo_cli.recipe.schema import Recipe
-from cpo_cli.recipe.secrets import looks_secret, redact_text
+from cpo_cli.recipe.secrets import looks_secret, redact_text, redact_tokens
 
 # `training.beta=0.2`, `data.train.columns.prompt=question`, `training.report_to=[wandb]`
 _OVERRIDE = re.compile(r"^\+?([A-Za-z_][\w\-]*(?:\.[\w\-]+|\[\d+\])*)=(.*)$", re.S)
@@ -136,9 +136,10 @@ def _load_config(cfg: Any, overrides: Sequence[str], source: str) -> LoadedRecip
 
 
 def _shown(override: str) -> str:
-    """An override as it may be printed: `training.hub_token=***` for secret-looking keys."""
+    """An override as it may be printed: `training.hub_token=***` for secret-looking keys, and
+    token-shaped values hidden wherever they are."""
     key, sep, _ = override.partition("=")
-    return f"{key}=***" if sep and looks_secret(key.rsplit(".", 1)[-1]) else override
+    return f"{key}=***" if sep and looks_secret(key.rsplit(".", 1)[-1]) else redact_tokens(override)
 
 
 def _apply_overrides(cfg: DictConfig, overrides: Sequence[str], problems: list[str]) -> DictConfig:
@@ -162,12 +163,20 @@ def _apply_overrides(cfg: DictConfig, overrides: Sequence[str], problems: list[s
         good.append(item.lstrip("+"))
     if not good:
         return cfg
-    try:
-        merged = OmegaConf.merge(cfg, OmegaConf.from_dotlist(good))
-    except Exception as exc:
-        shown = " ".join(_shown(o) for o in good)
-        problems.append(f"overrides {shown!r} cannot be applied: {first_line(exc)}")
-        return cfg
+    merged = cfg
+    for item in good:
+        one = OmegaConf.from_dotlist([item])
+        try:
+            merged = OmegaConf.merge(merged, one)  # type: ignore[assignment]
+        except Exception as exc:
+            # a list replacing a mapping (`data.train=[...]` over one source) or the reverse
+            # cannot merge: the command line's value replaces the recipe's
+            key = item.partition("=")[0]
+            try:
+                OmegaConf.update(merged, key, OmegaConf.select(one, key), merge=False)
+            except Exception:
+                problems.append(f"override {_shown(item)!r} cannot be applied: {first_line(exc)}")
+                return cfg
     assert isinstance(merged, DictConfig)
     return merged
 

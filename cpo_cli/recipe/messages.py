@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from cpo_cli.recipe.secrets import REDACTED
+from cpo_cli.recipe.secrets import REDACTED, redact_tokens
 
 
 def _submodel(annotation: Any) -> type[BaseModel] | None:
@@ -40,13 +40,14 @@ def split_loc(
     is_key = False
     for part in loc:
         if isinstance(part, int):
-            path += f"[{part}]"
-            model = None
+            path += f"[{part}]"  # an item of a list of models is that model (data.train[1])
             continue
         if part == "[key]":
             is_key = True
             continue
         if model is not None:
+            if part == model.__name__:  # the union member tried, as in `DataSource | list[...]`
+                continue
             if part in model.model_fields:
                 owner = model
                 path = f"{path}.{part}" if path else part
@@ -82,7 +83,7 @@ def show_value(value: Any, hidden: bool = False) -> str:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
-    text = repr(value) if isinstance(value, (dict, list, str)) else str(value)
+    text = redact_tokens(repr(value) if isinstance(value, (dict, list, str)) else str(value))
     return text if len(text) <= 80 else text[:77] + "..."
 
 

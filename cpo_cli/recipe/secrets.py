@@ -1,6 +1,8 @@
-"""Secrets in recipes: `hub_token`, `push_to_hub_token`, any key that looks like a token, and any
-value taken from an environment variable whose name looks like one. They are replaced before a
-recipe is printed, logged or written, and never appear in error messages."""
+"""Secrets in recipes: `hub_token`, `push_to_hub_token`, any key that looks like a token, any
+value taken from an environment variable whose name looks like one, and any value shaped like a
+known API token (`hf_...`, `sk-...`, `ghp_...`, ...) whatever key it sits under (a mistyped
+`hub_tokn`, a token pasted into the wrong field or onto the command line). They are replaced
+before a recipe is printed, logged or written, and never appear in error messages."""
 
 from __future__ import annotations
 
@@ -13,6 +15,21 @@ REDACTED = "***"
 _SECRET_WORDS = frozenset(
     {"token", "secret", "password", "passwd", "apikey", "key", "credential", "credentials", "auth"}
 )
+
+
+#: API tokens by their shape: Hugging Face (user and org), OpenAI/Anthropic, GitHub, AWS access
+#: keys, Slack and Google. 40-hex-digit keys (wandb) are left out: git commit ids (a model's
+#: `revision`) have the same shape, and those keys are found by their key name instead.
+TOKEN_SHAPES = re.compile(
+    r"(?<![A-Za-z0-9])(?:hf_[A-Za-z0-9]{20,}|api_org_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_\-]{20,}"
+    r"|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}|(?:AKIA|ASIA)[0-9A-Z]{16}"
+    r"|xox[abposr]-[A-Za-z0-9\-]{10,}|AIza[0-9A-Za-z_\-]{35})"
+)
+
+
+def redact_tokens(text: str) -> str:
+    """`text` with every token-shaped substring replaced by `***`."""
+    return TOKEN_SHAPES.sub(REDACTED, text)
 
 
 def looks_secret(name: str) -> bool:
@@ -37,7 +54,7 @@ def _walk_redact(
             return REDACTED
         for secret in secrets:
             value = value.replace(secret, REDACTED)
-        return value
+        return redact_tokens(value)
     if path in secret_paths and value is not None:
         return REDACTED
     return value
@@ -76,7 +93,8 @@ def redact_mapping(data: Mapping[str, Any], secret_paths: Iterable[str] = ()) ->
 
 
 def redact_text(text: str, data: Mapping[str, Any], secret_paths: Iterable[str] = ()) -> str:
-    """`text` with every secret value found in `data` replaced (for error messages)."""
+    """`text` with every secret value found in `data`, and every token-shaped string, replaced
+    (for error messages)."""
     for secret in _values_at(data, secret_paths):
         text = text.replace(secret, REDACTED)
-    return text
+    return redact_tokens(text)

@@ -30,7 +30,7 @@ class FieldStatus:
 
 HONOURED: tuple[str, ...] = (
     # run, schedule, optimisation
-    "output_dir", "run_name", "num_train_epochs", "max_steps",
+    "output_dir", "overwrite_output_dir", "run_name", "num_train_epochs", "max_steps",
     "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
     "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
     "optim", "optim_args", "adafactor", "lr_scheduler_type", "lr_scheduler_kwargs",
@@ -42,6 +42,7 @@ HONOURED: tuple[str, ...] = (
     # data loading
     "dataloader_drop_last", "dataloader_num_workers", "dataloader_prefetch_factor",
     "dataloader_pin_memory", "dataloader_persistent_workers", "group_by_length",
+    "auto_find_batch_size", "use_liger_kernel", "liger_kernel_config",
     # logging, evaluation, checkpoints
     "logging_dir", "logging_strategy", "logging_first_step", "logging_steps",
     "logging_nan_inf_filter", "report_to", "disable_tqdm",
@@ -62,7 +63,8 @@ HONOURED: tuple[str, ...] = (
     "padding_value", "truncation_mode", "generate_during_eval", "is_encoder_decoder",
     "model_init_kwargs", "dataset_num_proc",
     # beyond CPOConfig
-    "alpha", "prefix_sharing", "logprob_chunk_size",
+    "alpha", "prefix_sharing", "logprob_chunk_size", "enable_jit_checkpoint",
+    "max_nonfinite_steps", "mlp_activation_saving", "max_tokens_per_batch",
 )  # fmt: skip
 
 _HF_ONLY = "an HF Trainer internal; cpo has its own loop"
@@ -84,7 +86,6 @@ NOT_APPLICABLE: dict[str, FieldStatus] = {
         "checkpoint pushes are synchronous, so every checkpoint is pushed already"
     ),
     # legacy script flags and HF Trainer internals
-    "overwrite_output_dir": _na("only example scripts read it; cpo never deletes an output_dir"),
     "do_train": _na("legacy script flag; the command (`cpo train`, `cpo eval`) decides"),
     "do_eval": _na("legacy script flag; `eval_strategy` and `cpo eval` decide"),
     "do_predict": _na("legacy script flag; cpo has no predict step"),
@@ -113,12 +114,7 @@ NOT_APPLICABLE: dict[str, FieldStatus] = {
     "include_num_input_tokens_seen": _na("not implemented as a Trainer metric in cpo"),
     "ray_scope": _na("hyperparameter search is not part of cpo"),
     "mp_parameters": _na("SageMaker model parallelism is not supported"),
-    "auto_find_batch_size": _na("not implemented: the batch size is used as given"),
     "optim_target_modules": _na("GaLore/APOLLO optimizers are not supported"),
-    "use_liger_kernel": _na(
-        "cpo computes the LM head and log-softmax in chunks itself (`logprob_chunk_size`)"
-    ),
-    "liger_kernel_config": _na("cpo computes the LM head and log-softmax in chunks itself"),
     # logging verbosity
     "log_level": _na("cpo prints its own lines; use --quiet for less output"),
     "log_level_replica": _na("only the main process prints"),

@@ -30,7 +30,15 @@ from cpo_cli.recipe.choices import (
 from cpo_cli.recipe.optim_args import parse_optim_args
 
 #: fields added beyond CPOConfig (documented as such)
-CPO_EXTENSIONS: tuple[str, ...] = ("alpha", "prefix_sharing", "logprob_chunk_size")
+CPO_EXTENSIONS: tuple[str, ...] = (
+    "alpha",
+    "prefix_sharing",
+    "logprob_chunk_size",
+    "enable_jit_checkpoint",
+    "max_nonfinite_steps",
+    "mlp_activation_saving",
+    "max_tokens_per_batch",
+)
 
 # Fields TRL typed `dict | str`: a string there is a JSON object (as on TRL's command line).
 _JSON_DICT_FIELDS = ("lr_scheduler_kwargs", "gradient_checkpointing_kwargs", "model_init_kwargs")
@@ -48,7 +56,10 @@ class TrainingConfig(BaseModel):
         "`trainer_output` in the working directory.",
     )
     overwrite_output_dir: bool = Field(
-        default=False, description="Legacy flag read only by example scripts, never by the trainer."
+        default=False,
+        description="Allow an `output_dir` that holds files cpo did not write; they are left "
+        "alone (cpo only ever replaces or deletes its own files, and refuses a folder with a "
+        "foreign file it would replace).",
     )
     do_train: bool = Field(
         default=False, description="Legacy script flag; the command chosen decides."
@@ -167,8 +178,9 @@ class TrainingConfig(BaseModel):
     )
     logging_nan_inf_filter: bool = Field(
         default=True,
-        description="Leave NaN/inf losses out of the logged running loss (the update still "
-        "happens).",
+        description="Leave NaN/inf losses out of the logged mean loss (only the loss: the other "
+        "metrics, the final summary and the NaN guard see every value; see "
+        "`max_nonfinite_steps`).",
     )
 
     # --- checkpoints ------------------------------------------------------------------------
@@ -399,10 +411,12 @@ class TrainingConfig(BaseModel):
     push_to_hub: bool = Field(
         default=False, description="Upload the model to the Hugging Face Hub (see `hub_strategy`)."
     )
-    resume_from_checkpoint: str | None = Field(
+    resume_from_checkpoint: bool | str | None = Field(
         default=None,
-        description="Resume from this checkpoint folder; `last`: the latest checkpoint in "
-        "`output_dir`.",
+        description="Resume from a checkpoint: a `checkpoint-N` folder cpo wrote; `true` or "
+        "`last`: the newest good one in `output_dir` (damaged or foreign ones are passed over "
+        "with a warning; none is an error); `auto`: the same, or start afresh when there is "
+        "none (for requeue scripts). None/false: start afresh.",
     )
     hub_model_id: str | None = Field(
         default=None,
@@ -459,7 +473,10 @@ class TrainingConfig(BaseModel):
     )
     mp_parameters: str = Field(default="", description="SageMaker model-parallel parameters.")
     auto_find_batch_size: bool = Field(
-        default=False, description="Halve the batch size on out-of-memory errors and retry."
+        default=False,
+        description="On an out-of-memory error, halve `per_device_train_batch_size` (and "
+        "`max_tokens_per_batch`), double `gradient_accumulation_steps` (same effective batch) "
+        "and start the run again.",
     )
     full_determinism: bool = Field(
         default=False,
@@ -509,9 +526,17 @@ class TrainingConfig(BaseModel):
     eval_on_start: bool = Field(
         default=False, description="Evaluate once before the first training step."
     )
-    use_liger_kernel: bool | None = Field(default=False, description="Use Liger kernels.")
+    use_liger_kernel: bool | None = Field(
+        default=False,
+        description="Apply Liger-Kernel's Triton kernels to the model's layers (RMSNorm, "
+        "SwiGLU, RoPE) through `apply_liger_kernel_to_<model_type>`; needs the liger-kernel "
+        "package and a GPU. Its loss kernels stay off: cpo's chunked LM head computes the "
+        "log-probs.",
+    )
     liger_kernel_config: dict[str, bool] | None = Field(
-        default=None, description="Which Liger kernels to apply."
+        default=None,
+        description="Arguments of `apply_liger_kernel_to_<model_type>`, e.g. `{rope: true, "
+        "rms_norm: true, swiglu: false}`.",
     )
     eval_use_gather_object: bool | None = Field(
         default=False, description="Gather nested Python objects across devices in evaluation."
@@ -606,12 +631,49 @@ class TrainingConfig(BaseModel):
         description="cpo extension: run each prompt once per pair and attend both answers to "
         "it (same log-probabilities as the plain path, less compute).",
     )
+    enable_jit_checkpoint: bool = Field(
+        default=True,
+        description="cpo extension (TRL 1.16's name): on SIGTERM or SIGUSR1, finish the "
+        "current optimizer step, save a checkpoint and exit 143 (SIGTERM) or 138 (SIGUSR1); a "
+        "second signal stops at once. False: the first signal stops at once (finished "
+        "checkpoints are kept). TRL's default is false; cpo's is true.",
+    )
+    max_nonfinite_steps: int = Field(
+        default=3,
+        ge=1,
+        description="cpo extension: an optimizer step whose loss or gradient norm is NaN/inf "
+        "is skipped (no update); after this many in a row the run stops (exit 4), keeping the "
+        "last good checkpoint. Non-finite weights are never saved.",
+    )
     logprob_chunk_size: int = Field(
         default=256,
         ge=1,
         description="cpo extension: answer positions per chunk when computing the LM head "
         "and log-softmax (bounds logits memory: chunk x vocab x 4 bytes; 256 measured best "
         "for memory at no speed cost on a 49k vocabulary).",
+    )
+
+    mlp_activation_saving: Literal["model", "gate_up", "input"] = Field(
+        default="input",
+        description="cpo extension: what each SwiGLU MLP keeps for the backward pass when "
+        "`gradient_checkpointing` is off (exact in every case). `model`: the model's own MLP "
+        "(gate, up, silu(gate) and their product: 4 x intermediate size per token); `gate_up`: "
+        "a fused SwiGLU keeps gate and up only and recomputes the rest elementwise (about a "
+        "quarter less layer memory, no extra matmul); `input`: selective activation "
+        "checkpointing keeps only the MLP's input and runs the MLP again in the backward "
+        "(about half the layer memory, one more MLP forward per step).",
+    )
+    max_tokens_per_batch: int | None = Field(
+        default=None,
+        ge=1,
+        description="cpo extension: build training micro-batches by a token budget instead of "
+        "a pair count: pairs are grouped by length and added to a micro-batch while the tokens "
+        "it puts through the model (padding included for padded layouts) stay within this "
+        "budget; `per_device_train_batch_size` then only caps the pairs per micro-batch. The "
+        "longest micro-batch runs first (an out-of-memory error shows at step 1). The loss of "
+        "a micro-batch is weighted by its share of the optimizer step's pairs, so an "
+        "optimizer step equals one batch of all its pairs. None: batches of "
+        "`per_device_train_batch_size` pairs.",
     )
 
     @field_validator("eval_strategy", "logging_strategy", "save_strategy", mode="before")

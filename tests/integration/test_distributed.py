@@ -244,7 +244,7 @@ def test_an_error_on_rank_1_reaches_the_user(
     assert done.exit_code == 1
     errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     assert errors == [
-        f"error: [rank 1 on {socket.gethostname()}] dataset file not found: "
+        f"error: [rank 1 on {socket.gethostname()}] data.train: dataset file not found: "
         f"{tmp_path / 'rank1' / 'train.jsonl'}"
     ]
     # no traceback from cpo's processes (torchrun's own report of the failed job follows)

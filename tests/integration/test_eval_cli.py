@@ -5,19 +5,30 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import TINY_RUN, Result, write_recipe
+from support import TINY_RUN, Result, cpo_process, write_recipe
 
 from cpo_cli.errors import EXIT_GATE_FAILED, EXIT_USAGE
 from cpo_cli.evaluation import EVAL_METRICS, NUM_PAIRS
+from cpo_cli.gen_metrics import GENERATION_METRICS
 
 pytestmark = pytest.mark.usefixtures("private_cache")  # prepared pairs stay out of ~/.cache
 
 EVAL_ROWS = 12
+SAMPLE_FIELDS = {
+    "prompt",
+    "generation",
+    "chosen",
+    "rejected",
+    "tokens",
+    "finished",
+    "answer_correct",
+}
 
 
 #: the run trained before `cpo eval` scores its output (the engine's final evaluation is what
@@ -179,10 +190,23 @@ def test_generations_file_and_reference_metrics(
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in gens.read_text().splitlines()]
     assert len(lines) == 3
-    assert all(set(row) == {"prompt", "generation", "chosen", "rejected"} for row in lines)
+    assert all(set(row) == SAMPLE_FIELDS for row in lines)
     assert all(row["prompt"] and row["chosen"] for row in lines)
+    assert all(0 <= row["tokens"] <= 4 for row in lines)
     report = json.loads(result.stdout)
     assert 0 <= report["metrics"]["eval_chrf"] <= 100 and "eval_bleu" in report["metrics"]
+    measured = report["metrics"]
+    assert {m for m in GENERATION_METRICS if m in measured} >= {
+        "eval_gen/length",
+        "eval_gen/length_ratio",
+        "eval_gen/truncated",
+        "eval_gen/num_samples",
+    }
+    assert measured["eval_gen/num_samples"] == 3
+    # the metrics are those of the written samples
+    assert measured["eval_gen/length"] == pytest.approx(sum(r["tokens"] for r in lines) / 3)
+    unfinished = sum(not r["finished"] for r in lines)
+    assert measured["eval_gen/truncated"] == pytest.approx(unfinished / 3)
     assert report["generations"] == str(gens)
 
     again = tmp_path / "again.jsonl"
@@ -227,6 +251,22 @@ def test_dataset_flag_and_usage_errors(
     assert no_dataset.exit_code == EXIT_USAGE and "--dataset" in no_dataset.output
     not_model = cli("eval", str(recipe), "--model", str(recipe.parent))
     assert not_model.exit_code == EXIT_USAGE and "not a model folder" in not_model.output
+
+
+def test_a_list_of_eval_sources(
+    cli: Callable[..., Result], trained: tuple[Path, Path, dict], demo_data_dir: Path
+) -> None:
+    """`data.eval` as a list (a mixture): the same list `cpo train` accepts."""
+    recipe, out, _ = trained
+    conv = demo_data_dir / "demo_eval_conversational.jsonl"
+    plain = demo_data_dir / "demo_eval.jsonl"
+    result = cli(
+        "eval", str(recipe), "--model", str(out), "--json", "-",
+        f"data.eval=[{{path: {plain}, max_rows: 3}}, {{path: {conv}, max_rows: 2}}]",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["num_pairs"] == 5 and report["dataset"] == f"{plain}, {conv}"
 
 
 def test_lora_adapters_equal_the_training_loops_evaluation(
@@ -286,3 +326,105 @@ def test_encoder_decoder_with_compare_generations(
     assert all(v == 0 for v in report["compare"]["difference"].values())  # same model twice
     rows = [json.loads(line) for line in gens.read_text().splitlines()]
     assert len(rows) == 2 and all(r["compare_generation"] == r["generation"] for r in rows)
+
+
+def test_reward_model_judges_generations_chosen_answers_and_the_compared_model(
+    cli: Callable[..., Result],
+    trained: tuple[Path, Path, dict],
+    tiny_model_dir: Path,
+    tiny_reward_model_dir: Path,
+    tmp_path: Path,
+) -> None:
+    from cpo_cli import judge as jd
+
+    recipe, out, _ = trained
+    gens = tmp_path / "judged.jsonl"
+    args = [
+        "eval",
+        str(recipe),
+        "--model",
+        str(out),
+        "--compare",
+        str(tiny_model_dir),
+        "--generate",
+        "4",
+        "--max-new-tokens",
+        "6",
+        "--reward-model",
+        str(tiny_reward_model_dir),
+        "--generations-out",
+        str(gens),
+        "--json",
+        "-",
+    ]
+    result = cli(*args, "--fail-under", "reward/win_rate_vs_chosen=0")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    rows = [json.loads(line) for line in gens.read_text().splitlines()]
+    assert len(rows) == 4
+    assert set(rows[0]) == {
+        *SAMPLE_FIELDS,
+        "compare_generation",
+        "compare_tokens",
+        "compare_finished",
+        "compare_answer_correct",
+        "reward",
+        "chosen_reward",
+        "compare_reward",
+    }
+    # the metrics are the judge's rewards of the written rows, recomputed by hand
+    mine, theirs = report["metrics"], report["compare"]["metrics"]
+    rewards = [r["reward"] for r in rows]
+    chosen = [r["chosen_reward"] for r in rows]
+    compared = [r["compare_reward"] for r in rows]
+    assert mine[jd.REWARD_MEAN] == pytest.approx(sum(rewards) / 4)
+    assert mine[jd.REWARD_CHOSEN_MEAN] == pytest.approx(sum(chosen) / 4)
+    assert mine[jd.WIN_RATE_VS_CHOSEN] == pytest.approx(jd.win_rate(rewards, chosen))
+    assert mine[jd.WIN_RATE_VS_COMPARE] == pytest.approx(jd.win_rate(rewards, compared))
+    assert theirs[jd.REWARD_MEAN] == pytest.approx(sum(compared) / 4)
+    assert jd.WIN_RATE_VS_COMPARE not in theirs
+    # a judge loaded on its own gives the same reward for the same text
+    judge = jd.load_reward_model(str(tiny_reward_model_dir))
+    again = jd.score(judge, [rows[0]["prompt"]], [rows[0]["generation"]], batch_size=1)
+    assert again[0] == pytest.approx(rows[0]["reward"], abs=1e-5)
+
+    failing = cli(*args, "--fail-under", "eval_reward/win_rate_vs_chosen=1.01")
+    assert failing.exit_code == EXIT_GATE_FAILED
+    assert "eval_reward/win_rate_vs_chosen" in failing.output
+
+    no_generate = cli("eval", str(recipe), "--reward-model", str(tiny_reward_model_dir))
+    assert no_generate.exit_code == EXIT_USAGE and "--reward-model needs --generate" in (
+        no_generate.output
+    )
+
+
+@pytest.mark.distributed
+def test_generation_shared_out_across_two_processes(
+    trained: tuple[Path, Path, dict], tmp_path: Path
+) -> None:
+    """5 prompts over 2 processes (3 + 2, the short share padded): the answers, gathered back
+    in order, are those of one process, written once."""
+    recipe, out, _ = trained
+    written = {}
+    for processes in (1, 2):
+        path = tmp_path / f"generations{processes}.jsonl"
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+        done = cpo_process(
+            "eval",
+            str(recipe),
+            "--model",
+            str(out),
+            "--generate",
+            "5",
+            "--max-new-tokens",
+            "6",
+            "--generations-out",
+            str(path),
+            "--json",
+            str(tmp_path / f"report{processes}.json"),
+            launcher=launcher if processes == 2 else None,
+        )
+        assert done.exit_code == 0, done.stderr[-3000:]
+        written[processes] = path.read_text(encoding="utf-8")
+    assert len(written[1].splitlines()) == 5
+    assert written[2] == written[1]

@@ -7,18 +7,22 @@ import math
 
 import pytest
 
+from cpo_cli.engine.generate import Sample
 from cpo_cli.errors import EXIT_GATE_FAILED, EXIT_USAGE, GateFailedError, UsageError
 from cpo_cli.evaluation import (
     EVAL_METRICS,
     NUM_PAIRS,
     check_gates,
     difference,
+    gateable_metrics,
     parse_gates,
     raise_on_failed_gates,
     reference_metrics,
     report_json,
     sample_rows,
 )
+from cpo_cli.gen_metrics import GENERATION_METRICS
+from cpo_cli.judge import REWARD_METRICS
 
 METRICS = {"eval_loss": 0.7, "eval_rewards/accuracies": 0.55, NUM_PAIRS: 60.0}
 
@@ -99,12 +103,34 @@ def test_sample_rows_is_seeded_and_bounded() -> None:
     assert picked == sample_rows(100, 4, seed=3)
 
 
+def _sample(generation: str, chosen: str) -> Sample:
+    return Sample("p", generation, chosen, "r", tokens=1, finished=True, answer_correct=None)
+
+
 def test_reference_metrics_perfect_and_poor() -> None:
-    perfect = [{"generation": "le chat noir dort", "chosen": "le chat noir dort"}] * 2
+    perfect = [_sample("le chat noir dort", "le chat noir dort")] * 2
     scores = reference_metrics(perfect)
     assert scores["eval_bleu"] == pytest.approx(100.0) and scores["eval_chrf"] == pytest.approx(100)
-    poor = reference_metrics([{"generation": "xyz", "chosen": "le chat noir dort"}])
+    poor = reference_metrics([_sample("xyz", "le chat noir dort")])
     assert poor["eval_bleu"] < 5 and poor["eval_chrf"] < 20
+
+
+def test_generation_and_judge_metrics_are_gateable_only_when_measured() -> None:
+    plain = gateable_metrics()
+    assert "eval_gen/answer_accuracy" not in plain
+    generated = gateable_metrics(generate=True)
+    assert set(GENERATION_METRICS) <= set(generated)
+    assert not set(REWARD_METRICS) & set(generated)
+    judged = gateable_metrics(generate=True, reward_model=True)
+    assert "eval_reward/win_rate_vs_chosen" in judged
+    assert "eval_reward/win_rate_vs_compare" not in judged
+    assert "eval_reward/win_rate_vs_compare" in gateable_metrics(
+        generate=True, reward_model=True, compare=True
+    )
+    gates = parse_gates(["gen/answer_accuracy=0.5"], ["gen/length_ratio=2"], valid=generated)
+    assert [g.metric for g in gates] == ["eval_gen/answer_accuracy", "eval_gen/length_ratio"]
+    with pytest.raises(UsageError, match="unknown metric 'gen/answer_accuracy'"):
+        parse_gates(["gen/answer_accuracy=0.5"], [], valid=plain)
 
 
 def test_reference_metrics_without_sacrebleu(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -114,4 +140,4 @@ def test_reference_metrics_without_sacrebleu(monkeypatch: pytest.MonkeyPatch) ->
 
     monkeypatch.setitem(sys.modules, "sacrebleu", None)  # import now raises ImportError
     with pytest.raises(DependencyMissingError, match="needs the sacrebleu package"):
-        reference_metrics([{"generation": "a", "chosen": "a"}])
+        reference_metrics([_sample("a", "a")])

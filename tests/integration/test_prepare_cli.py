@@ -124,3 +124,83 @@ def test_cpo_train_reads_the_prepared_folder_and_refuses_other_lengths(
     done = cpo_process("train", str(recipe), "training.max_length=256")
     assert done.exit_code == 1
     assert "max_length: prepared with 128, this run uses 256" in done.output
+
+
+# ---- published layouts through the real CLI ---------------------------------------------------
+
+
+def test_prepare_help_lists_every_format_and_canonical_name(cli: Cli) -> None:
+    from cpo_cli.format_names import CANONICAL_COLUMNS, RAW_DATA_FORMATS
+
+    done = cli("prepare", "--help")
+    assert done.exit_code == 0
+    for name in (*RAW_DATA_FORMATS, *CANONICAL_COLUMNS):
+        assert f"  {name} " in done.output, name
+
+
+def test_published_layouts_through_the_cli(cli: Cli, tiny_model_dir: Path, tmp_path: Path) -> None:
+    from published import alma_r, helpsteer3, hh_rlhf, write_jsonl, write_parquet, write_readme
+
+    hh = write_jsonl(tmp_path / "hh-rlhf" / "helpful-base" / "train.jsonl.gz", hh_rlhf())
+    done = cli(
+        "prepare", "--dataset", str(hh), "--output", str(tmp_path / "p1"),
+        "--tokenizer", str(tiny_model_dir),
+    )  # fmt: skip
+    assert done.exit_code == 0 and "prepared 2 pairs" in done.output, done.output
+    hs = tmp_path / "HelpSteer3"
+    write_jsonl(hs / "preference" / "train.jsonl.gz", helpsteer3())
+    write_readme(hs, {"preference": {"train": "preference/train.jsonl.gz"}})
+    done = cli(
+        "prepare", "--dataset", str(hs), "--output", str(tmp_path / "p2"),
+        "--tokenizer", str(tiny_model_dir),
+    )  # fmt: skip
+    assert done.exit_code == 0, done.output
+    assert "prepared 2 pairs" in done.output and "tie: 1" in done.output
+    alma = write_parquet(tmp_path / "alma" / "de-en" / "train-00000-of-00001.parquet", alma_r())
+    done = cli(
+        "prepare", "--dataset", str(alma), "--output", str(tmp_path / "p3"),
+        "--tokenizer", str(tiny_model_dir), "--format", "alma_r",
+        "--directions", "de-en,en-de", "--scorer", "kiwi_xcomet",
+    )  # fmt: skip
+    assert done.exit_code == 0 and "prepared 5 pairs" in done.output, done.output
+
+
+def test_two_datasets_are_a_mixture_with_per_source_counts(
+    cli: Cli, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    report = tmp_path / "report.json"
+    done = cli(
+        "prepare", "--dataset", str(DEMO_DATA_DIR / "demo_eval.jsonl"),
+        "--dataset", str(DEMO_DATA_DIR / "demo_messy.jsonl"),
+        "--output", str(tmp_path / "p"), "--tokenizer", str(tiny_model_dir), "--json", str(report),
+    )  # fmt: skip
+    assert done.exit_code == 0, done.output
+    assert "prepared 63 pairs" in done.output
+    data = json.loads(report.read_text())
+    assert [(s["rows_in"], s["rows_kept"]) for s in data["sources"]] == [(60, 60), (15, 3)]
+    assert [p["source"] for p in data["parts"]] == [
+        str(DEMO_DATA_DIR / "demo_eval.jsonl"),
+        str(DEMO_DATA_DIR / "demo_messy.jsonl"),
+    ]
+
+
+def test_bad_data_is_never_a_traceback(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import os
+
+    noise = tmp_path / "noise.jsonl.gz"
+    noise.write_bytes(os.urandom(2048))
+    dropped = tmp_path / "dropped.jsonl"
+    dropped.write_text('{"question": "q", "answer": "a"}\n' * 3)
+    latin1 = tmp_path / "latin1.json"
+    latin1.write_bytes(b'[{"prompt": "caf\xe9", "chosen": "a", "rejected": "b"}]')
+    for path, expected in (
+        (noise, "noise.jsonl.gz: cannot read gzip data"),
+        (dropped, "cannot tell the preference format from the columns question, answer"),
+        (latin1, "latin1.json:1: bytes that are not UTF-8 text"),
+    ):
+        done = cpo_process(
+            "prepare", "--dataset", str(path), "--output", str(tmp_path / "p"),
+            "--tokenizer", str(tiny_model_dir),
+        )  # fmt: skip
+        assert done.exit_code == 1 and "Traceback" not in done.output, done.output
+        assert expected in done.output and "hint:" in done.output, done.output

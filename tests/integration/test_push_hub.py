@@ -10,6 +10,7 @@ import hashlib
 import json
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -278,6 +279,8 @@ def checkpoint(output_dir: Path) -> Path:
     (ckpt / "config.json").write_text("{}")
     (ckpt / "model.safetensors").write_bytes(b"w" * 64)
     (ckpt / "trainer_state.json").write_text("{}")
+    (ckpt / "scheduler.json").write_text("{}")
+    (ckpt / "cpo_manifest.json").write_text("{}")
     (ckpt / "recipe.yaml").write_text(f"training:\n  hub_token: {TOKEN}\n")
     (ckpt / "accelerate").mkdir()
     (ckpt / "accelerate" / "optimizer.bin").write_bytes(b"o" * 10)
@@ -306,6 +309,7 @@ def test_push_checkpoint_follows_hub_strategy(
     paths = committed_paths(fake_hub)
     assert {"config.json", "model.safetensors", "recipe.yaml", "README.md"} <= paths
     assert "trainer_state.json" not in paths and "optimizer.bin" not in paths
+    assert "scheduler.json" not in paths and "cpo_manifest.json" not in paths
     assert extra <= paths
     nested = {p.split("/")[0] for p in paths if "/" in p}
     assert nested == {e.split("/")[0] for e in extra}  # only the strategy's checkpoint folder
@@ -364,3 +368,221 @@ def test_cli_without_token_fails_before_listing(
         "error: no Hugging Face token: cannot push",
         "hint: pass --token, set HF_TOKEN, set training.hub_token, or run `hf auth login`",
     ]
+
+
+# ----------------------------------------------------------------------------- trained folders
+
+
+@dataclass
+class TrainedRuns:
+    """Tiny runs trained for real, under a user-like folder of the session's temporary root
+    (`base`, which also holds the tiny model and the prepared-data cache): the data files, the
+    recipes and the outputs."""
+
+    base: Path
+    root: Path
+    full: Path
+    lora: Path
+    recipe: Path
+
+
+def _train_tiny(model_dir: Path, home: Path, name: str, *, peft: dict[str, Any] | None) -> Path:
+    import shutil
+
+    from support import write_recipe
+
+    from cpo_cli.assets import DEMO_DATA_DIR
+    from cpo_cli.engine.loop import train
+    from cpo_cli.recipe import load_recipe
+
+    data = home / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    for file in ("demo_train.jsonl", "demo_eval.jsonl"):
+        shutil.copy(DEMO_DATA_DIR / file, data / file)
+    out = home / "runs" / name
+    recipe = write_recipe(
+        home / f"{name}.yaml",
+        model_dir,
+        train=data / "demo_train.jsonl",
+        eval=data / "demo_eval.jsonl",
+        out=out,
+        train_rows=16,
+        eval_rows=8,
+        peft=peft,
+        max_steps=2,
+        per_device_train_batch_size=4,
+        learning_rate=3e-2,
+        max_length=128,
+        max_prompt_length=64,
+        eval_strategy="steps",
+        eval_steps=2,
+        save_strategy="steps",
+        save_steps=2,
+        load_best_model_at_end=True,
+        report_to="none",
+        disable_tqdm=True,
+        hub_strategy="all_checkpoints",
+        hub_token=TOKEN,
+    )
+    train(load_recipe(recipe), show_progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, private_cache: Path
+) -> TrainedRuns:
+    root = tmp_path_factory.mktemp("publish")
+    home = root / "home" / "alice"
+    lora = {"r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+    full = _train_tiny(tiny_model_dir, home, "full", peft=None)
+    adapter = _train_tiny(tiny_model_dir, home, "lora", peft=lora)
+    base = tmp_path_factory.getbasetemp()
+    return TrainedRuns(base, root, full, adapter, home / "full.yaml")
+
+
+def uploaded_files(hub: FakeHub) -> dict[str, bytes]:
+    """Every file of the last commit, as the Hub received it."""
+    return {
+        ln["value"]["path"]: base64.b64decode(ln["value"]["content"])
+        for ln in hub.commit_lines()
+        if ln["key"] == "file"
+    }
+
+
+def local_paths_in(data: bytes, runs: TrainedRuns) -> list[str]:
+    """This machine's folders in `data`: the session's temporary root (model, data, runs,
+    cache), the home folder and the working folder."""
+    import os
+
+    paths = {
+        str(runs.base),
+        str(runs.base.resolve()),
+        str(Path.home()) + os.sep,
+        str(Path.cwd()) + os.sep,
+    }
+    return [p for p in paths if p.encode() in data]
+
+
+def test_dry_run_card_of_a_trained_folder_validates_and_holds_the_model_index(
+    trained: TrainedRuns, cli: Callable[..., Result]
+) -> None:
+    from huggingface_hub import ModelCard
+
+    card_file = trained.root / "card.md"
+    code, out, err = cli(
+        "push",
+        str(trained.full),
+        "--repo-id",
+        "alice/tiny",
+        "--dry-run",
+        "--card",
+        str(card_file),
+    )
+    assert code == 0, err
+    card = ModelCard(card_file.read_text(encoding="utf-8"))  # huggingface_hub's own parsing
+    results = {r.metric_name: r for r in card.data.eval_results}
+    final_eval = [
+        json.loads(line)
+        for line in (trained.full / "metrics.jsonl").read_text().splitlines()
+        if "eval_loss" in line
+    ][-1]
+    assert card.data.model_name == "tiny" and "eval_rewards/accuracies" in results
+    accuracy = results["eval_rewards/accuracies"]
+    assert accuracy.metric_value == pytest.approx(final_eval["eval_rewards/accuracies"], rel=1e-5)
+    assert accuracy.dataset_name == "demo_eval.jsonl (local)" and accuracy.task_type == (
+        "text-generation"
+    )
+    assert card.data.library_name == "transformers" and "cpo" in card.data.tags
+    assert str(trained.root) not in out + err  # neither the table nor the printed card
+
+
+def test_no_local_path_in_any_uploaded_byte(
+    trained: TrainedRuns, fake_hub: FakeHub, cli: Callable[..., Result]
+) -> None:
+    """A full run (with a `cpo eval --json` report in it) and a LoRA run, merged and not,
+    pushed with every checkpoint: no byte the Hub receives names this machine's folders."""
+    before = {run: folder_digest(run) for run in (trained.full, trained.lora)}
+    report = trained.root / "eval.json"
+    code, _, err = cli(
+        "eval", str(trained.recipe), "--model", str(trained.full), "--json", str(report)
+    )
+    assert code == 0, err
+    pushes = [
+        (trained.full, ["--eval-json", str(report)]),
+        (trained.lora, []),
+        (trained.lora, ["--merge"]),
+    ]
+    for folder, extra in pushes:
+        fake_hub.requests.clear()
+        code, _, err = cli("push", str(folder), "--repo-id", "alice/tiny", "--token", TOKEN, *extra)
+        assert code == 0, err
+        files = uploaded_files(fake_hub)
+        assert any(p.startswith("checkpoint-2/") for p in files)  # all_checkpoints
+        for name, data in files.items():
+            assert local_paths_in(data, trained) == [], name
+            assert TOKEN.encode() not in data, name
+        for request in fake_hub.requests:
+            assert local_paths_in(request.body, trained) == [], request.path
+        recipe = files["recipe.yaml"].decode()
+        assert "demo_train.jsonl (local)" in recipe and "name_or_path: llama (local)" in recipe
+        assert TOKEN not in recipe
+    assert {run: folder_digest(run) for run in (trained.full, trained.lora)} == before
+
+
+def test_push_merge_uploads_a_checked_merged_model(
+    trained: TrainedRuns, fake_hub: FakeHub, cli: Callable[..., Result]
+) -> None:
+    from huggingface_hub import ModelCard
+
+    code, _, err = cli(
+        "push", str(trained.lora), "--repo-id", "alice/m", "--merge", "--token", TOKEN
+    )
+    assert code == 0, err
+    files = uploaded_files(fake_hub)
+    assert "model.safetensors" in files and "merge_check.json" in files
+    assert not {"adapter_config.json", "adapter_model.safetensors"} & set(files)
+    check = json.loads(files["merge_check.json"])
+    assert check["passed"] is True and check["pairs_from"] == "data.eval"
+    assert 0 <= check["merge_max_diff"] <= check["merge_tolerance"] == 1e-3
+    card = ModelCard(files["README.md"].decode())
+    assert card.data.library_name == "transformers" and "lora" in card.data.tags
+    assert "## LoRA merge check" in card.text and f"{check['merge_max_diff']:.2g}" in card.text
+    assert "merge passed cpo's check" in card.text
+
+
+def test_push_merge_refuses_a_broken_merge_before_any_request(
+    trained: TrainedRuns,
+    fake_hub: FakeHub,
+    cli: Callable[..., Result],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from peft.tuners.lora import layer
+
+    delta = layer.Linear.get_delta_weight
+    monkeypatch.setattr(layer.Linear, "get_delta_weight", lambda s, a: 3 * delta(s, a))
+    before = folder_digest(trained.lora)
+    code, _, err = cli(
+        "push", str(trained.lora), "--repo-id", "alice/m", "--merge", "--token", TOKEN
+    )
+    assert code == 1
+    first = err.splitlines()[0]
+    assert first.startswith("error: LoRA merge refused: largest log-prob difference per answer")
+    assert "on 4 pairs of data.eval (8 answers): merged " in first
+    assert "(tolerance 0.001): beyond the tolerance" in first
+    assert fake_hub.requests == [] and folder_digest(trained.lora) == before
+
+
+def test_push_merge_needs_an_adapter_and_eval_json_must_be_of_the_folder(
+    trained: TrainedRuns, cli: Callable[..., Result]
+) -> None:
+    code, _, err = cli("push", str(trained.full), "--repo-id", "a/b", "--merge", "--dry-run")
+    assert code == 2 and "--merge: " in err and "holds no LoRA adapter" in err
+    code, _, err = cli("push", str(trained.full), "--repo-id", "a/b", "--merge-dtype", "float16")
+    assert code == 2 and "add --merge" in err
+    other = trained.root / "other.json"
+    other.write_text(json.dumps({"model": str(trained.lora), "metrics": {"eval_loss": 1.0}}))
+    code, _, err = cli(
+        "push", str(trained.full), "--repo-id", "a/b", "--dry-run", "--eval-json", str(other)
+    )
+    assert code == 2 and "holds results for 'lora (local)', not for full" in err

@@ -27,8 +27,12 @@ TRAIN_KEYS = {
     "grad_norm",
     "epoch",
     "tokens/s",
+    "tflops/s",
 }
-EVAL_KEYS = {f"eval_{k}" for k in TRAIN_KEYS - {"learning_rate", "grad_norm", "epoch", "tokens/s"}}
+EVAL_KEYS = {
+    f"eval_{k}"
+    for k in TRAIN_KEYS - {"learning_rate", "grad_norm", "epoch", "tokens/s", "tflops/s"}
+}
 
 
 pytestmark = pytest.mark.usefixtures("private_cache")  # prepared pairs stay out of ~/.cache
@@ -483,8 +487,23 @@ def test_generate_during_eval_writes_samples(
         )
     )
     samples = read_jsonl(out / "eval_samples.jsonl")
-    assert len(samples) == 4
-    assert set(samples[0]) == {"step", "prompt", "policy", "chosen"}
+    assert len(samples) == 8  # every eval pair (there are fewer than 16)
+    assert set(samples[0]) == {
+        "step",
+        "prompt",
+        "generation",
+        "chosen",
+        "rejected",
+        "tokens",
+        "finished",
+        "answer_correct",
+    }
+    assert all(0 <= s["tokens"] <= 8 for s in samples)
+    # the prompt as written, taken back out of the template; the task metrics logged with it
+    assert samples[0]["prompt"].startswith("Question: ")
+    evaluation = [r for r in read_jsonl(out / "metrics.jsonl") if "eval_loss" in r][-1]
+    assert evaluation["eval_gen/num_samples"] == 8
+    assert evaluation["eval_gen/length"] == pytest.approx(sum(s["tokens"] for s in samples) / 8)
 
 
 def test_bf16_gradient_checkpointing_and_length_grouping(
@@ -550,3 +569,93 @@ def test_torch_compile_saves_plain_weight_names_and_resumes(
         )
     )
     assert result.global_step == 3
+
+
+@pytest.mark.parametrize("cpo_alpha", [0.0, 1.0])
+def test_token_budget_micro_batches_of_different_sizes_make_one_exact_step(
+    tiny_model_dir: Path, tmp_path: Path, demo_train_path: Path, cpo_alpha: float
+) -> None:
+    """6 pairs as micro-batches of 4 and 2 (`max_tokens_per_batch` with a 4-pair cap),
+    accumulated in one window, give the step of one batch of all 6: each micro-batch's loss
+    counts by its share of the step's pairs, and the NLL term (`cpo_alpha`, token-weighted
+    over the step by default) by the step's chosen tokens."""
+    common = {"max_steps": 1, "cpo_alpha": cpo_alpha, "optim": "sgd", "learning_rate": 0.5}
+    run(
+        make_recipe(
+            tiny_model_dir,
+            tmp_path / "budget",
+            demo_train_path,
+            train_rows=6,
+            per_device_train_batch_size=4,
+            max_tokens_per_batch=100_000,
+            gradient_accumulation_steps=2,
+            **common,
+        )
+    )
+    run(
+        make_recipe(
+            tiny_model_dir,
+            tmp_path / "big",
+            demo_train_path,
+            train_rows=6,
+            per_device_train_batch_size=6,
+            **common,
+        )
+    )
+    assert max_abs_diff(weights(tmp_path / "big"), weights(tmp_path / "budget")) < 1e-5
+
+
+def test_auto_find_batch_size_halves_the_micro_batch_and_keeps_the_effective_batch(
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    demo_train_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An out-of-memory error (injected: no accelerator here) on micro-batches above 2 pairs:
+    the run starts again with 2 pairs x 2 accumulation and ends where such a run ends."""
+    import torch
+
+    from cpo_cli.engine import objective as step
+
+    real = step.batch_loss_and_metrics
+    seen: list[int] = []
+
+    def oom_above_two_pairs(model: Any, batch: Any, training: Any, **weighting: Any) -> Any:
+        pairs = int(batch["target_seqs"].max()) // 2 + 1
+        seen.append(pairs)
+        if pairs > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(model, batch, training, **weighting)
+
+    monkeypatch.setattr(step, "batch_loss_and_metrics", oom_above_two_pairs)
+    common = {"max_steps": 2, "cpo_alpha": 0.0, "optim": "sgd", "learning_rate": 0.5}
+    result = run(
+        make_recipe(
+            tiny_model_dir,
+            tmp_path / "auto",
+            demo_train_path,
+            per_device_train_batch_size=4,
+            auto_find_batch_size=True,
+            **common,
+        )
+    )
+    assert result.global_step == 2 and seen[0] == 4 and set(seen[1:]) == {2}
+    assert (
+        "per_device_train_batch_size=2 and gradient_accumulation_steps=2" in capsys.readouterr().err
+    )
+    monkeypatch.setattr(step, "batch_loss_and_metrics", real)
+    run(
+        make_recipe(
+            tiny_model_dir,
+            tmp_path / "plain",
+            demo_train_path,
+            per_device_train_batch_size=2,
+            gradient_accumulation_steps=2,
+            **common,
+        )
+    )
+    assert max_abs_diff(weights(tmp_path / "plain"), weights(tmp_path / "auto")) < 1e-6
+    with pytest.raises(torch.OutOfMemoryError):  # without the switch the error propagates
+        monkeypatch.setattr(step, "batch_loss_and_metrics", oom_above_two_pairs)
+        run(make_recipe(tiny_model_dir, tmp_path / "off", demo_train_path, **common))

@@ -29,7 +29,10 @@ from cpo_cli.metric_names import PAIR_METRICS  # noqa: E402
 from cpo_cli.recipe.training import TrainingConfig  # noqa: E402
 
 N_PAIRS = 4
-REL = 1e-5
+#: `CPO_TEST_DEVICE=cuda` runs the same comparisons on a GPU (benchmarks/device_check.sh), fp32,
+#: where kernels differ between layouts a little more than on the CPU
+DEVICE = os.environ.get("CPO_TEST_DEVICE", "cpu")
+REL = 1e-5 if DEVICE == "cpu" else 1e-4
 
 CASES: dict[str, dict[str, Any]] = {
     "sigmoid": {"loss_type": "sigmoid", "beta": 0.1},
@@ -60,7 +63,7 @@ def _trl_trainer(
     knobs = {k: v for k, v in case.items() if k != "data"}
     args = CPOConfig(
         output_dir=str(out),
-        use_cpu=True,
+        use_cpu=DEVICE == "cpu",
         bf16=False,
         report_to=[],
         max_length=512,
@@ -115,7 +118,7 @@ def _load(model_dir: Path) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(DEVICE)
     model.eval()
     return model, tokenizer
 
@@ -164,6 +167,7 @@ def _check_case(
     prepared = _prepared_rows(dataset)
     for layout in ("packed", "pair_rows"):
         batch = collate_pairs(prepared, pad_token_id=tokenizer.pad_token_id, layout=layout)
+        batch = {k: v.to(DEVICE) for k, v in batch.items()}
         with torch.no_grad():
             loss, metrics = batch_loss_and_metrics(model, batch, training)
         _close(float(loss), float(trl_loss), f"{layout} loss")
@@ -192,6 +196,7 @@ def test_gradients_match_trl(tiny: tuple[Any, Any], demo_data_dir: Path, tmp_pat
     expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
     batch = collate_pairs(_prepared_rows(dataset), pad_token_id=tokenizer.pad_token_id)
+    batch = {k: v.to(DEVICE) for k, v in batch.items()}
     loss, _ = batch_loss_and_metrics(model, batch, TrainingConfig(output_dir=str(tmp_path), **case))
     loss.backward()
     for name, grad in expected.items():

@@ -33,6 +33,33 @@ def test_demo_splits_are_disjoint_and_chosen_differs() -> None:
     assert all(r["chosen"] != r["rejected"] for r in train + evals)
 
 
+def test_quickstart_held_out_prompts_are_never_training_prompts() -> None:
+    """The quickstart's conversational files: no held-out question was trained on, and every
+    task kind has the same share of both splits (so no kind dominates the held-out numbers)."""
+
+    def questions(name: str) -> list[str]:
+        rows = _rows(DEMO_DATA_DIR / name)
+        return [m["content"] for r in rows for m in r["prompt"] if m["role"] == "user"]
+
+    train = questions("demo_train_conversational.jsonl")
+    held_out = questions("demo_eval_conversational.jsonl")
+    assert len(train) == 300 and len(held_out) == 60
+    assert len(set(held_out)) == 60
+    assert not set(train) & set(held_out)
+
+    def kind(question: str) -> str:
+        markers = (("capital", "capital"), ("French", "translation"), ("opposite", "antonym"))
+        for marker, name in (*markers, ("antonym", "antonym")):
+            if marker in question:
+                return name
+        return "sum"
+
+    for split, n in ((train, 75), (held_out, 15)):
+        counts = {k: sum(kind(q) == k for q in split) for k in ("capital", "translation", "sum")}
+        assert counts == {"capital": n, "translation": n, "sum": n}, counts
+        assert sum(kind(q) == "antonym" for q in split) == n
+
+
 def test_tiny_tokenizer_special_tokens_and_template(tiny_tokenizer) -> None:  # type: ignore[no-untyped-def]
     tok = tiny_tokenizer
     assert 1000 <= len(tok) <= 2048

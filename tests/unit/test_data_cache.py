@@ -16,7 +16,7 @@ def _entry(root: Path, name: str, source: Path, used_at: float) -> Path:
     folder = root / name
     folder.mkdir(parents=True)
     (folder / "manifest.json").write_text("{}")
-    cache.mark_used(folder, source)
+    cache.mark_used(folder, [source])
     os.utime(folder / cache.MARKER, (used_at, used_at))
     return folder
 
@@ -76,7 +76,7 @@ def test_a_read_only_cache_is_not_an_error(tmp_path: Path) -> None:
     src = tmp_path / "train.jsonl"
     src.write_text("{}\n")
     missing = tmp_path / "no-such-folder"
-    cache.mark_used(missing, src)  # cannot write the marker: housekeeping, not a failure
+    cache.mark_used(missing, [src])  # cannot write the marker: housekeeping, not a failure
 
 
 def test_one_cache_root_for_prepared_data_and_converted_models(

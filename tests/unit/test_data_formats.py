@@ -7,13 +7,10 @@ from typing import Any
 
 import pytest
 
-from cpo_cli.data.formats import (
-    RowProblem,
-    TextNormaliser,
-    detect_format,
-    parse_columns,
-    rename_columns,
-)
+from cpo_cli.data.columns import parse_columns, plan_columns
+from cpo_cli.data.formats import TextNormaliser, detect_format
+from cpo_cli.data.problems import RowProblem
+from cpo_cli.data.rows import RowOptions
 from cpo_cli.errors import DataError
 
 USER = {"role": "user", "content": "What is 2 + 2?"}
@@ -40,16 +37,13 @@ def test_parse_columns() -> None:
         parse_columns("answer=x")
 
 
-def test_rename_columns_names_missing_columns() -> None:
-    assert rename_columns(
-        ["question", "good", "rejected"], {"prompt": "question", "chosen": "good"}, "f"
-    ) == {
-        "question": "prompt",
-        "good": "chosen",
-        "rejected": "rejected",
-    }
+def test_column_plan_names_missing_columns() -> None:
+    plan = plan_columns(
+        ["question", "good", "rejected"], {"prompt": "question", "chosen": "good"}, [], "f"
+    )
+    assert plan.describe() == {"prompt": "question", "chosen": "good", "rejected": "rejected"}
     with pytest.raises(DataError, match="chosen=best") as info:
-        rename_columns(["question"], {"chosen": "best"}, "f.jsonl")
+        plan_columns(["question"], {"chosen": "best"}, [], "f.jsonl")
     assert "question" in (info.value.hint or "")
 
 
@@ -64,17 +58,18 @@ def test_rename_columns_names_missing_columns() -> None:
     ],
 )
 def test_detect_format(columns: list[str], row: dict[str, Any], expected: str) -> None:
-    assert detect_format(columns, [row], "f") == expected
+    assert detect_format(columns, [row], "f", columns) == expected
 
 
 def test_detect_format_explains_unknown_columns() -> None:
     with pytest.raises(DataError, match="cannot tell") as info:
-        detect_format(["question", "good", "bad"], [{}], "f.jsonl")
+        detect_format([], [{}], "f.jsonl", ["query", "good", "bad"])
+    assert "query, good, bad" in info.value.message
     assert "--columns" in (info.value.hint or "")
 
 
 def test_conversational_row_uses_the_chat_template(tiny_tokenizer: Any) -> None:
-    texts = TextNormaliser(tiny_tokenizer, "auto", "f")(
+    texts = TextNormaliser(tiny_tokenizer, RowOptions("auto"), "f")(
         {"prompt": [USER], "chosen": [RIGHT], "rejected": [WRONG]}
     )
     assert texts.kind == "conversational"
@@ -84,7 +79,7 @@ def test_conversational_row_uses_the_chat_template(tiny_tokenizer: Any) -> None:
 
 def test_implicit_prompt_is_the_shared_leading_turns(tiny_tokenizer: Any) -> None:
     system = {"role": "system", "content": "Be brief."}
-    texts = TextNormaliser(tiny_tokenizer, "auto", "f")(
+    texts = TextNormaliser(tiny_tokenizer, RowOptions("auto"), "f")(
         {"chosen": [system, USER, RIGHT], "rejected": [system, USER, WRONG]}
     )
     assert texts.kind == "implicit"
@@ -95,7 +90,7 @@ def test_implicit_prompt_is_the_shared_leading_turns(tiny_tokenizer: Any) -> Non
 
 def test_prompt_ending_with_an_assistant_turn_is_continued(tiny_tokenizer: Any) -> None:
     partial = {"role": "assistant", "content": "The answer is"}
-    texts = TextNormaliser(tiny_tokenizer, "auto", "f")(
+    texts = TextNormaliser(tiny_tokenizer, RowOptions("auto"), "f")(
         {"prompt": [USER, partial], "chosen": [{"role": "assistant", "content": " 4"}],
          "rejected": [{"role": "assistant", "content": " 5"}]}
     )  # fmt: skip
@@ -104,14 +99,14 @@ def test_prompt_ending_with_an_assistant_turn_is_continued(tiny_tokenizer: Any) 
 
 
 def test_string_answers_in_a_conversational_row_become_assistant_turns(tiny_tokenizer: Any) -> None:
-    texts = TextNormaliser(tiny_tokenizer, "auto", "f")(
+    texts = TextNormaliser(tiny_tokenizer, RowOptions("auto"), "f")(
         {"prompt": [USER], "chosen": "4", "rejected": "5"}
     )
     assert texts.chosen == "4<|im_end|>\n"
 
 
 def test_every_row_problem(tiny_tokenizer: Any) -> None:
-    n = TextNormaliser(tiny_tokenizer, "auto", "f")
+    n = TextNormaliser(tiny_tokenizer, RowOptions("auto"), "f")
     assert reason(n, {"prompt": "q", "rejected": "b"}) == "missing_field"
     assert reason(n, {"prompt": None, "chosen": "a", "rejected": "b"}) == "missing_field"
     assert reason(n, {"prompt": " ", "chosen": "a", "rejected": "b"}) == "empty_field"
@@ -132,13 +127,14 @@ def test_every_row_problem(tiny_tokenizer: Any) -> None:
     assert reason(n, {"chosen": [USER, RIGHT], "rejected": [other, WRONG]}) == "prompt_mismatch"
     assert reason(n, {"chosen": [USER, RIGHT], "rejected": [USER, RIGHT]}) == "identical_answers"
     assert reason(n, {"chosen": "a", "rejected": "b"}) == "missing_field"
+    assert reason(n, {"chosen": "a", "rejected": [RIGHT]}) == "missing_field"
 
 
 def test_requested_format_is_enforced(tiny_tokenizer: Any) -> None:
-    standard = TextNormaliser(tiny_tokenizer, "standard", "f")
+    standard = TextNormaliser(tiny_tokenizer, RowOptions("standard"), "f")
     row = {"prompt": [USER], "chosen": [RIGHT], "rejected": [WRONG]}
     assert reason(standard, row) == "wrong_format"
-    conversational = TextNormaliser(tiny_tokenizer, "conversational", "f")
+    conversational = TextNormaliser(tiny_tokenizer, RowOptions("conversational"), "f")
     assert reason(conversational, {"prompt": "q", "chosen": "a", "rejected": "b"}) == "wrong_format"
 
 
@@ -148,13 +144,13 @@ def test_conversational_rows_need_a_chat_template(tiny_tokenizer: Any) -> None:
     tok = copy.deepcopy(tiny_tokenizer)
     tok.chat_template = None
     with pytest.raises(DataError, match="chat template"):
-        TextNormaliser(tok, "auto", "f.jsonl")(
+        TextNormaliser(tok, RowOptions("auto"), "f.jsonl")(
             {"prompt": [USER], "chosen": [RIGHT], "rejected": [WRONG]}
         )
 
 
 def test_scored_candidates_pick_best_and_worst(tiny_tokenizer: Any) -> None:
-    n = TextNormaliser(tiny_tokenizer, "scored", "f")
+    n = TextNormaliser(tiny_tokenizer, RowOptions("scored"), "f")
     row = {"prompt": "Translate: the cat", "candidates": ["le chien", "le chat", "chat le"],
            "scores": [0.2, 0.9, 0.5]}  # fmt: skip
     texts = n(row)
@@ -171,3 +167,15 @@ def test_scored_candidates_pick_best_and_worst(tiny_tokenizer: Any) -> None:
     assert reason(n, {**row, "scores": [0.5, 0.5, 0.5]}) == "tied_scores"
     assert reason(n, {**row, "scores": [0.5, 0.5]}) == "wrong_format"
     assert reason(n, {"prompt": "p", "candidates": None, "scores": [1]}) == "missing_field"
+
+
+def test_every_format_and_canonical_name_says_what_it_means() -> None:
+    from cpo_cli.format_names import (
+        CANONICAL_COLUMNS,
+        COLUMN_MEANINGS,
+        DATA_FORMATS,
+        FORMAT_MEANINGS,
+    )
+
+    assert list(FORMAT_MEANINGS) == list(DATA_FORMATS)
+    assert list(COLUMN_MEANINGS) == list(CANONICAL_COLUMNS)

@@ -4,6 +4,7 @@ sources, strict mode, saving, the manifest check and the in-process cache."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -105,14 +106,15 @@ def test_messy_file_with_tiny_lengths_drops_the_long_row(tiny_tokenizer: Any) ->
     report = prepare_dataset(
         demo("demo_messy.jsonl"), tiny_tokenizer, training(max_length=64, max_prompt_length=64)
     ).report
-    assert report.dropped_rows["too_long"] == [12]
+    assert report.dropped_rows["no_answer_room"] == [12]
     assert report.rows_kept == 2
-    assert "too_long: 1" in "\n".join(report.drop_lines())
+    assert "no_answer_room: 1" in "\n".join(report.drop_lines())
 
 
 def test_strict_turns_drops_into_an_error(tiny_tokenizer: Any) -> None:
-    with pytest.raises(DataError, match=r"12 of 15 rows .*missing_field: 3.*rows 1, 9, 14"):
+    with pytest.raises(DataError, match=r"12 of 15 rows would be dropped") as info:
         prepare_dataset(demo("demo_messy.jsonl"), tiny_tokenizer, training(), strict=True)
+    assert re.search(r"missing_field: 3 .*rows 1, 9, 14", "\n".join(info.value.lines()))
     prepared = prepare_dataset(demo("demo_eval.jsonl"), tiny_tokenizer, training(), strict=True)
     assert prepared.report.rows_kept == 60
 
@@ -231,7 +233,7 @@ def test_save_and_load_prepared(tiny_tokenizer: Any, tmp_path: Path) -> None:
     }
     assert manifest["settings"]["max_length"] == 1024
     assert manifest["tokenizer"]["fingerprint"] and manifest["tokenizer"]["chat_template"]
-    assert manifest["source"]["identity"]["size"] > 0
+    assert len(manifest["source"]["identity"]["content"]) == 40  # a hash of the bytes
     loaded = load_prepared(out, tiny_tokenizer, training())
     assert loaded.dataset.to_dict() == prepared.dataset.to_dict()
     assert loaded.report.rows_kept == 60

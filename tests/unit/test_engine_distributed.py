@@ -19,7 +19,7 @@ from cpo_cli.engine.distributed import (
     read_launcher,
     recipe_request,
 )
-from cpo_cli.engine.objective import nll_step_denominator
+from cpo_cli.engine.objective import StepTotals
 from cpo_cli.engine.ranks import Failure, ProcessFailures, _spans, on_every_process
 from cpo_cli.errors import CheckpointError, DataError, RecipeError
 from cpo_cli.recipe import TrainingConfig
@@ -321,6 +321,20 @@ def test_deepspeed_state_cannot_change_process_count() -> None:
         )
 
 
+def test_token_budget_batches_resume_only_at_the_same_shape() -> None:
+    """With `max_tokens_per_batch` a micro-batch holds any number of pairs: the row arithmetic
+    does not hold, so another shape is refused; the same shape continues as saved."""
+    shape = {"saved_processes": 2, "saved_batch": 4, "saved_batches_per_epoch": 9}
+    with pytest.raises(CheckpointError, match="max_tokens_per_batch"):
+        resume_position(
+            batches_done=2, processes=1, batch=8, batches_per_epoch=18, token_budget=True, **shape
+        )
+    same = resume_position(
+        batches_done=2, processes=2, batch=4, batches_per_epoch=9, token_budget=True, **shape
+    )
+    assert same.batches_done_in_epoch == 2 and not same.change
+
+
 def test_old_checkpoints_without_a_shape_resume_as_before() -> None:
     kept = resume_position(
         batches_done=3,
@@ -342,9 +356,11 @@ def test_step_wide_token_weighting_by_hand() -> None:
     6, 5 | 4, 12. The step's token mean is (6+5+4+12)/(3+5+2+10) = 27/20. Each micro-batch
     divides by the denominator; the loop then averages over 2 micro-batches and 2 processes."""
     nll_sums, tokens = [6.0, 5.0, 4.0, 12.0], [3, 5, 2, 10]
-    denominator = nll_step_denominator(sum(tokens), micro_batches=2, processes=2)
+    totals = StepTotals(pairs=8.0, chosen_tokens=float(sum(tokens)), accumulation=2, processes=2)
+    denominator = totals.nll_denominator(2)  # 2 pairs in each micro-batch
     assert denominator == 5.0
-    step_value = sum(s / denominator for s in nll_sums) / (2 * 2)
+    assert totals.weight(2) == 1.0
+    step_value = sum(totals.weight(2) * s / denominator for s in nll_sums) / (2 * 2)
     assert step_value == pytest.approx(27 / 20)
     per_micro_batch_mean = sum(s / t for s, t in zip(nll_sums, tokens, strict=True)) / 4
     assert per_micro_batch_mean != pytest.approx(27 / 20)  # TRL's mean differs here

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from cpo_cli.errors import HubError
-from cpo_cli.hub import plan_push, redact_recipe_text, resolve_settings
+from cpo_cli.hub import plan_push, resolve_settings
+from cpo_cli.upload_files import redact_recipe_text
 
 
 @pytest.fixture
@@ -127,3 +128,41 @@ def test_uploads_hide_what_the_recipe_layer_hides() -> None:
     out = redact_recipe_text(text)
     assert "hf_x1" not in out and "pw-secret" not in out
     assert yaml.safe_load(out) == redact_mapping(yaml.safe_load(text))
+
+
+def test_uploaded_text_names_local_paths_by_file_name_only(tmp_path: Path) -> None:
+    import json
+
+    base = tmp_path / "models" / "llama"
+    base.mkdir(parents=True)
+    out = tmp_path / "run"
+    ckpt = out / "checkpoint-2"
+    ckpt.mkdir(parents=True)
+    (out / "recipe.yaml").write_text(
+        f"model: {{name_or_path: {base}}}\n"
+        f"data: {{train: {{path: {tmp_path / 'd' / 'train.jsonl'}}}}}\n"
+        f"training: {{output_dir: {out}, hub_strategy: all_checkpoints}}\n"
+    )
+    (out / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(base)}))
+    best = {"global_step": 2, "best_checkpoint": str(ckpt)}
+    (out / "train_results.json").write_text(json.dumps(best))
+    (out / "tokenizer.json").write_text(json.dumps({"vocab": {"/root": 5, "/tmp": 6}}))
+    (ckpt / "README.md").write_text(f"---\nbase_model: {base}\n---\n")
+    (ckpt / "trainer_state.json").write_text(json.dumps(best))
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    plan = plan_push(out, resolve_settings(out, repo_id="a/b", token="x"), cpo_version="t")
+    uploaded = {
+        f.path_in_repo: (f.content if f.content is not None else Path(f.source or "").read_bytes())
+        for f in plan.files
+    }
+    for name, data in uploaded.items():
+        assert str(tmp_path).encode() not in data, name
+    adapter = json.loads(uploaded["adapter_config.json"])
+    assert adapter == {"base_model_name_or_path": "llama (local)"}
+    assert json.loads(uploaded["train_results.json"])["best_checkpoint"] == "checkpoint-2 (local)"
+    assert b"base_model: llama (local)" in uploaded["checkpoint-2/README.md"]
+    recipe = uploaded["recipe.yaml"].decode()
+    assert "name_or_path: llama (local)" in recipe and "path: train.jsonl (local)" in recipe
+    assert uploaded["tokenizer.json"] == before[out / "tokenizer.json"]  # vocabulary untouched
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before

@@ -50,7 +50,9 @@ def test_variant_recipes_use_their_loss() -> None:
     assert loss["hinge.yaml"].loss_type == "hinge"
 
 
-def test_alma_recipe_is_scored_and_lora() -> None:
+def test_alma_recipe_reads_alma_r_preference_and_uses_lora() -> None:
     recipe = load_recipe(RECIPES / "alma_r_mt.yaml").recipe
-    assert recipe.data.train is not None and recipe.data.train.format == "scored"
+    assert isinstance(recipe.data.train, list)
+    assert {s.format for s in recipe.data.train} == {"alma_r"}
+    assert [s.subset for s in recipe.data.train] == ["cs-en", "de-en", "is-en", "ru-en", "zh-en"]
     assert recipe.peft is not None

@@ -229,3 +229,23 @@ def test_scalar_or_list_documents_are_refused(text: str) -> None:
 def test_duplicate_keys_are_refused() -> None:
     found = problems("model: {name_or_path: a}\nmodel: {name_or_path: b}\n")
     assert found == ["not valid YAML: line 2, column 1: found duplicate key model"]
+
+
+def test_a_list_of_sources_and_overrides_that_replace_the_shape() -> None:
+    text = MINIMAL + "data:\n  train: {path: a.jsonl, split: test}\n"
+    loaded = load_recipe_text(text, ["data.train=[{path: b.jsonl, weight: 2}, c.jsonl]"])
+    train = loaded.recipe.data.train
+    assert isinstance(train, list) and [(s.path, s.weight) for s in train] == [
+        ("b.jsonl", 2.0),
+        ("c.jsonl", 1.0),
+    ]
+    back = load_recipe_text(MINIMAL + "data:\n  train: [a.jsonl]\n", ["data.train={path: z}"])
+    assert back.recipe.data.train is not None and not isinstance(back.recipe.data.train, list)
+    found = problems(MINIMAL + "data:\n  train: [{path: a, weight: 0}, {path: b, spilt: x}]\n")
+    assert found == [
+        "data.train[0].weight: got 0; expected a value > 0",
+        "data.train[1].spilt: unknown key (got 'x'); did you mean 'data.train[1].split'?",
+    ]
+    assert problems(MINIMAL + "data:\n  train: []\n") == [
+        "data.train: got []; expected at least one source (or no data.train/data.eval key at all)"
+    ]

@@ -73,6 +73,26 @@ def test_optional_where_seed_is_optional(row: dict[str, str]) -> None:
 def test_extensions_defaults() -> None:
     t = TrainingConfig()
     assert (t.alpha, t.prefix_sharing, t.logprob_chunk_size) == (0.0, True, 256)
+    assert (t.enable_jit_checkpoint, t.max_nonfinite_steps) == (True, 3)
+
+
+@pytest.mark.parametrize("value", [True, False, "last", "auto", "out/checkpoint-20", None])
+def test_resume_from_checkpoint_takes_what_hf_users_write(value: object) -> None:
+    """`true` (as HF users write it), `last`, `auto`, a path; TRL 1.16's enable_jit_checkpoint."""
+    from cpo_cli.recipe import load_recipe_dict
+
+    training = {"resume_from_checkpoint": value, "enable_jit_checkpoint": False}
+    loaded = load_recipe_dict({"model": {"name_or_path": "m"}, "training": training})
+    assert loaded.recipe.training.resume_from_checkpoint == value
+
+
+def test_max_nonfinite_steps_is_at_least_one() -> None:
+    from cpo_cli.errors import RecipeError
+    from cpo_cli.recipe import load_recipe_dict
+
+    with pytest.raises(RecipeError) as caught:
+        load_recipe_dict({"model": {"name_or_path": "m"}, "training": {"max_nonfinite_steps": 0}})
+    assert caught.value.problems == ["training.max_nonfinite_steps: got 0; expected a value >= 1"]
 
 
 def test_loss_type_choices_come_from_the_registry() -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 import yaml
 from hypothesis import given, settings
@@ -91,3 +94,58 @@ def test_no_token_value_survives_redaction(secret: str) -> None:
     )
     assert token not in to_yaml(loaded)
     assert token not in str(redacted_dict(loaded))
+
+
+# Token-shaped values are hidden wherever they sit: a mistyped key, a wrong field, the command
+# line, an override without a key, or an argument click cannot place.
+SHAPED = {
+    "hf": "hf_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789",
+    "openai": "sk-proj-AbCdEfGhIjKlMnOpQrStUvWx",
+    "github": "ghp_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789",
+    "aws": "AKIAABCDEFGHIJKLMNOP",
+}
+
+
+@pytest.mark.parametrize("token", SHAPED.values(), ids=SHAPED.keys())
+def test_token_shaped_values_never_reach_an_error(token: str) -> None:
+    text = (
+        f"model: {{name_or_path: m}}\n"
+        f"training: {{hub_tokn: {token}, learning_rate: {token}, report_to: [{token}]}}\n"
+    )
+    overrides = [f"training.hub_tokn2={token}", token, f"data.train.colums.prompt={token}"]
+    with pytest.raises(RecipeError) as info:
+        load_recipe_text(text, overrides)
+    joined = "\n".join(info.value.lines())
+    assert token not in joined
+    assert "training.hub_tokn: unknown key (got '***'); did you mean 'training.hub_token'?" in (
+        joined
+    )
+    assert "training.learning_rate: got '***'; expected a number" in joined
+    assert "override '***': expected key=value" in joined
+
+
+def test_token_shaped_values_are_redacted_when_saved() -> None:
+    token = SHAPED["hf"]
+    loaded = load_recipe_text(f"model: {{name_or_path: m}}\ntraining: {{run_name: x-{token}}}\n")
+    assert loaded.recipe.training.run_name == f"x-{token}"
+    assert yaml.safe_load(to_yaml(loaded))["training"]["run_name"] == "x-***"
+
+
+def test_a_git_revision_is_not_a_token() -> None:
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    loaded = load_recipe_text(f"model: {{name_or_path: m, revision: '{revision}'}}\n")
+    assert yaml.safe_load(to_yaml(loaded))["model"]["revision"] == revision
+
+
+def test_the_cli_never_echoes_a_token(tmp_path: Path, cli: Any) -> None:
+    token = SHAPED["hf"]
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: {{name_or_path: m}}\ntraining: {{hub_tokn: {token}}}\n")
+    runs = [
+        cli("recipe", "validate", str(recipe)),
+        cli("train", str(recipe), f"training.oops={token}", token),
+        cli("push", str(tmp_path), token),  # click's own usage error
+    ]
+    assert [r.exit_code for r in runs] == [1, 1, 2]
+    assert "unexpected extra argument" in runs[2].stderr and "(***)" in runs[2].stderr
+    assert not [r for r in runs if token in r.output]

@@ -163,10 +163,10 @@ def test_empty_after_truncation_is_dropped_not_emitted(tiny_tokenizer: Any) -> N
     tok = tiny_tokenizer
     long_prompt = "Question: " + " ".join(f"w{i}" for i in range(40)) + "\nAnswer:"
     pair = one(tok, long_prompt, " yes", " no", max_length=16, max_prompt_length=16)
-    assert pair.drop == "too_long"
+    assert pair.drop == "no_answer_room"
     # no prompt limit at all: a prompt longer than max_length also leaves nothing
     pair = one(tok, long_prompt, " yes", " no", max_length=16, max_prompt_length=None)
-    assert pair.drop == "too_long"
+    assert pair.drop == "no_answer_room"
 
 
 def test_identical_token_answers_are_dropped(tiny_tokenizer: Any) -> None:
@@ -303,7 +303,7 @@ def test_differs_from_trl_where_trl_emits_an_empty_answer(
     trl = _trl_tokenize(tok, row, max_length=max_length)
     assert trl["chosen_labels"].count(-100) == len(trl["chosen_labels"])  # TRL: nothing to learn
     pair = one(tok, **row, max_length=max_length, max_prompt_length=max_length)
-    assert pair.drop == "too_long"
+    assert pair.drop == "no_answer_room"
 
 
 def test_conversational_differs_from_trl_only_by_the_doubled_end_marker(
@@ -314,12 +314,13 @@ def test_conversational_differs_from_trl_only_by_the_doubled_end_marker(
     from trl.data_utils import maybe_apply_chat_template
 
     from cpo_cli.data.formats import TextNormaliser
+    from cpo_cli.data.rows import RowOptions
 
     tok = tiny_tokenizer
     path = demo_data_dir / "demo_train_conversational.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines()[:40]]
     newline = ids(tok, "\n")
-    normalise = TextNormaliser(tok, "auto", str(path))
+    normalise = TextNormaliser(tok, RowOptions(), str(path))
     for row in rows:
         trl_text = maybe_apply_chat_template(row, tok)
         ours_text = normalise(row)
