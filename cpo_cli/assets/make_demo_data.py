@@ -109,29 +109,35 @@ ANTONYM_QUESTIONS = [
     "Name the opposite of '{w}'.",
 ]
 
-# English -> French word pairs, with a plausible wrong word for the flawed translation.
+# English -> French nouns (with their gender), each with a plausible wrong noun for the flawed
+# translation.
 WORDS = [
-    ("cat", "le chat", "le chien"),
-    ("dog", "le chien", "le chat"),
-    ("house", "la maison", "la porte"),
-    ("water", "l'eau", "le vin"),
-    ("bread", "le pain", "le lait"),
-    ("book", "le livre", "la lettre"),
-    ("sun", "le soleil", "la lune"),
-    ("moon", "la lune", "le soleil"),
-    ("tree", "l'arbre", "la fleur"),
-    ("car", "la voiture", "le train"),
-    ("apple", "la pomme", "la poire"),
-    ("city", "la ville", "le village"),
-    ("friend", "l'ami", "l'ennemi"),
-    ("sea", "la mer", "le lac"),
-    ("milk", "le lait", "le pain"),
-    ("door", "la porte", "la fenetre"),
-    ("window", "la fenetre", "la porte"),
-    ("bird", "l'oiseau", "le poisson"),
-    ("fish", "le poisson", "l'oiseau"),
-    ("school", "l'ecole", "l'eglise"),
+    ("cat", "chat", "chien"),
+    ("dog", "chien", "chat"),
+    ("house", "maison", "porte"),
+    ("water", "eau", "vin"),
+    ("bread", "pain", "lait"),
+    ("book", "livre", "lettre"),
+    ("sun", "soleil", "lune"),
+    ("moon", "lune", "soleil"),
+    ("tree", "arbre", "fleur"),
+    ("car", "voiture", "train"),
+    ("apple", "pomme", "poire"),
+    ("city", "ville", "village"),
+    ("friend", "ami", "ennemi"),
+    ("sea", "mer", "lac"),
+    ("milk", "lait", "pain"),
+    ("door", "porte", "fenêtre"),
+    ("window", "fenêtre", "porte"),
+    ("bird", "oiseau", "poisson"),
+    ("fish", "poisson", "oiseau"),
+    ("school", "école", "église"),
 ]
+FEMININE = {
+    "maison", "porte", "eau", "lettre", "lune", "fleur", "voiture", "pomme", "poire", "ville",
+    "mer", "fenêtre", "école", "église",
+}  # fmt: skip
+# English -> French adjectives (masculine, feminine), each with a plausible wrong one.
 ADJECTIVES = [
     ("red", "rouge", "bleu"),
     ("small", "petit", "grand"),
@@ -139,17 +145,44 @@ ADJECTIVES = [
     ("big", "grand", "petit"),
     ("white", "blanc", "noir"),
 ]
+FEMININE_ADJECTIVES = {
+    "rouge": "rouge",
+    "bleu": "bleue",
+    "petit": "petite",
+    "grand": "grande",
+    "vert": "verte",
+    "jaune": "jaune",
+    "blanc": "blanche",
+    "noir": "noire",
+}
+BEFORE_THE_NOUN = {"petit", "grand"}  # colours follow the noun, size adjectives precede it
+
+
+def french(noun: str, adjective: str | None = None) -> str:
+    """A French noun phrase that agrees: 'le chat', "l'eau", 'la petite maison', 'le chat rouge'."""
+    feminine = noun in FEMININE
+    if adjective is None:
+        article = "l'" if noun[0] in "aeiouéè" else ("la " if feminine else "le ")
+        return f"{article}{noun}"
+    form = FEMININE_ADJECTIVES[adjective] if feminine else adjective
+    article = "la" if feminine else "le"
+    if adjective in BEFORE_THE_NOUN:
+        return f"{article} {form} {noun}"
+    if noun[0] in "aeiouéè":
+        return f"l'{noun} {form}"
+    return f"{article} {noun} {form}"
 
 
 def arithmetic(rng: random.Random) -> Pair:
-    """A sum, difference or product: the rejected answer is off by a small amount."""
-    op = rng.choice("+-*")
+    """A sum or a product: the rejected answer is off by a small amount. (No differences: a
+    135M-parameter model cannot tell 84 - 22 = 62 from 64, so they only added noise.)"""
+    op = rng.choice("+*")
     if op == "*":
         a, b = rng.randint(2, 12), rng.randint(2, 12)
         value = a * b
     else:
         a, b = rng.randint(10, 99), rng.randint(1, 60)
-        value = a + b if op == "+" else a - b
+        value = a + b
     wrong = value + rng.choice([-10, -2, -1, 1, 2, 10])
     prompt = f"What is {a} {op} {b}?"
     return prompt, f"{a} {op} {b} = {value}.", f"{a} {op} {b} = {wrong}."
@@ -169,15 +202,17 @@ def antonym(rng: random.Random) -> Pair:
 
 
 def translation(rng: random.Random) -> Pair:
-    """'the red cat' -> 'le chat rouge'; the flawed one swaps the noun or the adjective."""
+    """'the red cat' -> 'le chat rouge'; the flawed one swaps the noun or the adjective (and
+    both agree in gender, as French requires)."""
     noun, fr_noun, fr_wrong_noun = rng.choice(WORDS)
     if rng.random() < 0.5:
         adj, fr_adj, fr_wrong_adj = rng.choice(ADJECTIVES)
         source = f"the {adj} {noun}"
-        good = f"{fr_noun} {fr_adj}"
-        bad = f"{fr_wrong_noun} {fr_adj}" if rng.random() < 0.5 else f"{fr_noun} {fr_wrong_adj}"
+        good = french(fr_noun, fr_adj)
+        wrong_noun = rng.random() < 0.5
+        bad = french(fr_wrong_noun, fr_adj) if wrong_noun else french(fr_noun, fr_wrong_adj)
     else:
-        source, good, bad = f"the {noun}", fr_noun, fr_wrong_noun
+        source, good, bad = f"the {noun}", french(fr_noun), french(fr_wrong_noun)
     return f"Translate into French: {source}", good, bad
 
 
