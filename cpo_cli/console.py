@@ -128,3 +128,33 @@ def progress(description: str) -> Iterator[Callable[[int, int], None]]:
             bar.update(task, completed=done, total=total)
 
         yield advance
+
+
+@contextmanager
+def stdout_kept_for_results(enabled: bool = True) -> Iterator[TextIO]:
+    """Keep stdout for one machine-readable result (`--json -`): while the command runs,
+    everything else written to stdout — a library's logger or print, C code writing to fd 1 —
+    goes to stderr. Yields the stream the result is written to."""
+    results = sys.stdout
+    if not enabled:
+        yield results
+        return
+    try:
+        fd: int | None = results.fileno()
+    except (AttributeError, OSError, ValueError):
+        fd = None  # not a real file (a test's capture): swapping the Python object is enough
+    saved_fd = None
+    if fd is not None:
+        results.flush()
+        saved_fd = os.dup(fd)
+        os.dup2(sys.stderr.fileno(), fd)
+        results = open(saved_fd, "w", encoding="utf-8", closefd=False)  # noqa: SIM115
+    previous, sys.stdout = sys.stdout, sys.stderr
+    try:
+        yield results
+    finally:
+        sys.stdout = previous
+        results.flush()
+        if fd is not None and saved_fd is not None:
+            os.dup2(saved_fd, fd)
+            os.close(saved_fd)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -128,118 +127,125 @@ def eval_cmd(
     to_stdout = json_path == "-"
     if to_stdout:
         console.set_quiet(True)  # stdout carries only the JSON object
-    valid = ev.gateable_metrics(
-        ev.REFERENCE_METRICS if reference_metrics else (),
-        generate=bool(generate),
-        reward_model=reward_model is not None,
-        compare=compare is not None,
-    )
-    gates = ev.parse_gates(fail_under or [], fail_over or [], valid=valid)
-    settings = None
-    if generate:
-        settings = ev.GenerationSettings(generate, max_new_tokens, temperature, top_p)
-        settings.validate()
-    elif reference_metrics or reward_model:
-        flag = "--reference-metrics" if reference_metrics else "--reward-model"
-        raise UsageError(f"{flag} needs --generate N (it measures generated answers)")
-    if reference_metrics:
-        ev.require_sacrebleu()  # fail now, before any model loads, when it is missing
-
-    loaded = _load_recipe(recipe, overrides or [])
-    for warning in loaded.warnings:
-        console.warn(warning)
-    rec = loaded.recipe
-    training = rec.training
-    source = _eval_source(rec, dataset, split, columns, data_format, max_rows)
-    from cpo_cli.recipe.schema import sources_of
-
-    source_label = ", ".join(s.path for s in sources_of(source))
-    if settings is not None:
-        settings = ev.GenerationSettings(
-            generate, max_new_tokens, temperature, top_p, training.seed
+    # with `--json -` anything else written to stdout (a library's logger: DeepSpeed's, imported
+    # by accelerate, logs to stdout) goes to stderr, so the output parses as JSON
+    with console.stdout_kept_for_results(to_stdout) as results_out:
+        valid = ev.gateable_metrics(
+            ev.REFERENCE_METRICS if reference_metrics else (),
+            generate=bool(generate),
+            reward_model=reward_model is not None,
+            compare=compare is not None,
         )
-
-    judge = None
-    if reward_model:  # first: a wrong --reward-model fails before minutes of generation
-        from cpo_cli.judge import load_reward_model
-
-        console.info(f"loading the reward model {reward_model}")
-        judge = load_reward_model(reward_model)
-    console.info(f"loading {model or rec.model.name_or_path}")
-    subject = ev.load_eval_model(rec, model)
-    console.info(f"preparing pairs from {source_label}")
-    pairs = ev.prepare_pairs(
-        source, subject.tokenizer, training, is_encoder_decoder=subject.is_encoder_decoder
-    )
-    console.info(f"scoring {len(pairs)} pairs")
-    metrics = ev.score_pairs(subject, pairs, training)
-
-    other = None
-    other_metrics: dict[str, float] | None = None
-    if compare:
-        console.info(f"loading {compare} to compare")
-        other = ev.load_eval_model(rec, compare)
-        ev.check_same_tokenizer(subject, other)
-        other_metrics = ev.score_pairs(other, pairs, training)
-
-    records: list[dict[str, Any]] = []
-    if settings is not None:
-        batch_size = int(training.per_device_eval_batch_size)
-        n = min(generate, len(pairs))
-        with console.progress(f"generating {n} answers ({label_of(model, rec)})") as bar:
-            samples = ev.generate(subject, pairs, settings, batch_size=batch_size, on_progress=bar)
-        metrics.update(ev.sample_metrics(samples))
-        theirs = None
-        if other is not None and other_metrics is not None:
-            with console.progress(f"generating {n} answers ({compare})") as bar:
-                theirs = ev.generate(other, pairs, settings, batch_size=batch_size, on_progress=bar)
-            other_metrics.update(ev.sample_metrics(theirs))
-        rewards: dict[str, list[float]] = {}
-        if judge is not None:
-            with console.progress(f"scoring with {reward_model}") as bar:
-                verdict = ev.judge_samples(
-                    judge, samples, theirs, batch_size=batch_size, on_progress=bar
-                )
-            rewards = verdict.rewards
-            metrics.update(verdict.metrics)
-            if other_metrics is not None and verdict.compare_metrics is not None:
-                other_metrics.update(verdict.compare_metrics)
+        gates = ev.parse_gates(fail_under or [], fail_over or [], valid=valid)
+        settings = None
+        if generate:
+            settings = ev.GenerationSettings(generate, max_new_tokens, temperature, top_p)
+            settings.validate()
+        elif reference_metrics or reward_model:
+            flag = "--reference-metrics" if reference_metrics else "--reward-model"
+            raise UsageError(f"{flag} needs --generate N (it measures generated answers)")
         if reference_metrics:
-            metrics.update(ev.reference_metrics(samples))
-            if other_metrics is not None and theirs is not None:
-                other_metrics.update(ev.reference_metrics(theirs))
-        records = ev.sample_records(samples, theirs, rewards)
-        if console.is_main_process():
-            ev.write_generations(records, generations_out)
+            ev.require_sacrebleu()  # fail now, before any model loads, when it is missing
 
-    results = ev.check_gates(metrics, gates)
-    label = label_of(model, rec)
-    if json_path is not None:
-        report = ev.report_json(
-            model=label,
-            dataset=source_label,
-            split=_common_split(sources_of(source)),
-            metrics=metrics,
-            compare=(compare, other_metrics) if compare and other_metrics is not None else None,
-            gates=results,
-            generations_path=generations_out if records else None,
+        loaded = _load_recipe(recipe, overrides or [])
+        for warning in loaded.warnings:
+            console.warn(warning)
+        rec = loaded.recipe
+        training = rec.training
+        source = _eval_source(rec, dataset, split, columns, data_format, max_rows)
+        from cpo_cli.recipe.schema import sources_of
+
+        source_label = ", ".join(s.path for s in sources_of(source))
+        if settings is not None:
+            settings = ev.GenerationSettings(
+                generate, max_new_tokens, temperature, top_p, training.seed
+            )
+
+        judge = None
+        if reward_model:  # first: a wrong --reward-model fails before minutes of generation
+            from cpo_cli.judge import load_reward_model
+
+            console.info(f"loading the reward model {reward_model}")
+            judge = load_reward_model(reward_model)
+        console.info(f"loading {model or rec.model.name_or_path}")
+        subject = ev.load_eval_model(rec, model)
+        console.info(f"preparing pairs from {source_label}")
+        pairs = ev.prepare_pairs(
+            source, subject.tokenizer, training, is_encoder_decoder=subject.is_encoder_decoder
         )
-        text = json.dumps(report, indent=2, ensure_ascii=False)
-        if to_stdout:
-            sys.stdout.write(text + "\n")
-            sys.stdout.flush()
-        elif console.is_main_process():
-            Path(json_path).parent.mkdir(parents=True, exist_ok=True)
-            Path(json_path).write_text(text + "\n", encoding="utf-8")
-    if not to_stdout:
-        _print_metrics(label, metrics, compare, other_metrics)
-        if records:
-            _print_samples(records, compare)
-            console.result(f"generations written to {generations_out}", markup=False)
+        console.info(f"scoring {len(pairs)} pairs")
+        metrics = ev.score_pairs(subject, pairs, training)
+
+        other = None
+        other_metrics: dict[str, float] | None = None
+        if compare:
+            console.info(f"loading {compare} to compare")
+            other = ev.load_eval_model(rec, compare)
+            ev.check_same_tokenizer(subject, other)
+            other_metrics = ev.score_pairs(other, pairs, training)
+
+        records: list[dict[str, Any]] = []
+        if settings is not None:
+            batch_size = int(training.per_device_eval_batch_size)
+            n = min(generate, len(pairs))
+            with console.progress(f"generating {n} answers ({label_of(model, rec)})") as bar:
+                samples = ev.generate(
+                    subject, pairs, settings, batch_size=batch_size, on_progress=bar
+                )
+            metrics.update(ev.sample_metrics(samples))
+            theirs = None
+            if other is not None and other_metrics is not None:
+                with console.progress(f"generating {n} answers ({compare})") as bar:
+                    theirs = ev.generate(
+                        other, pairs, settings, batch_size=batch_size, on_progress=bar
+                    )
+                other_metrics.update(ev.sample_metrics(theirs))
+            rewards: dict[str, list[float]] = {}
+            if judge is not None:
+                with console.progress(f"scoring with {reward_model}") as bar:
+                    verdict = ev.judge_samples(
+                        judge, samples, theirs, batch_size=batch_size, on_progress=bar
+                    )
+                rewards = verdict.rewards
+                metrics.update(verdict.metrics)
+                if other_metrics is not None and verdict.compare_metrics is not None:
+                    other_metrics.update(verdict.compare_metrics)
+            if reference_metrics:
+                metrics.update(ev.reference_metrics(samples))
+                if other_metrics is not None and theirs is not None:
+                    other_metrics.update(ev.reference_metrics(theirs))
+            records = ev.sample_records(samples, theirs, rewards)
+            if console.is_main_process():
+                ev.write_generations(records, generations_out)
+
+        results = ev.check_gates(metrics, gates)
+        label = label_of(model, rec)
         if json_path is not None:
-            console.info(f"results written to {json_path}")
-        _print_gates(results)
-    ev.raise_on_failed_gates(results)
+            report = ev.report_json(
+                model=label,
+                dataset=source_label,
+                split=_common_split(sources_of(source)),
+                metrics=metrics,
+                compare=(compare, other_metrics) if compare and other_metrics is not None else None,
+                gates=results,
+                generations_path=generations_out if records else None,
+            )
+            text = json.dumps(report, indent=2, ensure_ascii=False)
+            if to_stdout:
+                results_out.write(text + "\n")
+                results_out.flush()
+            elif console.is_main_process():
+                Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+                Path(json_path).write_text(text + "\n", encoding="utf-8")
+        if not to_stdout:
+            _print_metrics(label, metrics, compare, other_metrics)
+            if records:
+                _print_samples(records, compare)
+                console.result(f"generations written to {generations_out}", markup=False)
+            if json_path is not None:
+                console.info(f"results written to {json_path}")
+            _print_gates(results)
+        ev.raise_on_failed_gates(results)
 
 
 def label_of(model: str | None, recipe: Recipe) -> str:
