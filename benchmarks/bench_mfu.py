@@ -98,7 +98,7 @@ def step_breakdown(model_name: str, shape: str, device: str, repeats: int, peak:
     from cpo_cli.data.collate import collate_pairs
     from cpo_cli.engine.activations import apply_mlp_activation_saving
     from cpo_cli.engine.chunked_head import token_logps_and_logit_sums
-    from cpo_cli.engine.flops import flops_model, plain_sequence_sizes
+    from cpo_cli.engine.flops import flops_model, pair_work
     from cpo_cli.engine.forward import choose_layout, model_config, sequence_logps, vocab_size
 
     model = build(model_name, device)
@@ -145,9 +145,8 @@ def step_breakdown(model_name: str, shape: str, device: str, repeats: int, peak:
             optims.append(t2 - t1)
             heads.append(t4 - t3)
     total, head_s, optim_s = (statistics.median(x) for x in (totals, heads, optims))
-    tokens, sum_sq = plain_sequence_sizes(p, c, r)
     fm = flops_model(model_config(model), vocab)
-    flops = 8 * fm.step_flops(tokens, sum_sq)
+    flops = 8 * fm.step_flops(pair_work(p, c, r))
     return {
         "model": model_name,
         "shape": shape,
@@ -178,8 +177,15 @@ def main() -> None:
     peaks = {d: matmul_peak(a.device, d, a.size, max(3, a.repeats)) for d in ("fp32", "bf16")}
     path = write_peak(a.device, peaks)
     print(f"dense matmul peak on {a.device} ({a.size}³, {a.threads} threads; cached in {path}):")
+    native: dict[str, bool | None] = {"fp32": True}
+    if a.device == "cpu":
+        from cpo_cli.engine.distributed import cpu_half_precision_support
+
+        native.update(cpu_half_precision_support())
     for dtype, value in peaks.items():
-        print(f"  {dtype}: {value / 1e9:.0f} GFLOP/s")
+        slow = not native.get(dtype, True)
+        note = f" (no native {dtype} matmul on this CPU: a fallback)" if slow else ""
+        print(f"  {dtype}: {value / 1e9:.1f} GFLOP/s{note}")
     if not a.models:
         return
     print()

@@ -526,11 +526,11 @@ def build_models(names: list[str], work: Path, tokenizer: str) -> dict[str, Path
 
 
 def step_model_flops(data: Path, model: Path, rows: int, batch_size: int) -> float:
-    """Model FLOPs of one step (cpo_cli.engine.flops: 6·N + causal attention on the pairs'
-    plain sequences), averaged over the steps the data makes."""
+    """Model FLOPs of one step (cpo_cli.engine.flops: the work the loss needs, 6·N per token
+    and causal attention), averaged over the steps the data makes."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from cpo_cli.engine.flops import flops_model, plain_sequence_sizes
+    from cpo_cli.engine.flops import flops_model, pair_work
 
     tok = AutoTokenizer.from_pretrained(model)
     config = AutoConfig.from_pretrained(model)
@@ -540,7 +540,7 @@ def step_model_flops(data: Path, model: Path, rows: int, batch_size: int) -> flo
         r = json.loads(line)
         p = len(tok(r["prompt"])["input_ids"])
         c, j = (len(tok(r[k])["input_ids"]) for k in ("chosen", "rejected"))
-        total += fm.step_flops(*plain_sequence_sizes(p, c, j))
+        total += fm.step_flops(pair_work(p, c, j))
     return total / (rows / batch_size)
 
 

@@ -186,8 +186,8 @@ def _collate(
     is_encoder_decoder: bool,
     decoder_start_token_id: int | None,
 ) -> tuple[dict[str, Any], dict[str, int]]:
-    """The padded batch plus its size (pairs, real tokens, chosen-answer tokens; tokens and
-    Σ length² as plain sequences, for model FLOPs), counted here where it is cheap: the loop
+    """The padded batch plus its size (pairs, real tokens, chosen-answer tokens; the work the
+    loss needs, for model FLOPs: `engine.flops.pair_work`), counted here where it is cheap: the loop
     needs them for weighted averages, the NLL term, tokens/s and FLOP/s."""
     from cpo_cli.data.collate import collate_pairs
 
@@ -198,23 +198,23 @@ def _collate(
         is_encoder_decoder=is_encoder_decoder,
         decoder_start_token_id=decoder_start_token_id,
     )
-    from cpo_cli.engine.flops import plain_sequence_sizes
+    from cpo_cli.engine.flops import PairWork, pair_work
 
-    tokens = chosen = plain_tokens = sum_sq = 0
+    tokens = chosen = 0
+    work = PairWork()
     for r in rows:
         p, c = len(r["prompt_input_ids"]), len(r["chosen_input_ids"])
         rej = len(r["rejected_input_ids"])
         tokens += p + c + rej
         chosen += c
-        plain, sq = plain_sequence_sizes(p, c, rej)
-        plain_tokens += plain
-        sum_sq += sq
+        work += pair_work(p, c, rej)
     sizes = {
         "pairs": len(rows),
         "tokens": tokens,
         "chosen_tokens": chosen,
-        "plain_tokens": plain_tokens,
-        "sum_sq": sum_sq,
+        "layer_tokens": work.layer_tokens,
+        "head_tokens": work.head_tokens,
+        "attention_products": work.attention_products,
     }
     return batch, sizes
 

@@ -1,14 +1,15 @@
 """Model FLOPs of a training step, for the achieved FLOP/s and MFU the log and benchmarks show.
 
-The count is the standard one (Kaplan et al. 2020; PaLM, Chowdhery et al. 2022, appendix B)
-applied to the work a step must do whatever the engine: every pair as its two plain sequences
-`prompt | chosen` and `prompt | rejected` (2p + c + r tokens), each token through every matmul
-of the model forward and backward, 6·N FLOPs with N the parameters of the layers' matmuls plus
-the LM head (embeddings and norms excluded); and causal attention, 6·L·d·T² per sequence of
-T tokens (QKᵀ and AV over the causal half, forward and backward; d = heads × head_dim).
-Prefix sharing and the answer-only LM head skip part of that work, so cpo's "model FLOP/s" can
-exceed what the hardware executes: MFU here is useful work per second against the machine's
-peak (`benchmarks/bench_mfu.py` measures the dense matmul peak and caches it).
+The count is the standard one (Kaplan et al. 2020; PaLM, Chowdhery et al. 2022, appendix B):
+6 FLOPs per parameter per token through a matmul (forward and backward), plus causal
+attention, 12·L·d per query-key product (QKᵀ and AV, forward and backward; d = heads ×
+head_dim); embeddings and norms excluded. It is applied to the work a preference loss *needs*,
+whatever the engine: every distinct token of a pair once through the layers (the prompt once,
+not once per answer), the LM head only at the positions that predict answer tokens (the loss
+reads no other logits), and each answer attending to its prompt and its own earlier tokens.
+Work an engine adds beyond that (the prompt twice, the head over prompts, padding, recomputation
+in the backward) counts as waste, so MFU is at most 1 and TRL and cpo are measured against the
+same count. `benchmarks/bench_mfu.py` measures the machine's dense matmul peak and caches it.
 """
 
 from __future__ import annotations
@@ -24,14 +25,49 @@ PEAK_FILE = "matmul_peak.json"
 
 
 @dataclass(frozen=True)
+class PairWork:
+    """What a batch of pairs needs computed: tokens through the layers, positions through the LM
+    head, and query-key products of causal attention (per layer and head dimension)."""
+
+    layer_tokens: int = 0
+    head_tokens: int = 0
+    attention_products: int = 0
+
+    def __add__(self, other: PairWork) -> PairWork:
+        return PairWork(
+            self.layer_tokens + other.layer_tokens,
+            self.head_tokens + other.head_tokens,
+            self.attention_products + other.attention_products,
+        )
+
+
+def pair_work(prompt: int, chosen: int, rejected: int) -> PairWork:
+    """One pair: the prompt's tokens once, the head at the answers' positions, attention of the
+    prompt over itself and of each answer over the prompt and its own earlier tokens (a causal
+    sequence of T tokens has T(T+1)/2 products)."""
+
+    def causal(t: int) -> int:
+        return t * (t + 1) // 2
+
+    answers = chosen + rejected
+    attention = causal(prompt + chosen) + causal(prompt + rejected) - causal(prompt)
+    return PairWork(prompt + answers, answers, attention)
+
+
+@dataclass(frozen=True)
 class FlopsModel:
-    """Per-token dense FLOPs and the attention coefficient of one model."""
+    """FLOPs per token of the layers and of the LM head, and per attention product."""
 
-    dense_per_token: float  # 6 · N (matmul parameters incl. the LM head)
-    attention_per_sq_token: float  # 6 · L · d: times Σ T² over the sequences
+    layer_per_token: float  # 6 · N_layers (the decoder layers' matmul parameters)
+    head_per_token: float  # 6 · hidden · vocab
+    attention_per_product: float  # 6 · 2 · L · d: QKᵀ and AV, forward and backward
 
-    def step_flops(self, plain_tokens: int, sum_sq_lengths: int) -> float:
-        return self.dense_per_token * plain_tokens + self.attention_per_sq_token * sum_sq_lengths
+    def step_flops(self, work: PairWork) -> float:
+        return (
+            self.layer_per_token * work.layer_tokens
+            + self.head_per_token * work.head_tokens
+            + self.attention_per_product * work.attention_products
+        )
 
 
 def flops_model(config: Any, vocab_size: int) -> FlopsModel:
@@ -46,14 +82,11 @@ def flops_model(config: Any, vocab_size: int) -> FlopsModel:
     attention = hidden * q_out + 2 * hidden * kv_out + q_out * hidden
     gated = str(getattr(config, "hidden_act", "silu")) in ("silu", "swish", "gelu_pytorch_tanh")
     mlp = (3 if gated else 2) * hidden * inter
-    n = layers * (attention + mlp) + hidden * vocab_size
-    return FlopsModel(6.0 * n, 6.0 * layers * q_out)
-
-
-def plain_sequence_sizes(prompt: int, chosen: int, rejected: int) -> tuple[int, int]:
-    """(tokens, Σ T²) of one pair as its two plain sequences."""
-    a, b = prompt + chosen, prompt + rejected
-    return a + b, a * a + b * b
+    return FlopsModel(
+        layer_per_token=6.0 * layers * (attention + mlp),
+        head_per_token=6.0 * hidden * vocab_size,
+        attention_per_product=12.0 * layers * q_out,
+    )
 
 
 def peak_flops(device: str, dtype: str) -> float | None:
@@ -84,8 +117,12 @@ class StepFlops:
         self.flops = 0.0
 
     def add(self, sizes: dict[str, int]) -> None:
+        """Count a micro-batch from the sizes `engine.data` counted at collation."""
         if self.model is not None:
-            self.flops += self.model.step_flops(sizes["plain_tokens"], sizes["sum_sq"])
+            work = PairWork(
+                sizes["layer_tokens"], sizes["head_tokens"], sizes["attention_products"]
+            )
+            self.flops += self.model.step_flops(work)
 
     def report(self, seconds: float) -> dict[str, float]:
         """`tflops/s` (and `mfu` with a known peak) since the last report; then restart."""

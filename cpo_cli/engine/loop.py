@@ -126,7 +126,11 @@ def _train(
     loaded: LoadedRecipe, signals: StopSignals, started: float, *, show_progress: bool
 ) -> TrainResult:
     from cpo_cli.engine.build import check_sharded_run
-    from cpo_cli.engine.distributed import launch_warnings
+    from cpo_cli.engine.distributed import (
+        cpu_half_precision_support,
+        cpu_precision_warning,
+        launch_warnings,
+    )
     from cpo_cli.engine.progress import build_progress
     from cpo_cli.engine.ranks import on_every_process
     from cpo_cli.engine.tracking import build_tracker, tracker_outputs
@@ -143,6 +147,10 @@ def _train(
     console.info(run.shape.line())
     for warning in launch_warnings(run.shape, run.launcher, run.request):
         console.warn(warning)
+    if accelerator.device.type == "cpu" and run.shape.mixed_precision in ("bf16", "fp16"):
+        slow = cpu_precision_warning(run.shape.mixed_precision, cpu_half_precision_support())
+        if slow:
+            console.warn(slow)
     with on_every_process(accelerator):
         check_sharded_run(run)
     state, resume_from = resume_state(run)

@@ -12,6 +12,8 @@ from cpo_cli.engine.distributed import (
     RecipeRequest,
     RunShape,
     check_launcher_conflicts,
+    cpu_half_precision_support,
+    cpu_precision_warning,
     deepspeed_config,
     fsdp_plugin,
     kwargs_handlers,
@@ -214,6 +216,16 @@ def test_warns_when_the_launcher_precision_is_not_used() -> None:
         shape(), LauncherRequest(mixed_precision="bf16"), RecipeRequest(None, None)
     )
     assert "training.bf16: true" in warning
+
+
+def test_warns_of_half_precision_on_a_cpu_without_it() -> None:
+    warning = cpu_precision_warning("bf16", {"bf16": False, "fp16": False})
+    assert warning is not None
+    assert "training.bf16: false" in warning
+    assert cpu_precision_warning("bf16", {"bf16": True, "fp16": False}) is None
+    assert cpu_precision_warning("fp16", {"bf16": False, "fp16": None}) is None  # unknown
+    assert cpu_precision_warning("no", {"bf16": False, "fp16": False}) is None
+    assert set(cpu_half_precision_support()) == {"bf16", "fp16"}
 
 
 # --------------------------------------------------------------------------- errors of every rank

@@ -1,4 +1,4 @@
-"""Model FLOPs (6·N + causal attention) worked out by hand, and the MFU report."""
+"""Model FLOPs of the work a preference loss needs, worked out by hand, and the MFU report."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from cpo_cli.engine.flops import flops_model, peak_flops, plain_sequence_sizes
+from cpo_cli.engine.flops import PairWork, flops_model, pair_work, peak_flops
 
 
 def test_flops_model_by_hand() -> None:
@@ -20,12 +20,24 @@ def test_flops_model_by_hand() -> None:
     )
     fm = flops_model(config, vocab_size=10)
     # per layer: q 8x8, k and v 8x4 each, o 8x8 = 192; MLP 3 x 8 x 16 = 384; head 8 x 10
-    n = 2 * (192 + 384) + 80
-    assert fm.dense_per_token == 6 * n
-    assert fm.attention_per_sq_token == 6 * 2 * 8
-    tokens, sum_sq = plain_sequence_sizes(3, 2, 1)  # sequences of 5 and 4 tokens
-    assert (tokens, sum_sq) == (9, 25 + 16)
-    assert fm.step_flops(tokens, sum_sq) == 6 * n * 9 + 96 * 41
+    assert fm.layer_per_token == 6 * 2 * (192 + 384)
+    assert fm.head_per_token == 6 * 80
+    assert fm.attention_per_product == 12 * 2 * 8
+    # prompt 3, chosen 2, rejected 1: six distinct tokens through the layers, the head at the
+    # three answer positions; attention: the prompt's 1+2+3 products, chosen's 4+5, rejected's 4
+    work = pair_work(3, 2, 1)
+    assert work == PairWork(layer_tokens=6, head_tokens=3, attention_products=6 + 9 + 4)
+    assert fm.step_flops(work) == 6 * 2 * 576 * 6 + 6 * 80 * 3 + 192 * 19
+    assert pair_work(3, 2, 1) + pair_work(0, 1, 1) == PairWork(8, 5, 21)
+
+
+def test_needed_work_is_below_plain_rows() -> None:
+    """Prefix sharing is counted as saved work: a pair needs less than its two plain rows."""
+    p, c, r = 400, 40, 40
+    work = pair_work(p, c, r)
+    plain_products = (p + c) * (p + c + 1) // 2 + (p + r) * (p + r + 1) // 2
+    assert work.layer_tokens < 2 * p + c + r
+    assert work.attention_products < plain_products
 
 
 def test_peak_from_environment_or_cache(
@@ -49,8 +61,8 @@ def test_step_flops_report(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CPO_PEAK_FLOPS", "1e9")
     meter = StepFlops(tiny_causal_lm("llama"), "cpu", "fp32")
     assert meter.model is not None
-    meter.add({"plain_tokens": 100, "sum_sq": 5000})
-    expected = meter.model.step_flops(100, 5000)
+    meter.add({"layer_tokens": 100, "head_tokens": 40, "attention_products": 5000})
+    expected = meter.model.step_flops(PairWork(100, 40, 5000))
     report = meter.report(2.0)
     assert report["tflops/s"] == pytest.approx(expected / 2.0 / 1e12, abs=1e-4)
     assert report["mfu"] == pytest.approx(expected / 2.0 / 1e9, abs=1e-4)
