@@ -22,7 +22,8 @@ pytestmark = [
 ]
 
 from cpo_cli.data.collate import collate_pairs  # noqa: E402
-from cpo_cli.engine.forward import choose_layout, sequence_logps  # noqa: E402
+from cpo_cli.engine.forward import sequence_logps  # noqa: E402
+from cpo_cli.engine.layout_probe import choose_layout  # noqa: E402
 
 CASES = [("sdpa", "packed"), ("flex_attention", "flat"), ("flex_attention", "varlen")]
 if importlib.util.find_spec("flash_attn") is not None:

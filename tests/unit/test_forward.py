@@ -13,13 +13,10 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from cpo_cli.data.collate import collate_pairs  # noqa: E402
-from cpo_cli.engine import forward  # noqa: E402
-from cpo_cli.engine.forward import (  # noqa: E402
-    choose_layout,
-    model_support,
-    packed_attention_mask,
-    sequence_logps,
-)
+from cpo_cli.engine import layout_probe  # noqa: E402
+from cpo_cli.engine.forward import sequence_logps  # noqa: E402
+from cpo_cli.engine.layout_probe import choose_layout, model_support  # noqa: E402
+from cpo_cli.engine.model_run import packed_attention_mask  # noqa: E402
 from cpo_cli.engine.objective import batch_loss_and_metrics  # noqa: E402
 from cpo_cli.losses.registry import LOSS_NAMES  # noqa: E402
 from cpo_cli.metric_names import PAIR_METRICS  # noqa: E402
@@ -280,7 +277,7 @@ def test_encoder_decoder_logps() -> None:
 def test_probe_restores_training_mode() -> None:
     model = tiny_causal_lm("llama")
     model.train()
-    forward._SUPPORT.pop(model, None)
+    layout_probe._SUPPORT.pop(model, None)
     model_support(model)
     assert model.training
 
