@@ -31,7 +31,7 @@ if importlib.util.find_spec("flash_attn") is not None:
 
 
 def _model(arch: str, attn: str, dtype: torch.dtype):  # type: ignore[no-untyped-def]
-    from tests.unit.test_forward import tiny_causal_lm
+    from support import tiny_causal_lm
 
     model = tiny_causal_lm(arch, attn="sdpa")
     if attn != "sdpa":

@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 import pytest
-from support import make_training
+from support import TINY_VOCAB, make_training, tiny_causal_lm
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch = pytest.importorskip("torch")
@@ -22,29 +22,7 @@ from cpo_cli.losses.registry import LOSS_NAMES  # noqa: E402
 from cpo_cli.metric_names import PAIR_METRICS  # noqa: E402
 from cpo_cli.recipe import TrainingConfig  # noqa: E402
 
-VOCAB = 96
-
-
-def tiny_causal_lm(arch: str = "llama", attn: str = "sdpa", init: float = 0.2, **extra):  # type: ignore[no-untyped-def]
-    """A 2-layer random model; a large init range makes outputs depend on context."""
-    torch.manual_seed(0)
-    cfg_cls, model_cls = {
-        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
-        "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
-    }[arch]
-    cfg = cfg_cls(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        initializer_range=init,
-        attn_implementation=attn,
-        **extra,
-    )
-    return model_cls(cfg).float()
+VOCAB = TINY_VOCAB  # random_rows draws ids below the tiny model's vocabulary
 
 
 def random_rows(n: int = 3, seed: int = 1) -> list[dict[str, list[int]]]:

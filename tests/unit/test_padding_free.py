@@ -5,6 +5,7 @@ gradients; FlexAttention's BlockMask gives the same values as the dense mask."""
 from __future__ import annotations
 
 import pytest
+from support import tiny_causal_lm
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -21,7 +22,6 @@ from tests.unit.test_forward import (  # noqa: E402
     grads,
     random_rows,
     reference_logps,
-    tiny_causal_lm,
     training,
 )
 
