@@ -99,7 +99,8 @@ def step_breakdown(model_name: str, shape: str, device: str, repeats: int, peak:
     from cpo_cli.engine.activations import apply_mlp_activation_saving
     from cpo_cli.engine.chunked_head import token_logps_and_logit_sums
     from cpo_cli.engine.flops import flops_model, pair_work
-    from cpo_cli.engine.forward import choose_layout, model_config, sequence_logps, vocab_size
+    from cpo_cli.engine.forward import model_config, sequence_logps, vocab_size
+    from cpo_cli.engine.layout_probe import choose_layout
 
     model = build(model_name, device)
     apply_mlp_activation_saving(model, "input")  # cpo's default

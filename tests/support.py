@@ -2,6 +2,7 @@
 beside conftest.py). Fixtures live in conftest.py; plain functions and classes live here:
 
 - `make_training`: a real `TrainingConfig` (the schema's defaults, some fields set);
+- `tiny_causal_lm`: the one tiny random Llama / Qwen2 built in memory (torch imported lazily);
 - `recipe_dict` / `write_recipe`: the one recipe writer (`TINY_RUN`: a two-step run);
 - `Result` and `cpo_process`: the CLI in a child process (`python -m cpo_cli`, optionally under a
   launcher) for what only a real process shows; in-process runs use the `cli` fixture;
@@ -31,6 +32,41 @@ REPO = Path(__file__).resolve().parents[1]
 def make_training(**fields: Any) -> TrainingConfig:
     """A real `training` section: the schema's defaults, with `fields` set (validated)."""
     return TrainingConfig(**fields)
+
+
+# ----------------------------------------------------------------------------- tiny models
+
+#: the vocabulary of `tiny_causal_lm` unless a test asks for another
+TINY_VOCAB = 96
+
+
+def tiny_causal_lm(
+    arch: str = "llama", attn: str = "sdpa", init: float = 0.2, **config: Any
+) -> Any:
+    """A random 2-layer model (seeded: every call gives the same weights); a large init range
+    makes outputs depend on context. `config` sets or overrides `LlamaConfig` / `Qwen2Config`
+    fields (a smaller model, a sliding window, ...)."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    cfg_cls, model_cls = {
+        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+        "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+    }[arch]
+    fields: dict[str, Any] = {
+        "vocab_size": TINY_VOCAB,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 128,
+        "initializer_range": init,
+        "attn_implementation": attn,
+        **config,
+    }
+    return model_cls(cfg_cls(**fields)).float()
 
 
 # ----------------------------------------------------------------------------- recipes

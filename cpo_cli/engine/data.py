@@ -453,7 +453,7 @@ def choose_batch_layout(
     """The layout the model's attention takes when the probe agrees (`choose_layout`), else
     `pair_rows`. The probe runs the model: call it on every process, after
     `accelerator.prepare`."""
-    from cpo_cli.engine.forward import choose_layout
+    from cpo_cli.engine.layout_probe import choose_layout
 
     if is_encoder_decoder:
         return "pair_rows"

@@ -2,7 +2,7 @@
 
 transformers' `flex_attention` implementation takes a ready `BlockMask` as the attention mask
 (a 4D mask is passed through as is), so the model's own code runs unchanged. The mask is the
-one `cpo_cli.engine.forward.packed_attention_mask` writes densely: causal, inside one pair,
+one `cpo_cli.engine.model_run.packed_attention_mask` writes densely: causal, inside one pair,
 rejected never sees chosen, padding only itself; the kernel skips every 128×128 block that is
 empty, so a row of many pairs costs about the sum of the pairs' own attention, not its square.
 

@@ -22,7 +22,8 @@ pytestmark = [
 ]
 
 from cpo_cli.data.collate import collate_pairs  # noqa: E402
-from cpo_cli.engine.forward import choose_layout, sequence_logps  # noqa: E402
+from cpo_cli.engine.forward import sequence_logps  # noqa: E402
+from cpo_cli.engine.layout_probe import choose_layout  # noqa: E402
 
 CASES = [("sdpa", "packed"), ("flex_attention", "flat"), ("flex_attention", "varlen")]
 if importlib.util.find_spec("flash_attn") is not None:
@@ -30,7 +31,7 @@ if importlib.util.find_spec("flash_attn") is not None:
 
 
 def _model(arch: str, attn: str, dtype: torch.dtype):  # type: ignore[no-untyped-def]
-    from tests.unit.test_forward import tiny_causal_lm
+    from support import tiny_causal_lm
 
     model = tiny_causal_lm(arch, attn="sdpa")
     if attn != "sdpa":

@@ -19,7 +19,8 @@ from torch.distributed.tensor import DTensor
 from transformers import AutoModelForCausalLM
 
 from cpo_cli.data.collate import collate_pairs
-from cpo_cli.engine.forward import choose_layout, sequence_logps
+from cpo_cli.engine.forward import sequence_logps
+from cpo_cli.engine.layout_probe import choose_layout
 
 
 def _load(path: str) -> torch.nn.Module:

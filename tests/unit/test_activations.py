@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from support import tiny_causal_lm
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -14,7 +15,6 @@ from tests.unit.test_forward import (  # noqa: E402
     assert_grads_close,
     grads,
     random_rows,
-    tiny_causal_lm,
     training,
 )
 

@@ -55,8 +55,9 @@ def test_peak_from_environment_or_cache(
 
 def test_step_flops_report(monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("torch")
+    from support import tiny_causal_lm
+
     from cpo_cli.engine.flops import StepFlops
-    from tests.unit.test_forward import tiny_causal_lm
 
     monkeypatch.setenv("CPO_PEAK_FLOPS", "1e9")
     meter = StepFlops(tiny_causal_lm("llama"), "cpu", "fp32")

@@ -6,48 +6,23 @@ import os
 from typing import Any
 
 import pytest
-from support import make_training
+from support import TINY_VOCAB, make_training, tiny_causal_lm
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from cpo_cli.data.collate import collate_pairs  # noqa: E402
-from cpo_cli.engine import forward  # noqa: E402
-from cpo_cli.engine.forward import (  # noqa: E402
-    choose_layout,
-    model_support,
-    packed_attention_mask,
-    sequence_logps,
-)
+from cpo_cli.engine import layout_probe  # noqa: E402
+from cpo_cli.engine.forward import sequence_logps  # noqa: E402
+from cpo_cli.engine.layout_probe import choose_layout, model_support  # noqa: E402
+from cpo_cli.engine.model_run import packed_attention_mask  # noqa: E402
 from cpo_cli.engine.objective import batch_loss_and_metrics  # noqa: E402
 from cpo_cli.losses.registry import LOSS_NAMES  # noqa: E402
 from cpo_cli.metric_names import PAIR_METRICS  # noqa: E402
 from cpo_cli.recipe import TrainingConfig  # noqa: E402
 
-VOCAB = 96
-
-
-def tiny_causal_lm(arch: str = "llama", attn: str = "sdpa", init: float = 0.2, **extra):  # type: ignore[no-untyped-def]
-    """A 2-layer random model; a large init range makes outputs depend on context."""
-    torch.manual_seed(0)
-    cfg_cls, model_cls = {
-        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
-        "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
-    }[arch]
-    cfg = cfg_cls(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        initializer_range=init,
-        attn_implementation=attn,
-        **extra,
-    )
-    return model_cls(cfg).float()
+VOCAB = TINY_VOCAB  # random_rows draws ids below the tiny model's vocabulary
 
 
 def random_rows(n: int = 3, seed: int = 1) -> list[dict[str, list[int]]]:
@@ -280,7 +255,7 @@ def test_encoder_decoder_logps() -> None:
 def test_probe_restores_training_mode() -> None:
     model = tiny_causal_lm("llama")
     model.train()
-    forward._SUPPORT.pop(model, None)
+    layout_probe._SUPPORT.pop(model, None)
     model_support(model)
     assert model.training
 

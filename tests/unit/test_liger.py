@@ -8,12 +8,12 @@ import types
 from typing import Any
 
 import pytest
+from support import tiny_causal_lm
 
 torch = pytest.importorskip("torch")
 
 from cpo_cli.engine.liger import apply_liger  # noqa: E402
 from cpo_cli.errors import DependencyMissingError, ModelLoadError  # noqa: E402
-from tests.unit.test_forward import tiny_causal_lm  # noqa: E402
 
 
 @pytest.fixture

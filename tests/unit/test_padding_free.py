@@ -5,12 +5,14 @@ gradients; FlexAttention's BlockMask gives the same values as the dense mask."""
 from __future__ import annotations
 
 import pytest
+from support import tiny_causal_lm
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from cpo_cli.data.collate import collate_pairs  # noqa: E402
-from cpo_cli.engine.forward import choose_layout, model_support, sequence_logps  # noqa: E402
+from cpo_cli.engine.forward import sequence_logps  # noqa: E402
+from cpo_cli.engine.layout_probe import choose_layout, model_support  # noqa: E402
 from cpo_cli.engine.objective import batch_loss_and_metrics  # noqa: E402
 from cpo_cli.losses.registry import LOSS_NAMES  # noqa: E402
 from cpo_cli.metric_names import PAIR_METRICS  # noqa: E402
@@ -20,7 +22,6 @@ from tests.unit.test_forward import (  # noqa: E402
     grads,
     random_rows,
     reference_logps,
-    tiny_causal_lm,
     training,
 )
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from support import make_training
+from support import make_training, tiny_causal_lm
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch = pytest.importorskip("torch")
@@ -29,8 +29,8 @@ ACCUMULATION, PROCESSES = 2, 2
 
 
 def tiny_model():  # type: ignore[no-untyped-def]
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
+    """A one-layer Llama, smaller than the shared tiny model."""
+    return tiny_causal_lm(
         vocab_size=VOCAB,
         hidden_size=16,
         intermediate_size=32,
@@ -38,9 +38,7 @@ def tiny_model():  # type: ignore[no-untyped-def]
         num_attention_heads=2,
         num_key_value_heads=1,
         max_position_embeddings=64,
-        initializer_range=0.2,
     )
-    return transformers.LlamaForCausalLM(config).float()
 
 
 def rows() -> list[dict[str, list[int]]]:
