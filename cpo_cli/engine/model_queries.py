@@ -31,6 +31,24 @@ def core_model(model: nn.Module) -> Any:
     return core
 
 
+def runs_in_half_precision(model: nn.Module) -> bool:
+    """Whether the model's forward computes in bf16/fp16: its weights are half, or it runs under
+    autocast — accelerate's mixed precision wraps the prepared module's forward (and marks it
+    with `_original_forward`), or the caller holds an autocast context."""
+    import torch
+
+    level: Any = model
+    while level is not None:
+        if "_original_forward" in getattr(level, "__dict__", {}):
+            return True
+        level = getattr(level, "module", None) or getattr(level, "_orig_mod", None)
+    core = core_model(model)
+    device_type = model_device(core).type
+    return compute_dtype(core) in (torch.bfloat16, torch.float16) or bool(
+        torch.is_autocast_enabled(device_type)
+    )
+
+
 def attention_implementation(model: Any) -> str:
     """The attention implementation transformers resolved for this model (`eager` if unset)."""
     core = core_model(model)

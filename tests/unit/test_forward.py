@@ -182,6 +182,43 @@ def test_probe_detects_a_model_that_ignores_the_4d_mask(capsys: pytest.CaptureFi
     assert choose_layout(good, prefix_sharing=False) == "pair_rows"
 
 
+def _bf16_prepared(model: Any) -> Any:
+    """The model as `accelerate` prepares it for `training.bf16: true`: an fp32 module whose
+    forward runs under bf16 autocast."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
+    try:
+        return Accelerator(mixed_precision="bf16", cpu=True).prepare(model)
+    finally:
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_probe_keeps_prefix_sharing_under_bf16_mixed_precision(arch: str) -> None:
+    """bf16 autocast rounds the packed and plain layouts differently: the probe must judge
+    them at half-precision tolerance, or every bf16 run (the usual GPU setting) loses prefix
+    sharing and the chunked head. A model that ignores the mask is still caught."""
+    model = _bf16_prepared(tiny_causal_lm(arch, init=0.5))
+    support = model_support(model)
+    assert support.head_ok and support.layout == "packed", support.reason
+    rows = random_rows(3)
+    packed = sequence_logps(model, collate_pairs(rows, pad_token_id=0), chunk_size=8)
+    plain = sequence_logps(
+        model, collate_pairs(rows, pad_token_id=0, layout="pair_rows"), chunk_size=8
+    )
+    scale = float(plain.logps.abs().max())
+    torch.testing.assert_close(packed.logps, plain.logps, rtol=2e-2, atol=2e-2 * scale)
+
+    good = tiny_causal_lm("llama", init=0.5)
+    bad = MaskIgnoringLlama(good.config)
+    bad.load_state_dict(good.state_dict())
+    assert not model_support(_bf16_prepared(bad)).packed_ok
+
+
 def test_mixed_attention_types_fall_back() -> None:
     model = tiny_causal_lm("qwen2", use_sliding_window=True, sliding_window=4, max_window_layers=1)
     support = model_support(model)
