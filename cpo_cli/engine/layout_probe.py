@@ -34,6 +34,7 @@ from cpo_cli.engine.model_queries import (
     model_device,
     router_loss_enabled,
     runs_in_half_precision,
+    text_config,
     to_device,
 )
 from cpo_cli.engine.model_run import run_model, run_sequence_logps
@@ -117,10 +118,8 @@ def _probe(model: nn.Module, core: Any) -> _Support:
     device = model_device(core)
     plain = to_device(collate_pairs_for_probe(rows, "pair_rows"), device)
     # under mixed precision the layouts' matmuls round differently in bf16/fp16: half tolerance
-    half = runs_in_half_precision(model)
-    tol = (
-        _HALF_TOL if half else _PROBE_TOL.get(str(compute_dtype(core)).removeprefix("torch."), 2e-2)
-    )
+    weights = str(compute_dtype(core)).removeprefix("torch.")
+    tol = _HALF_TOL if runs_in_half_precision(model) else _PROBE_TOL.get(weights, _HALF_TOL)
     impl = attention_implementation(core)
     sharing: Layout | None = (
         "packed" if impl in DENSE_MASK_ATTENTION else "flat" if impl == FLEX_ATTENTION else None
@@ -204,8 +203,7 @@ def _static_packed_problem(core: Any) -> str:
     problem = _static_varlen_problem(core)
     if problem:
         return problem
-    config = core.config
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    text = text_config(core)
     layer_types = set(getattr(text, "layer_types", None) or [])
     if len(layer_types) > 1:
         return f"it mixes attention types {sorted(layer_types)} under one mask"
